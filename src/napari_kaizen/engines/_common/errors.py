@@ -1,0 +1,35 @@
+"""Exceptions that carry a one-line message a person can act on.
+
+Every engine validates its input at the door and raises one of these, so the CLI can
+print ``error: <message>`` and the widgets can show the message, instead of a traceback
+from deep inside torch or scikit-image.
+"""
+
+from __future__ import annotations
+
+
+class KaizenError(Exception):
+    """Base class of every error napari-kaizen raises on purpose."""
+
+
+class InputError(KaizenError, ValueError):
+    """The image (or labels) handed to an engine cannot be used as given.
+
+    The message names what was wrong and what is accepted, in one line.
+    """
+
+
+class WeightsError(KaizenError, OSError):
+    """A weights file is missing, unreadable, or does not match what the engine expects."""
+
+
+class DeviceError(KaizenError, RuntimeError):
+    """The requested compute device is not available on this machine."""
+
+
+class OverwriteError(KaizenError, FileExistsError):
+    """A writer refused to replace a file that already exists."""
+
+
+class EngineNotAvailableError(KaizenError, NotImplementedError):
+    """The engine was asked for but is not part of this build."""

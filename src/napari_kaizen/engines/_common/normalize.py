@@ -1,0 +1,237 @@
+"""The one input normalisation every engine uses.
+
+Layer data or a file (any dtype, any layout a microscope produces) goes through
+:func:`prepare_image` before it reaches a model: it picks the 2-D plane, turns it into
+``float32``, handles NaN / inf and constant images, and applies robust percentile
+normalisation so that the background sits near 0 and bright objects near 1, whatever
+the camera's bit depth or offset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+#: Percentiles used by :func:`normalize_percentile` (as CSBDeep / StarDist use them).
+DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+
+#: Below this many pixels along either axis an image cannot hold a single object.
+MIN_SIDE = 8
+
+#: Percentiles of images larger than this are computed on a regular subsample (speed).
+_PERCENTILE_SAMPLE = 4_000_000
+
+
+class InputWarning(UserWarning):
+    """The input was usable but had to be changed (e.g. NaN pixels were filled)."""
+
+
+def describe(image: np.ndarray) -> str:
+    """Return ``'shape (H, W), dtype uint16'`` for messages."""
+    shape = tuple(int(s) for s in np.shape(image))
+    dtype = getattr(image, "dtype", None) or np.asarray(image).dtype
+    return f"shape {shape}, dtype {dtype}"
+
+
+def looks_rgb(image: np.ndarray) -> bool:
+    """Whether ``image`` is laid out as RGB(A): ``(H, W, 3)`` or ``(H, W, 4)``.
+
+    This is napari's own guess for ``rgb=None``; a 3-plane stack is ``(3, H, W)`` and
+    does not match.
+    """
+    shape = np.shape(image)
+    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
+def to_plane(
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    plane: int | tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Reduce ``image`` to one 2-D plane, or explain in one line why it cannot.
+
+    Parameters
+    ----------
+    image : array_like
+        2-D image, RGB(A) image ``(H, W, 3|4)``, or a stack ``(..., H, W)`` of planes
+        (z-stack, time series, or both).
+    channel : int, optional
+        Channel of an RGB(A) image to use. RGB input without a channel is refused,
+        because averaging colour channels mixes stains.
+    plane : int or tuple of int, optional
+        Index into the leading axes of a stack. Stacks without a plane are refused;
+        run every plane with :func:`iter_planes` instead.
+
+    Returns
+    -------
+    plane : ndarray
+        A 2-D array (a view where possible), dtype unchanged.
+
+    Raises
+    ------
+    InputError
+        For 0-D / 1-D input, RGB without ``channel``, stacks without ``plane``, an
+        index out of range, or a plane smaller than ``MIN_SIDE`` pixels.
+    """
+    if image is None:
+        raise InputError("no image was given: expected a 2-D array (H, W)")
+    arr = np.asarray(image)
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise InputError(f"image has dtype {arr.dtype}: expected numbers (integer, float or bool)")
+    if arr.ndim < 2:
+        raise InputError(f"image has {arr.ndim} dimension(s) ({describe(arr)}): expected a 2-D image (H, W)")
+    if looks_rgb(arr):
+        if channel is None:
+            raise InputError(
+                f"RGB(A) image ({describe(arr)}): pick one channel (channel=0..{arr.shape[-1] - 1}, "
+                "CLI --channel N); colour channels are different stains and are not averaged"
+            )
+        if not 0 <= channel < arr.shape[-1]:
+            raise InputError(f"channel {channel} does not exist: this RGB(A) image has {arr.shape[-1]} channels")
+        arr = arr[..., channel]
+    elif channel is not None and arr.ndim == 2:
+        raise InputError(f"channel={channel} was given but the image is a single-channel 2-D image ({describe(arr)})")
+    if arr.ndim > 2:
+        lead = arr.shape[:-2]
+        if plane is None:
+            raise InputError(
+                f"image is a stack of {int(np.prod(lead))} planes ({describe(arr)}): pick a plane "
+                "(plane=i, CLI --plane i) or run every plane (CLI --all-planes)"
+            )
+        index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
+        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
+            raise InputError(f"plane {plane} is outside this stack: leading axes have sizes {tuple(lead)}")
+        arr = arr[index]
+    if min(arr.shape) < MIN_SIDE:
+        raise InputError(
+            f"image is too small ({describe(arr)}): at least {MIN_SIDE}x{MIN_SIDE} pixels are needed"
+        )
+    return arr
+
+
+def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Yield ``(index, plane)`` for every 2-D plane of a stack ``(..., H, W)``.
+
+    A 2-D image yields itself once with index ``()``. RGB input is refused (pick a
+    channel first), as in :func:`to_plane`.
+    """
+    arr = np.asarray(image)
+    if looks_rgb(arr):
+        raise InputError(f"RGB(A) image ({describe(arr)}): pick one channel before running every plane")
+    if arr.ndim < 2:
+        raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
+    for index in np.ndindex(*arr.shape[:-2]):
+        yield index, arr[index]
+
+
+def as_float(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as ``float32``, with NaN / inf replaced, or raise.
+
+    Non-finite pixels are filled with the lowest finite value (they are usually masked
+    or saturated-out regions, which should read as background) and an
+    :class:`InputWarning` says how many there were.
+    """
+    arr = np.asarray(image)
+    if arr.dtype.kind == "c":
+        raise InputError(f"image is complex-valued ({describe(arr)}): pass its magnitude or phase as a real image")
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"image has dtype {arr.dtype}: expected integer, float or bool pixels")
+    out = arr.astype(np.float32, copy=True)
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(out)
+        if not finite.all():
+            n_bad = int(out.size - finite.sum())
+            if n_bad == out.size:
+                raise InputError(f"image has no finite pixels ({describe(arr)}: all NaN / inf)")
+            fill = float(out[finite].min())
+            out[~finite] = fill
+            warnings.warn(
+                f"{n_bad} NaN / inf pixel(s) were replaced by the image minimum ({fill:g})",
+                InputWarning,
+                stacklevel=2,
+            )
+    return out
+
+
+def percentiles(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """Percentiles of ``image``, from a regular subsample when it is huge."""
+    flat = image.ravel()
+    if flat.size > _PERCENTILE_SAMPLE:
+        flat = flat[:: int(np.ceil(flat.size / _PERCENTILE_SAMPLE))]
+    lo, hi = np.percentile(flat, [low, high])
+    return float(lo), float(hi)
+
+
+def normalize_percentile(
+    image: np.ndarray,
+    low: float = DEFAULT_PERCENTILES[0],
+    high: float = DEFAULT_PERCENTILES[1],
+) -> np.ndarray:
+    """Map the ``low`` percentile to 0 and the ``high`` percentile to 1.
+
+    Values are not clipped: bright outliers keep their relative brightness, which the
+    generative Kaizen model needs to reconstruct them.
+
+    Raises
+    ------
+    InputError
+        If the image is constant (nothing to segment).
+    """
+    arr = as_float(image)
+    lo, hi = percentiles(arr, low, high)
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        vmin, vmax = float(arr.min()), float(arr.max())
+        if vmax - vmin <= 1e-12 * max(1.0, abs(vmax)):
+            raise InputError(
+                f"image is constant (every pixel is {vmin:g}): there is nothing to segment; "
+                "expected an image with contrast"
+            )
+        # Sparse objects on a flat background: the percentiles coincide, use the range.
+        lo, hi = vmin, vmax
+    out = (arr - lo) / (hi - lo)
+    return out.astype(np.float32, copy=False)
+
+
+def prepare_image(
+    image: np.ndarray,
+    *,
+    channel: int | None = None,
+    plane: int | tuple[int, ...] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Validate and normalise ``image`` for an engine: one 2-D ``float32`` plane.
+
+    This is the single entry point every engine, the CLI and the widgets use.
+
+    Parameters
+    ----------
+    image : array_like
+        Layer data or a file's pixels: any real dtype, 2-D, RGB(A) or a stack.
+    channel, plane : int, optional
+        See :func:`to_plane`.
+    percentiles : (float, float)
+        Low / high percentiles mapped to 0 / 1.
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+
+    Raises
+    ------
+    InputError
+        With a one-line message naming what was wrong and what is accepted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.arange(100, dtype=np.uint16).reshape(10, 10)
+    >>> out = prepare_image(img)
+    >>> out.dtype, out.shape
+    (dtype('float32'), (10, 10))
+    """
+    return normalize_percentile(to_plane(image, channel=channel, plane=plane), *percentiles)

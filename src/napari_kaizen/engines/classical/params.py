@@ -1,0 +1,39 @@
+"""Parameters of the classical engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    """Parameters of :func:`napari_kaizen.engines.classical.segment`.
+
+    Sizes are relative to the object diameter so one set of defaults serves any
+    magnification.
+
+    Attributes
+    ----------
+    diameter : float or 'auto' or None
+        Typical object diameter in pixels; ``'auto'`` estimates it from the image
+        (scale-space LoG). ``None`` means ``'auto'`` here: this engine needs a scale.
+    smoothing : float
+        Gaussian sigma before thresholding, as a fraction of the diameter.
+    background_radius : float
+        Radius (in diameters) of the smooth background removed before thresholding
+        (uneven illumination); 0 disables it.
+    threshold_scale : float
+        Multiplier on Otsu's threshold (below 1 keeps dimmer objects).
+    h : float
+        h of the h-maxima seeds on the distance map, as a fraction of the radius:
+        maxima less prominent than this merge into their neighbour.
+    min_size : float
+        Objects smaller than this fraction of a typical object's area are removed.
+    """
+
+    diameter: float | str | None = "auto"
+    smoothing: float = 0.04
+    background_radius: float = 2.0
+    threshold_scale: float = 1.0
+    h: float = 0.1
+    min_size: float = 0.15
