@@ -17,6 +17,16 @@ from pathlib import Path
 from .engines._common.errors import OverwriteError
 
 
+def _default_mode() -> int:
+    """Permissions a plain ``open(..., 'w')`` would give: 0o666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
     """Write ``path`` atomically by calling ``write(tmp_path)``.
 
@@ -53,6 +63,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp makes the file private (0o600); give it the permissions any other
+        # program's output would have.
+        os.chmod(tmp, _MODE)
         if overwrite:
             os.replace(tmp, dest)
         else:

@@ -17,6 +17,29 @@ from .normalize import iter_planes
 from .snapshots import SegmentationSnapshot, Snapshot
 
 
+def _resolve_stack_diameter(params, planes):
+    """Estimate an ``'auto'`` diameter once for the whole stack.
+
+    Objects have one size throughout a stack, but the planes near its top and bottom
+    cut few of them; measuring on the planes with the most contrast first gives one
+    reliable figure for every plane.
+    """
+    if params is None or getattr(params, "diameter", None) != "auto":
+        return params
+    from dataclasses import replace as _replace
+
+    from .normalize import prepare_image
+    from .scale import estimate_diameter
+
+    order = sorted(range(len(planes)), key=lambda k: -float(np.std(planes[k][1])))
+    for k in order[:5]:
+        try:
+            return _replace(params, diameter=estimate_diameter(prepare_image(planes[k][1])))
+        except InputError:
+            continue
+    return params
+
+
 def segment_planes(
     segment: Callable[..., Generator[Snapshot, None, None]],
     stack: np.ndarray,
@@ -47,6 +70,7 @@ def segment_planes(
     """
     arr = np.asarray(stack)
     planes = list(iter_planes(arr))
+    params = _resolve_stack_diameter(params, planes)
     out = np.zeros(arr.shape, np.uint32) if not planes else None
     n = len(planes)
     offset = 0

@@ -1,0 +1,378 @@
+"""``kaizen``: the engines without a screen.
+
+    kaizen segment IMAGE... --engine classical --output PATH
+    kaizen synth OUTPUT_DIR --n 4
+    kaizen evaluate GT PRED
+    kaizen train ENGINE ...
+    kaizen engines
+
+Every error a person can cause is reported in one line (``error: ...``); ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .engines import ENGINE_MODULES
+from .engines._common.errors import KaizenError
+
+LABEL_OUTPUT_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _progress_bar(total: float, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="", bar_format="{desc} {bar} {percentage:3.0f}% {elapsed}",
+                disable=not enabled, leave=False, file=sys.stderr)
+
+
+def drive(snapshots, desc: str, *, progress: bool = True):
+    """Run a snapshot generator to the end with a progress bar; return the last snapshot."""
+    last = None
+    with _progress_bar(1000, desc, progress) as bar:
+        for snap in snapshots:
+            last = snap
+            target = int(1000 * float(snap.progress))
+            if target > bar.n:
+                bar.update(target - bar.n)
+            if snap.message:
+                bar.set_postfix_str(snap.message[:60], refresh=False)
+    if last is None:
+        raise KaizenError("the engine produced no result")
+    return last
+
+
+def parse_param_overrides(params_class: type, items: list[str]) -> dict[str, Any]:
+    """Turn ``['h=0.2', 'batched=false']`` into typed keyword arguments for ``params_class``."""
+    fields = {f.name: f for f in dataclasses.fields(params_class)}
+    hints = typing.get_type_hints(params_class)
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise KaizenError(f"--param '{item}' is not NAME=VALUE")
+        name, text = (s.strip() for s in item.split("=", 1))
+        if name not in fields:
+            raise KaizenError(f"--param: '{name}' is not a parameter of this engine; parameters: {', '.join(fields)}")
+        default = fields[name].default
+        hint = str(hints.get(name, ""))
+        try:
+            if isinstance(default, bool) or hint == "bool":
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                value: Any = text.lower() in ("1", "true", "yes", "on")
+            elif text.lower() == "none":
+                value = None
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+            elif isinstance(default, tuple):
+                value = tuple(type(default[0])(v) for v in text.split(",")) if default else tuple(text.split(","))
+            else:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        except ValueError:
+            raise KaizenError(f"--param {name}: cannot read '{text}' as {type(default).__name__}") from None
+        out[name] = value
+    return out
+
+
+def _output_paths(inputs: list[Path], output: Path) -> list[Path]:
+    """One output path per input: a file for a single input with a label suffix, else a folder."""
+    if len(inputs) == 1 and output.suffix.lower() in LABEL_OUTPUT_SUFFIXES:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return [output]
+    if output.suffix.lower() in LABEL_OUTPUT_SUFFIXES:
+        raise KaizenError(f"--output {output} is a file name but {len(inputs)} images were given: give a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    names = [p.stem for p in inputs]
+    if len(set(names)) != len(names):
+        raise KaizenError("two input images share a file name; their outputs would collide: rename or run separately")
+    return [output / f"{p.stem}.tif" for p in inputs]
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .engines import get_engine
+    from .engines._common.normalize import to_plane
+    from .engines._common.planes import segment_planes
+    from .io import find_images, read_image, write_labels, write_measurements_csv, write_roi_zip
+
+    engine = get_engine(args.engine)
+    overrides = parse_param_overrides(engine.params_class, args.param or [])
+    if args.diameter is not None:
+        overrides["diameter"] = None if args.diameter.lower() == "none" else args.diameter
+    try:
+        params = engine.params_class(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise KaizenError(f"invalid parameters for the {engine.name} engine: {exc}") from None
+    inputs = find_images(args.images)
+    outputs = _output_paths(inputs, Path(args.output))
+    if not args.overwrite:
+        clash = [o for o in outputs if o.exists()]
+        if clash:
+            raise KaizenError(f"{clash[0]} already exists; not overwriting it (pass --overwrite)")
+    model = None
+    load = getattr(engine.module, "load_model", None)
+    if load is not None and (args.model or engine.default_model):
+        model = load(args.model or engine.default_model, device=args.device)
+    failures = 0
+    for src, dest in zip(inputs, outputs):
+        start = time.perf_counter()
+        try:
+            image = read_image(src)
+            if args.all_planes:
+                if args.channel is not None:
+                    image = to_plane(image, channel=args.channel) if image.ndim == 3 else image[..., args.channel]
+                gen = segment_planes(engine.segment, image, params, model=model, device=args.device)
+            else:
+                plane = None if args.plane is None else tuple(int(i) for i in args.plane.split(","))
+                image = to_plane(image, channel=args.channel, plane=plane)
+                gen = engine.segment(image, params, model=model, device=args.device)
+            last = drive(gen, src.name, progress=not args.quiet)
+            labels = last.labels
+            if labels is None:
+                raise KaizenError("the engine finished without labels")
+            write_labels(dest, labels, overwrite=args.overwrite)
+            extra = []
+            if args.measurements:
+                csv_path = dest.with_name(dest.stem + "_measurements.csv")
+                write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
+                                       extra=_scores(last), overwrite=args.overwrite)
+                extra.append(csv_path.name)
+            if args.rois and labels.max() > 0:
+                roi_path = dest.with_name(dest.stem + "_rois.zip")
+                write_roi_zip(roi_path, labels, overwrite=args.overwrite)
+                extra.append(roi_path.name)
+            n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+            took = time.perf_counter() - start
+            also = f" (+ {', '.join(extra)})" if extra else ""
+            print(f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}")
+        except (KaizenError, OSError) as exc:
+            failures += 1
+            _fail(f"{src.name}: {exc}")
+    return 1 if failures else 0
+
+
+def _scores(snapshot) -> dict[str, dict[int, float]]:
+    scores = getattr(snapshot, "scores", None)
+    return {"score": {int(k): float(v) for k, v in dict(scores).items()}} if scores else {}
+
+
+# --------------------------------------------------------------------------- synth
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from .data import SynthParams, random_params, synthesize, synthesize_stack
+    from .io import write_labels
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides: dict[str, Any] = {"shape": tuple(args.shape)}
+    for name in ("density", "clustering", "touching", "nucleus_diameter", "dtype", "label_free"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.n):
+        seed = args.seed + i
+        base = random_params(rng, shape=tuple(args.shape)) if args.random else SynthParams()
+        params = dataclasses.replace(base, **overrides)
+        stem = f"{args.prefix}{seed:05d}"
+        if args.stack:
+            s = synthesize_stack(params, seed=seed, n_planes=args.planes, axis=args.stack)
+            arrays = {"nuclei": s.nuclei, "membrane": s.membrane, "label_free": s.label_free}
+            labels = {"nuclei_labels": s.nucleus_labels, "cells_labels": s.cell_labels}
+        else:
+            f = synthesize(params, seed=seed)
+            arrays = {"nuclei": f.nuclei, "membrane": f.membrane, "label_free": f.label_free}
+            labels = {"nuclei_labels": f.nucleus_labels, "cells_labels": f.cell_labels}
+        for name, arr in arrays.items():
+            if name not in args.channels:
+                continue
+            path = out / f"{stem}_{name}.tif"
+            if path.exists() and not args.overwrite:
+                raise KaizenError(f"{path} already exists; not overwriting it (pass --overwrite)")
+            tifffile.imwrite(path, arr, compression="zlib", photometric="minisblack")
+        for name, arr in labels.items():
+            write_labels(out / f"{stem}_{name}.tif", arr, overwrite=args.overwrite)
+        print(f"{stem}: {int(labels['nuclei_labels'].max())} nuclei -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
+    from .io import IMAGE_SUFFIXES
+
+    if gt.is_file() and pred.is_file():
+        return [(gt, pred)]
+    if gt.is_dir() and pred.is_dir():
+        gts = {p.stem: p for p in gt.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        preds = {p.stem: p for p in pred.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        common = sorted(set(gts) & set(preds))
+        if not common:
+            raise KaizenError(f"no file names in common between {gt} and {pred}")
+        return [(gts[k], preds[k]) for k in common]
+    raise KaizenError("GT and PRED must both be files or both be folders (matched by file name)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import read_labels
+    from .metrics import evaluate
+
+    pairs = _pair_files(Path(args.gt), Path(args.pred))
+    gts, preds = [], []
+    for g, p in pairs:
+        a, b = read_labels(g), read_labels(p)
+        if a.shape != b.shape:
+            raise KaizenError(f"{g.name} and {p.name} differ in shape: {a.shape} vs {b.shape}")
+        gts.append(a)
+        preds.append(b)
+    result = evaluate(gts, preds)
+    if args.json:
+        print(json.dumps({"ap": {f"{k:.2f}": v for k, v in result.ap.items()}, "map": result.map,
+                          "n_images": result.n_images, "n_true": result.n_true, "n_pred": result.n_pred}, indent=2))
+    else:
+        print(result.table())
+    return 0
+
+
+# --------------------------------------------------------------------------- train / engines
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    from .engines import get_engine
+    from .engines._common.errors import EngineNotAvailableError
+    from .engines._common.weights import list_bundled
+
+    for name in ENGINE_MODULES:
+        try:
+            eng = get_engine(name)
+            print(f"{name:10s} {eng.title}  (default model: {eng.default_model or 'none needed'})")
+        except EngineNotAvailableError as exc:
+            print(f"{name:10s} not available: {exc}")
+    print("bundled models: " + (", ".join(list_bundled()) or "none"))
+    return 0
+
+
+def _add_train_parsers(sub) -> None:
+    train = sub.add_parser("train", help="train or fine-tune an engine's model")
+    engines = train.add_subparsers(dest="train_engine", metavar="ENGINE")
+    engines.required = True
+    for name, module_name in ENGINE_MODULES.items():
+        try:
+            module = importlib.import_module(f"{module_name}.train")
+        except ModuleNotFoundError:
+            continue
+        if not hasattr(module, "add_train_arguments") or not hasattr(module, "run_train"):
+            continue
+        p = engines.add_parser(name, help=f"train the {name} engine")
+        module.add_train_arguments(p)
+        p.set_defaults(func=module.run_train)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaizen", description="Find every nucleus and cell in a micrograph.")
+    parser.add_argument("--version", action="version", version=f"napari-kaizen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    seg = sub.add_parser("segment", help="segment images (files or folders of TIFF / PNG / NPY)")
+    seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    seg.add_argument("--engine", default="classical", choices=list(ENGINE_MODULES))
+    seg.add_argument("--output", "-o", required=True, help="labels file (one image) or folder")
+    seg.add_argument("--diameter", default=None,
+                     help="object diameter in pixels, 'auto' to estimate it, or 'none' for the model's own scale")
+    seg.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    seg.add_argument("--model", default=None, help="weights file (.safetensors with .json beside it) or bundled:NAME")
+    seg.add_argument("--channel", type=int, default=None, help="channel of an RGB(A) image to use")
+    seg.add_argument("--plane", default=None, help="plane of a stack, e.g. 3 or 0,3 for (t, z)")
+    seg.add_argument("--all-planes", action="store_true", help="segment every plane of a stack")
+    seg.add_argument("--param", action="append", metavar="NAME=VALUE", help="set an engine parameter (repeatable)")
+    seg.add_argument("--measurements", action="store_true", help="also write NAME_measurements.csv")
+    seg.add_argument("--rois", action="store_true", help="also write an ImageJ ROI set NAME_rois.zip")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    seg.set_defaults(func=cmd_segment)
+
+    syn = sub.add_parser("synth", help="write synthetic micrographs with paired channels and labels")
+    syn.add_argument("output", help="output folder")
+    syn.add_argument("--n", type=int, default=4, help="number of fields")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--shape", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    syn.add_argument("--random", action="store_true", help="draw varied parameters per field (training sets)")
+    syn.add_argument("--density", type=float)
+    syn.add_argument("--clustering", type=float)
+    syn.add_argument("--touching", type=float)
+    syn.add_argument("--nucleus-diameter", dest="nucleus_diameter", type=float)
+    syn.add_argument("--dtype", choices=["uint8", "uint16", "float32"])
+    syn.add_argument("--label-free", dest="label_free", choices=["phase", "brightfield", "dic"])
+    syn.add_argument("--channels", nargs="+", default=["nuclei", "membrane", "label_free"],
+                     choices=["nuclei", "membrane", "label_free"])
+    syn.add_argument("--stack", choices=["z", "t"], help="write z-stacks or time series instead of 2-D fields")
+    syn.add_argument("--planes", type=int, default=5)
+    syn.add_argument("--prefix", default="synth_")
+    syn.add_argument("--overwrite", action="store_true")
+    syn.set_defaults(func=cmd_synth)
+
+    ev = sub.add_parser("evaluate", help="AP per IoU threshold and mAP of predicted vs true labels")
+    ev.add_argument("gt", metavar="GT", help="ground-truth labels file or folder")
+    ev.add_argument("pred", metavar="PRED", help="predicted labels file or folder (matched by name)")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=cmd_evaluate)
+
+    eng = sub.add_parser("engines", help="list engines and bundled models")
+    eng.set_defaults(func=cmd_engines)
+
+    _add_train_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except (KaizenError, OSError) as exc:
+        if args.debug:
+            raise
+        _fail(str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

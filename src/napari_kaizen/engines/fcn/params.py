@@ -1,0 +1,69 @@
+"""Parameters of the GoogLeNet FCN engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._common.errors import InputError
+
+
+@dataclass(frozen=True)
+class FCNParams:
+    """Parameters of :func:`napari_kaizen.engines.fcn.segment` (and training defaults).
+
+    Attributes
+    ----------
+    diameter : float or 'auto' or None
+        Typical object diameter in the image, pixels. The image is rescaled so objects
+        have the diameter the model was trained at (its metadata's
+        ``object_diameter``). ``None`` runs at the image's own scale (the post's
+        practice: train and segment at one magnification); ``'auto'`` estimates it.
+    threshold : float
+        Interior probability above which a pixel seeds a cell. The post found plain
+        thresholding of the class probability a good classifier; 0.5 is the class
+        boundary of a calibrated softmax.
+    foreground : float
+        Interior + edge probability above which a pixel belongs to some cell; seeds
+        grow over these pixels (their edge band) so cells are not shrunk.
+    min_size : float
+        Objects smaller than this fraction of a typical object's area (from the
+        model's ``object_diameter``) are removed.
+    tile : int
+        Tile side (pixels, model grid). Larger images are cut into overlapping tiles
+        whose outputs are averaged (weighted to their centres); 1024 keeps a 1024 x
+        1024 image in one pass, which is fastest on CPU and GPU alike.
+    overlap : int
+        Pixels shared by neighbouring tiles.
+    batch_size : int
+        Tiles per forward pass.
+    edge_weight : float
+        Loss weight of edge pixels relative to others (training and fine-tuning only;
+        the post's over-weighting of edge errors).
+    """
+
+    diameter: float | str | None = None
+    threshold: float = 0.5
+    foreground: float = 0.5
+    min_size: float = 0.1
+    tile: int = 1024
+    overlap: int = 64
+    batch_size: int = 1
+    edge_weight: float = 5.0
+
+    def check(self) -> FCNParams:
+        """Raise a one-line :class:`InputError` for out-of-range values; return self."""
+        for name in ("threshold", "foreground"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
+                raise InputError(f"{name} must be a probability strictly between 0 and 1, got {v!r}")
+        if not isinstance(self.min_size, (int, float)) or not 0.0 <= self.min_size < 10:
+            raise InputError(f"min_size must be a fraction of a typical object's area in [0, 10), got {self.min_size!r}")
+        if not isinstance(self.tile, int) or self.tile < 32:
+            raise InputError(f"tile must be an integer of at least 32 pixels, got {self.tile!r}")
+        if not isinstance(self.overlap, int) or not 0 <= self.overlap < self.tile // 2 + 1:
+            raise InputError(f"overlap must be an integer in [0, tile/2], got {self.overlap!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.edge_weight, (int, float)) or not float(self.edge_weight) > 0:
+            raise InputError(f"edge_weight must be a positive number, got {self.edge_weight!r}")
+        return self

@@ -1,0 +1,688 @@
+"""Training and fine-tuning of the GoogLeNet FCN, as generators of snapshots.
+
+The recipe is the post's: a handful of annotated images (it used seven) turned into
+thousands of training samples by random crops, circular x/y translations ("rolls"),
+flips and rotations (plus the gentle elastic / intensity changes every engine here
+uses); three classes from the instance labels with edge pixels over-weighted in the
+cross-entropy; RMSprop with an annealed (cosine) learning rate.
+
+``train`` starts from random weights, ``finetune`` from a trained model (e.g. on a
+labels layer a person corrected). Both yield
+:class:`~napari_kaizen.engines._common.snapshots.TrainingSnapshot` s, write
+``.safetensors`` + ``.json`` at the end (never over an existing file unless told), and
+can be cancelled by closing the generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import sys
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._common.augment import AugmentParams, augment
+from .._common.errors import InputError, KaizenError, OverwriteError
+from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
+from .._common.scale import equivalent_diameters, rescale_for_model, resolve_diameter
+from .._common.snapshots import TrainingSnapshot
+from .targets import check_labels, fcn_targets, pixel_weights
+
+#: Augmentation of the post (crops are taken by the sampler): rolls, flips, rotations;
+#: plus mild elastic and photometric changes shared with the other engines.
+FCN_AUGMENT = AugmentParams(roll=True, elastic_prob=0.3, elastic_alpha=3.0)
+
+#: Training recipes of the bundled models (and defaults of ``kaizen train fcn``).
+RECIPES: dict[str, dict[str, Any]] = {
+    "nuclei": dict(
+        channel="nuclei", n_images=7, shape=(512, 512), hard=1.0, crop=128, batch_size=8, steps=1200, lr=1e-3,
+        edge_weight=5.0, edge_width=2.0, width=1.0, stride=8, seed=0,
+    ),
+    "membrane": dict(
+        channel="membrane", n_images=7, shape=(512, 512), hard=1.0, crop=160, batch_size=8, steps=1200, lr=1e-3,
+        edge_weight=5.0, edge_width=2.0, width=1.0, stride=8, seed=0,
+    ),
+}
+
+#: Bundled model name of each recipe.
+BUNDLED_NAMES = {"nuclei": "fcn_nuclei", "membrane": "fcn_cells"}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _as_list(x: Any, name: str) -> list[np.ndarray]:
+    if x is None:
+        raise InputError(f"no {name} were given: expected one 2-D array or a list of them")
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not isinstance(x, (list, tuple)):
+        arr = np.asarray(x)
+        if arr.ndim == 3 and not (arr.shape[-1] in (3, 4) and name == "images"):
+            return [arr[i] for i in range(arr.shape[0])]
+        return [arr]
+    items = list(x)
+    if not items:
+        raise InputError(f"no {name} were given: expected one 2-D array or a list of them")
+    return [np.asarray(i) for i in items]
+
+
+def prepare_pairs(
+    images: Any, labels: Any, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Normalise images and check labels: a list of ``(float32 image, int32 labels)``.
+
+    Raises
+    ------
+    InputError
+        Different numbers of images and label images, a shape mismatch, non-integer
+        labels, or no object in any label image.
+    """
+    imgs, labs = _as_list(images, "images"), _as_list(labels, "labels")
+    if len(imgs) != len(labs):
+        raise InputError(f"{len(imgs)} image(s) but {len(labs)} label image(s): give one label image per image")
+    pairs = []
+    for k, (im, lab) in enumerate(zip(imgs, labs)):
+        img = prepare_image(im, percentiles=tuple(percentiles))
+        lab = check_labels(lab, name=f"labels {k}")
+        if lab.shape != img.shape:
+            raise InputError(f"image {k} has shape {img.shape} but its labels have shape {lab.shape}: they must match")
+        pairs.append((img, lab))
+    if not any(lab.any() for _, lab in pairs):
+        raise InputError("the label images hold no objects: annotate at least one cell")
+    return pairs
+
+
+def training_diameter(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Median equivalent diameter of all objects of all label images (pixels)."""
+    d = np.concatenate([equivalent_diameters(lab) for _, lab in pairs])
+    return float(np.median(d)) if d.size else float("nan")
+
+
+def synthetic_training_set(
+    n_images: int = 7,
+    *,
+    channel: str = "nuclei",
+    shape: tuple[int, int] = (512, 512),
+    hard: float = 1.0,
+    first_seed: int = 0,
+    nucleus_diameter: float = 18.0,
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """Synthetic images + labels for training: seeds ``first_seed ..``, varied fields.
+
+    Each field's settings come from ``random_params(np.random.default_rng(seed), ...)``
+    with the same seed; ``channel='nuclei'`` pairs the DAPI-like channel with
+    ``nucleus_labels``, ``'membrane'`` the CellMask-like channel with ``cell_labels``.
+
+    Returns
+    -------
+    images, labels : list of ndarray
+    description : dict
+        JSON-friendly record of how the set was made (for the weights metadata).
+    """
+    from ...data import random_params, synthesize
+
+    if channel not in ("nuclei", "membrane"):
+        raise InputError(f"channel must be 'nuclei' or 'membrane', got {channel!r}")
+    if int(n_images) < 1:
+        raise InputError(f"the synthetic training set needs at least one image, got {n_images}")
+    images, labels = [], []
+    seeds = list(range(int(first_seed), int(first_seed) + int(n_images)))
+    for s in seeds:
+        prm = random_params(np.random.default_rng(s), shape=tuple(shape), nucleus_diameter=nucleus_diameter, hard=hard)
+        f = synthesize(prm, seed=s)
+        images.append(f.nuclei if channel == "nuclei" else f.membrane)
+        labels.append(f.nucleus_labels if channel == "nuclei" else f.cell_labels)
+    desc = {
+        "source": "napari_kaizen.data.synthesize",
+        "params": f"random_params(np.random.default_rng(seed), shape={tuple(shape)}, "
+        f"nucleus_diameter={nucleus_diameter}, hard={hard})",
+        "seeds": seeds,
+        "channel": channel,
+        "labels": "nucleus_labels" if channel == "nuclei" else "cell_labels",
+    }
+    return images, labels, desc
+
+
+def iter_batches(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    *,
+    crop: int,
+    batch_size: int,
+    edge_width: float,
+    edge_weight: float,
+    augment_params: AugmentParams = FCN_AUGMENT,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Endless ``(images (B,1,c,c), classes (B,c,c), weights (B,c,c))`` training batches.
+
+    A sample is a random ``crop x crop`` window of a random image (chosen in proportion
+    to its area). With ``augment_params.roll`` the window wraps around the image edges,
+    which is cropping a circularly rolled image, as the post did; flips, rotations,
+    elastic and intensity changes follow, and the three-class targets are computed
+    from the augmented labels (so bands keep their width under rotation).
+    """
+    areas = np.array([img.size for img, _ in pairs], np.float64)
+    prob = areas / areas.sum()
+    geo = replace(augment_params, roll=False)
+    while True:
+        xs, cs, ws = [], [], []
+        for _ in range(batch_size):
+            img, lab = pairs[int(rng.choice(len(pairs), p=prob))]
+            h, w = img.shape
+            if augment_params.roll:
+                rows = (int(rng.integers(h)) + np.arange(crop)) % h
+                cols = (int(rng.integers(w)) + np.arange(crop)) % w
+            else:
+                rows = int(rng.integers(h - crop + 1)) + np.arange(crop)
+                cols = int(rng.integers(w - crop + 1)) + np.arange(crop)
+            sub_img, sub_lab = img[np.ix_(rows, cols)], lab[np.ix_(rows, cols)]
+            a_img, (a_lab,) = augment(sub_img, [sub_lab], rng=rng, params=geo, label_targets=(True,))
+            cls = fcn_targets(a_lab, edge_width)
+            xs.append(a_img)
+            cs.append(cls)
+            ws.append(pixel_weights(cls, edge_weight))
+        yield np.stack(xs)[:, None].astype(np.float32), np.stack(cs).astype(np.int64), np.stack(ws)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _check_output(output: Any, overwrite: bool) -> Path:
+    from .._common.weights import weights_paths
+
+    if output is None or str(output).strip() == "":
+        raise InputError("no output path was given: name the weights file to write (e.g. my_fcn.safetensors)")
+    if str(output).startswith("bundled:"):
+        raise InputError("output must be a file path, not 'bundled:NAME'")
+    tensor_path, json_path = weights_paths(output)
+    if not tensor_path.parent.is_dir():
+        raise InputError(f"folder {tensor_path.parent} does not exist: create it or choose another output path")
+    if not overwrite:
+        for p in (tensor_path, json_path):
+            if p.exists():
+                raise OverwriteError(f"{p} already exists; not overwriting it (choose another output or pass overwrite)")
+    return tensor_path
+
+
+def _check_number(name: str, value: Any, lo: float, *, integer: bool = False) -> None:
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    if not ok or not np.isfinite(value) or value < lo:
+        kind = "an integer" if integer else "a number"
+        raise InputError(f"{name} must be {kind} >= {lo:g}, got {value!r}")
+
+
+def _fit_crop(pairs, crop: int, stride: int) -> int:
+    side = min(min(img.shape) for img, _ in pairs)
+    fitted = min(int(crop), side) // stride * stride
+    if fitted < 32:
+        raise InputError(
+            f"training images are too small ({side} px on their shortest side at the model's scale): "
+            "at least 32 x 32 pixels are needed"
+        )
+    return fitted
+
+
+def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
+    """AP50 / mAP and pixel accuracy on held-out pairs, for the training log."""
+    if not val_pairs:
+        return None
+
+    def validate(net) -> dict[str, float]:
+        import torch
+
+        from ...metrics import evaluate
+        from .._common.tiling import tiled_predict
+        from .params import FCNParams
+        from .segment import instances_from_probabilities, min_area_pixels
+
+        p = FCNParams()
+        dev = next(net.parameters()).device
+        gts, preds, acc = [], [], []
+        for img, lab in val_pairs:
+            probs = tiled_predict(lambda b: torch.softmax(net(b), 1), img, tile=p.tile, overlap=p.overlap,
+                                  multiple_of=net.stride, device=dev)
+            pred = instances_from_probabilities(
+                probs[1], probs[2], threshold=p.threshold, foreground=p.foreground,
+                min_area=min_area_pixels(p.min_size, object_diameter),
+            )
+            gts.append(lab)
+            preds.append(pred)
+            acc.append(float((probs.argmax(0) == fcn_targets(lab, edge_width)).mean()))
+        ev = evaluate(gts, preds)
+        return {"ap50": ev.ap50, "map": ev.map, "pixel_accuracy": float(np.mean(acc))}
+
+    return validate
+
+
+def _fit(
+    net,
+    pairs,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    crop: int,
+    edge_width: float,
+    edge_weight: float,
+    seed: int,
+    dev,
+    augment_params: AugmentParams,
+    validate=None,
+    validate_every: int = 0,
+    report_every: int = 10,
+) -> Generator[TrainingSnapshot, None, dict[str, Any]]:
+    import torch
+
+    from .._common.losses import weighted_cross_entropy
+    from .._common.training import seed_everything, train_loop
+
+    rng = seed_everything(seed)
+    batches = iter_batches(
+        pairs, rng, crop=crop, batch_size=batch_size, edge_width=edge_width, edge_weight=edge_weight,
+        augment_params=augment_params,
+    )
+    # RMSprop with a cosine-annealed learning rate (the post: "RMSprop with an annealed
+    # learning rate"); eps 1e-6 keeps early steps of rarely-updated weights bounded.
+    optimizer = torch.optim.RMSprop(net.parameters(), lr=lr, alpha=0.9, eps=1e-6, weight_decay=1e-5)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * 0.02)
+
+    def loss_fn(model, batch):
+        x, cls, w = batch
+        logits = model(x)
+        loss = weighted_cross_entropy(logits, cls, w)
+        with torch.no_grad():
+            edge = cls == 2
+            edge_acc = float((logits.argmax(1)[edge] == 2).float().mean()) if bool(edge.any()) else float("nan")
+        return loss, {"weighted_ce": float(loss.detach()), "edge_recall": edge_acc}
+
+    return (
+        yield from train_loop(
+            net, batches, loss_fn, optimizer, steps=steps, device=dev, scheduler=scheduler,
+            report_every=report_every, validate=validate, validate_every=validate_every, clip_grad_norm=5.0,
+        )
+    )
+
+
+def _save(net, path: Path, metadata: Mapping[str, Any], overwrite: bool) -> Path:
+    from .._common.weights import save_weights
+
+    return save_weights(path, net.state_dict(), metadata, overwrite=overwrite)
+
+
+def train(
+    images: Any,
+    labels: Any,
+    *,
+    output: str | Path,
+    edge_weight: float = 5.0,
+    edge_width: float = 2.0,
+    steps: int = 1200,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    crop: int = 128,
+    width: float = 1.0,
+    stride: int = 8,
+    seed: int = 0,
+    device: Any = "auto",
+    channel: str | None = None,
+    augment_params: AugmentParams = FCN_AUGMENT,
+    validation: tuple[Any, Any] | None = None,
+    validate_every: int = 0,
+    data_description: Mapping[str, Any] | None = None,
+    reproduce: str | None = None,
+    overwrite: bool = False,
+    report_every: int = 10,
+) -> Generator[TrainingSnapshot, None, None]:
+    """Train a GoogLeNet FCN from scratch on annotated images.
+
+    Parameters
+    ----------
+    images : ndarray or sequence of ndarray
+        2-D images (any real dtype; each normalised with percentiles 1 / 99.8), or a
+        stack ``(N, H, W)``.
+    labels : ndarray or sequence of ndarray
+        Instance labels, one per image, same shapes.
+    output : path
+        Weights to write (``.safetensors`` + ``.json``); must not exist unless
+        ``overwrite``. Checked before training starts.
+    edge_weight : float
+        Loss weight of edge pixels (1 = no over-weighting).
+    edge_width : float
+        Width in pixels of the edge band inside each object.
+    steps, lr, batch_size, crop : int, float, int, int
+        Optimiser steps, initial RMSprop learning rate (cosine-annealed to 2 % of it),
+        crops per step, crop side (pixels; reduced to fit the smallest image).
+    width, stride : float, int
+        Network size (see :class:`~napari_kaizen.engines.fcn.model.GoogLeNetFCN`).
+    seed : int
+        Seeds weight initialisation and sampling: same data + seed, same weights.
+    device : str
+        ``'auto'``, ``'cpu'``, ``'cuda'``...
+    channel : str, optional
+        Which stain the images show (``'nuclei'``, ``'membrane'``), for the metadata.
+    augment_params : AugmentParams
+    validation : (images, labels), optional
+        Held-out data scored (AP50, mAP, pixel accuracy) every ``validate_every``
+        steps and at the end, for the log only (nothing is selected on it).
+    data_description, reproduce : optional
+        Stored in the metadata's ``training`` record.
+    overwrite : bool
+    report_every : int
+
+    Yields
+    ------
+    TrainingSnapshot
+        Progress every ``report_every`` steps; the last has ``done=True`` and
+        ``weights_path``.
+    """
+    import torch
+
+    from .._common.device import choose_device
+    from .model import ARCHITECTURE, CLASSES, GoogLeNetFCN
+
+    _check_number("steps", steps, 1, integer=True)
+    _check_number("batch_size", batch_size, 1, integer=True)
+    _check_number("crop", crop, 32, integer=True)
+    _check_number("lr", lr, 0)
+    _check_number("edge_weight", edge_weight, 1e-6)
+    _check_number("edge_width", edge_width, 0.5)
+    path = _check_output(output, overwrite)
+    pairs = prepare_pairs(images, labels)
+    val_pairs = prepare_pairs(*validation) if validation is not None else []
+    dev = choose_device(device)
+    try:
+        net = GoogLeNetFCN(in_channels=1, n_classes=len(CLASSES), width=width, stride=stride)
+    except ValueError as exc:
+        raise InputError(f"cannot build the network: {exc}") from None
+    crop = _fit_crop(pairs, crop, net.stride)
+    diameter = training_diameter(pairs)
+    torch.manual_seed(seed)
+    net = GoogLeNetFCN(**net.config).to(dev)
+    result = yield from _fit(
+        net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
+        edge_weight=edge_weight, seed=seed, dev=dev, augment_params=augment_params,
+        validate=_validation_fn(val_pairs, diameter, edge_width), validate_every=validate_every,
+        report_every=report_every,
+    )
+    meta = {
+        "architecture": ARCHITECTURE,
+        "config": dict(net.config),
+        "classes": list(CLASSES),
+        "object_diameter": round(diameter, 3),
+        "normalization": {"percentiles": list(DEFAULT_PERCENTILES)},
+        "channel": channel,
+        "targets": {"edge_width": float(edge_width), "edge_weight": float(edge_weight)},
+        "training": {
+            "data": dict(data_description or {"images": len(pairs)}),
+            "n_images": len(pairs),
+            "image_shapes": [list(img.shape) for img, _ in pairs],
+            "steps": int(steps),
+            "batch_size": int(batch_size),
+            "crop": int(crop),
+            "optimizer": "RMSprop(alpha=0.9, eps=1e-6, weight_decay=1e-5)",
+            "lr": float(lr),
+            "schedule": "cosine annealing to 0.02 * lr",
+            "loss": "cross-entropy, edge pixels weighted by edge_weight",
+            "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(augment_params).items()},
+            "seed": int(seed),
+            "device": str(dev),
+            "torch": torch.__version__,
+            "final_loss": result["final_loss"],
+            "seconds": round(result["seconds"], 1),
+            "validation": result["validation"],
+            "reproduce": reproduce or "",
+        },
+    }
+    saved = _save(net.cpu(), path, meta, overwrite)
+    yield TrainingSnapshot(
+        stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
+        loss=result["final_loss"], validation=result["validation"], weights_path=saved, done=True,
+    )
+
+
+def _labels_to_model(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of labels to ``shape`` (ids unchanged)."""
+    if labels.shape == tuple(shape):
+        return labels
+    h, w = shape
+    mh, mw = labels.shape
+    yi = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
+    xi = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
+    return labels[np.ix_(yi, xi)]
+
+
+def finetune(
+    images: Any,
+    labels: Any,
+    *,
+    output: str | Path,
+    model: Any = None,
+    steps: int = 200,
+    lr: float = 2e-4,
+    device: Any = "auto",
+    diameter: float | str | None = None,
+    edge_weight: float | None = None,
+    batch_size: int = 4,
+    crop: int | None = None,
+    seed: int = 0,
+    freeze_batchnorm: bool = True,
+    overwrite: bool = False,
+    report_every: int = 10,
+    reproduce: str | None = None,
+) -> Generator[TrainingSnapshot, None, None]:
+    """Fine-tune a trained FCN on a few (corrected) label images.
+
+    The model is copied (the one passed in is left as it was), trained for ``steps``
+    more RMSprop steps with the same targets and augmentation as :func:`train`, and
+    written to ``output`` with metadata that records what it was fine-tuned from.
+
+    Parameters
+    ----------
+    images : ndarray or sequence of ndarray
+        The image(s) the labels belong to (same channel as the model's).
+    labels : ndarray or sequence of ndarray
+        Complete instance labels, e.g. a labels layer after correction.
+    output : path
+        Weights to write; must not exist unless ``overwrite``. Checked first.
+    model : FCNModel, path or 'bundled:NAME', optional
+        Starting point; ``None`` means ``DEFAULT_MODEL``.
+    steps : int
+    lr : float
+        Initial learning rate (cosine-annealed); lower than for training from scratch
+        so a few images adjust the model rather than overwrite it.
+    device : str
+    diameter : float or 'auto' or None
+        Object diameter in ``images`` (pixels), as given to ``segment``: images and
+        labels are rescaled to the model's ``object_diameter`` so the fine-tuned model
+        keeps its scale. ``'auto'`` measures it from the labels; ``None``: already at
+        the model's scale.
+    edge_weight : float, optional
+        Default: the model's own (metadata ``targets.edge_weight``).
+    batch_size : int
+    crop : int, optional
+        Default: the model's training crop, reduced to fit the images.
+    seed : int
+    freeze_batchnorm : bool
+        Keep batch-norm statistics fixed: a handful of crops from one image is too few
+        to re-estimate them.
+    overwrite : bool
+    report_every : int
+    reproduce : str, optional
+        How to rerun this, stored in the metadata.
+
+    Yields
+    ------
+    TrainingSnapshot
+        Progress; the last has ``done=True`` and ``weights_path``.
+    """
+    import torch
+
+    from .._common.device import choose_device
+    from .model import load_model
+
+    _check_number("steps", steps, 1, integer=True)
+    _check_number("batch_size", batch_size, 1, integer=True)
+    _check_number("lr", lr, 0)
+    path = _check_output(output, overwrite)
+    base = load_model(model, "cpu" if not isinstance(device, str) or device == "auto" else device)
+    meta0 = base.metadata
+    pairs = prepare_pairs(images, labels, percentiles=base.percentiles)
+    target = base.object_diameter
+    scaled = []
+    for img, lab in pairs:
+        if isinstance(diameter, str) and diameter.strip().lower() == "auto":
+            d = training_diameter([(img, lab)])
+        else:
+            d = resolve_diameter(img, diameter)
+        rs = rescale_for_model(img.shape, d, target)
+        scaled.append((rs.to_model(img), _labels_to_model(lab, rs.model_shape)))
+    pairs = scaled
+    tmeta = dict(meta0.get("targets", {}))
+    edge_width = float(tmeta.get("edge_width", 2.0))
+    edge_weight = float(tmeta.get("edge_weight", 5.0) if edge_weight is None else edge_weight)
+    _check_number("edge_weight", edge_weight, 1e-6)
+    crop = _fit_crop(pairs, crop or int(meta0.get("training", {}).get("crop", 128)), base.stride)
+    dev = choose_device(device)
+    net = copy.deepcopy(base.net).to(dev)
+    net.freeze_batchnorm(freeze_batchnorm)
+    result = yield from _fit(
+        net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
+        edge_weight=edge_weight, seed=seed, dev=dev, augment_params=FCN_AUGMENT, report_every=report_every,
+    )
+    net.freeze_batchnorm(False)
+    meta = {k: v for k, v in meta0.items() if k not in ("sha256", "weights_file", "created", "format_version",
+                                                            "napari_kaizen_version")}
+    meta["targets"] = {"edge_width": edge_width, "edge_weight": edge_weight}
+    meta["training"] = {
+        "finetuned_from": base.source,
+        "base_training": meta0.get("training", {}),
+        "n_images": len(pairs),
+        "image_shapes": [list(img.shape) for img, _ in pairs],
+        "n_objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
+        "steps": int(steps),
+        "batch_size": int(batch_size),
+        "crop": int(crop),
+        "optimizer": "RMSprop(alpha=0.9, eps=1e-6, weight_decay=1e-5)",
+        "lr": float(lr),
+        "schedule": "cosine annealing to 0.02 * lr",
+        "freeze_batchnorm": bool(freeze_batchnorm),
+        "seed": int(seed),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "final_loss": result["final_loss"],
+        "seconds": round(result["seconds"], 1),
+        "reproduce": reproduce or "",
+    }
+    saved = _save(net.cpu(), path, meta, overwrite)
+    yield TrainingSnapshot(
+        stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
+        loss=result["final_loss"], weights_path=saved, done=True,
+    )
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``kaizen train fcn`` to ``parser`` and return it."""
+    parser.add_argument("--images", nargs="+", metavar="FILE", help="training images (TIFF, PNG or NPY)")
+    parser.add_argument("--labels", nargs="+", metavar="FILE", help="instance labels, one per image, same order")
+    parser.add_argument("--output", required=True, metavar="PATH", help="weights to write (.safetensors + .json)")
+    parser.add_argument("--channel", choices=("nuclei", "membrane"), default="nuclei",
+                        help="stain of the images; picks the recipe defaults and the synthetic channel")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="train on N synthetic fields (seeds 0..N-1) instead of files")
+    parser.add_argument("--edge-weight", type=float, default=None, help="loss weight of edge pixels (1 = none)")
+    parser.add_argument("--edge-width", type=float, default=None, help="edge band width inside objects, pixels")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--crop", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return parser
+
+
+def _read_array(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"file {p} not found")
+    try:
+        if p.suffix.lower() == ".npy":
+            return np.load(p, allow_pickle=False)
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(p)
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(p))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {p}: {exc}") from None
+
+
+def _reproduce_command(args: argparse.Namespace) -> str:
+    """The ``kaizen train fcn`` command line that repeats this run."""
+    parts = ["kaizen", "train", "fcn"]
+    if args.synthetic:
+        parts += ["--synthetic", str(args.synthetic)]
+    else:
+        parts += ["--images", *map(str, args.images or [])] + ["--labels", *map(str, args.labels or [])]
+    parts += ["--channel", args.channel]
+    for name in ("edge_weight", "edge_width", "steps", "lr", "batch_size", "crop", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            parts += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.threads:
+        parts += ["--threads", str(args.threads)]
+    parts += ["--device", str(args.device), "--output", str(args.output)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``kaizen train fcn`` with parsed ``args``; return the exit status."""
+    recipe = RECIPES[args.channel]
+
+    def pick(name: str, attr: str | None = None):
+        v = getattr(args, attr or name, None)
+        return recipe[name] if v is None else v
+
+    try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(int(args.threads))
+        seed = pick("seed")
+        if args.synthetic:
+            if args.images or args.labels:
+                raise InputError("give either --synthetic N or --images/--labels, not both")
+            images, labels, desc = synthetic_training_set(
+                args.synthetic, channel=args.channel, shape=recipe["shape"], hard=recipe["hard"]
+            )
+        else:
+            if not args.images or not args.labels:
+                raise InputError("give --images and --labels (one label file per image), or --synthetic N")
+            images = [_read_array(f) for f in args.images]
+            labels = [_read_array(f) for f in args.labels]
+            desc = {"images": list(args.images), "labels": list(args.labels), "channel": args.channel}
+        reproduce = _reproduce_command(args)
+        gen = train(
+            images, labels, output=args.output, edge_weight=pick("edge_weight"), edge_width=pick("edge_width"),
+            steps=pick("steps"), lr=pick("lr"), batch_size=pick("batch_size"), crop=pick("crop"),
+            width=recipe["width"], stride=recipe["stride"], seed=seed, device=args.device, channel=args.channel,
+            data_description=desc, reproduce=reproduce, overwrite=args.overwrite, report_every=50,
+        )
+        for snap in gen:
+            print(snap.message, flush=True)
+            if snap.done:
+                print(f"wrote {snap.weights_path}", flush=True)
+    except KaizenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

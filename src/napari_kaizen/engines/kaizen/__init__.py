@@ -1,0 +1,1 @@
+"""Kaizen engine (placeholder while building)."""

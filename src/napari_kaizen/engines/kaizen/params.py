@@ -1,0 +1,115 @@
+"""Parameters of the Kaizen engine (defaults from the paper, section 3.6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._common.errors import InputError
+
+
+@dataclass(frozen=True)
+class KaizenParams:
+    """Parameters of :func:`~napari_kaizen.engines.kaizen.segment` and
+    :func:`~napari_kaizen.engines.kaizen.decompose`.
+
+    Window sizes the paper's text lost in extraction (the box of ones and the
+    suppressed region) default to fractions of the patch size, so one set of
+    defaults serves any model; ``None`` means "derive from the patch size".
+
+    Attributes
+    ----------
+    patch_size : int or None
+        Side of the VQ-VAE's square input (paper: 40 for nuclei). It must equal the
+        model's patch size (a mismatch is an error, not a silent resize); ``None``
+        takes the model's.
+    points_per_iteration : int
+        ``N`` of the paper's Algorithm 1: points proposed per iteration when
+        ``batched`` is False (paper: 10 for nuclei, 1 for neuroblastoma cells).
+    max_iterations : int
+        Iterations of one pass (the paper's repeat loop, capped at 30); a pass also
+        ends at the first iteration that accepts nothing.
+    max_passes : int
+        Passes at most (each later pass predicts on the error image left by the
+        previous ones); the run also ends at the first pass that accepts nothing.
+    mask_threshold : float
+        A predicted cell becomes a mask where it is brighter than this fraction of
+        the mean of the input image (paper: 10 %). The same level is the least mean
+        unexplained brightness a box must hold to be proposed.
+    min_size : int
+        Masks with fewer pixels (on the model's grid) are dropped (paper: 20).
+    mirror_pad : int
+        Pixels of mirror padding at the image border; zero padding follows up to half
+        the patch (paper: 8 mirror + 12 zero for 40-pixel patches).
+    diameter : float or 'auto' or None
+        Typical object diameter in the input image (pixels). The image is rescaled
+        so objects have the diameter the model was trained on; ``'auto'`` estimates
+        it; ``None`` runs at the input scale.
+    batched : bool
+        True: each iteration proposes every point whose patch does not overlap
+        another proposal's, predicts them in one forward pass and judges them
+        together (exactly what judging them one by one would give, because they do
+        not overlap). False: the paper's loop, ``points_per_iteration`` points per
+        iteration with the paper's suppression window, judged one after the other.
+    batch_points : int or None
+        With ``batched``, at most this many proposals per iteration (``None``: all).
+    box_size : int or None
+        Side of the box of ones the error image is convolved with to rank points;
+        ``None``: half the patch (about one nucleus at the paper's scale, so maxima
+        fall on object centres).
+    suppression_radius : int or None
+        Half-side of the square suppressed around each chosen point in the paper's
+        loop; ``None``: a quarter of the patch (points about one object apart). The
+        batched loop always suppresses ``patch_size - 1`` so patches never overlap.
+    tabu_radius : int or None
+        Points within this (Chebyshev) distance of a point already tried in this
+        pass are not proposed again (a neighbouring pixel would predict the same
+        cell); ``None``: an eighth of the patch (one latent cell of the VQ-VAE).
+    batch_size : int
+        Patches per forward pass (bounds memory on huge images).
+    """
+
+    patch_size: int | None = 40
+    points_per_iteration: int = 10
+    max_iterations: int = 30
+    max_passes: int = 10
+    mask_threshold: float = 0.1
+    min_size: int = 20
+    mirror_pad: int = 8
+    diameter: float | str | None = None
+    batched: bool = True
+    batch_points: int | None = None
+    box_size: int | None = None
+    suppression_radius: int | None = None
+    tabu_radius: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_none: bool = False, minimum: int = 1) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int,)) or value < minimum:
+                raise InputError(f"KaizenParams.{name} must be an integer >= {minimum}, got {value!r}")
+
+        positive("patch_size", allow_none=True, minimum=8)
+        if self.patch_size is not None and self.patch_size % 8:
+            raise InputError(f"KaizenParams.patch_size must be a multiple of 8 (the VQ-VAE halves it 3 times), got {self.patch_size}")
+        positive("points_per_iteration")
+        positive("max_iterations")
+        positive("max_passes")
+        positive("min_size", minimum=0)
+        positive("mirror_pad", minimum=0)
+        positive("batch_points", allow_none=True)
+        positive("box_size", allow_none=True)
+        positive("suppression_radius", allow_none=True, minimum=0)
+        positive("tabu_radius", allow_none=True, minimum=0)
+        positive("batch_size")
+        if not (isinstance(self.mask_threshold, (int, float)) and 0.0 <= float(self.mask_threshold) < 10.0):
+            raise InputError(f"KaizenParams.mask_threshold must be a fraction of the image mean in [0, 10), got {self.mask_threshold!r}")
+
+    def windows(self, patch: int) -> tuple[int, int, int]:
+        """``(box_size, suppression_radius, tabu_radius)`` for a model's patch size."""
+        box = self.box_size or max(1, patch // 2)
+        supp = self.suppression_radius if self.suppression_radius is not None else max(1, patch // 4)
+        tabu = self.tabu_radius if self.tabu_radius is not None else max(1, patch // 8)
+        return int(box), int(supp), int(tabu)

@@ -1,0 +1,54 @@
+"""ISL U-Net engine: In-Silico-Labelling pretraining, few-image fine-tuning, h-maxima watershed.
+
+Seed 001 (Bonte et al., "Learning with minimal effort"): a U-Net is first trained to
+predict a fluorescent channel (DAPI, CellMask) from a label-free one (bright field,
+phase contrast, DIC), a pretext task that needs no annotation. Two conv layers are then
+appended and the whole network is fine-tuned on one to ten annotated images to predict
+a distance map and a mask; seeds are the h-maxima of the distance map, and a watershed
+of the mask gives one object per seed. Training practice (augmentation, tiling with
+averaged overlaps) follows seed 002.
+
+Public names
+------------
+``Params`` (:class:`UNetParams`), ``segment``, ``load_model``, ``finetune``,
+``pretrain``, ``DEFAULT_MODEL`` (the bundled fine-tuned nucleus model), ``TITLE``.
+"""
+
+from .model import ARCHITECTURE, ISLUNet, UNet, build_model
+from .params import UNetParams
+from .segment import (
+    DEFAULT_MODEL,
+    PRETRAINED_MEMBRANE,
+    PRETRAINED_NUCLEI,
+    UNetModel,
+    load_model,
+    segment,
+)
+from .targets import balance_lambda, distance_map, segmentation_targets
+from .postprocess import instances
+from .training import finetune, pretrain
+
+TITLE = "U-Net (ISL)"
+Params = UNetParams
+
+__all__ = [
+    "ARCHITECTURE",
+    "DEFAULT_MODEL",
+    "ISLUNet",
+    "PRETRAINED_MEMBRANE",
+    "PRETRAINED_NUCLEI",
+    "Params",
+    "TITLE",
+    "UNet",
+    "UNetModel",
+    "UNetParams",
+    "balance_lambda",
+    "build_model",
+    "distance_map",
+    "finetune",
+    "instances",
+    "load_model",
+    "pretrain",
+    "segment",
+    "segmentation_targets",
+]

@@ -1,0 +1,139 @@
+"""Fine-tuning targets and loss of the ISL U-Net: mask + per-cell distance map.
+
+The paper (seed 001, section 2.3.2) fine-tunes to two channels: a distance map, "an
+image where pixel values get higher as they are closer to the centre of the cell, the
+background remaining black", and a semantic mask. The loss is
+
+    L = MSE(distance) + lambda * BCEWithLogits(mask)
+
+with lambda "the initial ratio between MSELoss and BCEWithLogitsLoss" (2000 for their
+8-bit distance maps). Here the distance of every object is normalised to a peak of 1,
+so big and small objects weigh the same and h (the seed contrast) means the same for
+all of them; lambda is measured again at the start of every fine-tune
+(:func:`balance_lambda`), because it depends on the targets and on the initial model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .._common.errors import InputError
+
+
+def check_labels(labels: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Validate an instance label image (2-D, non-negative integers) and return it as int32.
+
+    Raises
+    ------
+    InputError
+        If it is not 2-D, not integer, negative, or does not match ``shape``.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise InputError(f"labels must be a 2-D instance label image (H, W), got shape {arr.shape}")
+    if arr.dtype.kind == "b":
+        raise InputError("labels are boolean (a mask): expected instance labels (0 background, 1..N objects)")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+            raise InputError(f"labels have non-integer values (dtype {arr.dtype}): expected integer instance ids")
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"labels have dtype {arr.dtype}: expected integer instance ids")
+    if arr.size and arr.min() < 0:
+        raise InputError("labels have negative values: expected 0 for background and positive instance ids")
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        raise InputError("labels have ids beyond the int32 range: relabel them 1..N")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise InputError(f"labels have shape {arr.shape} but the image has shape {tuple(shape)}: they must match")
+    return arr.astype(np.int32, copy=False)
+
+
+def distance_map(labels: np.ndarray) -> np.ndarray:
+    """Distance to the background inside each object, normalised to 1 at each object's peak.
+
+    The background of an object is everything outside it, *including touching
+    neighbours*, so the map dips to near 0 on every contact line: that dip is what
+    lets h-maxima seeds and the watershed split touching objects.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W), values in [0, 1]
+
+    Examples
+    --------
+    >>> lab = np.zeros((7, 9), int); lab[1:6, 1:4] = 1; lab[1:6, 4:8] = 2
+    >>> d = distance_map(lab)
+    >>> float(d.max()), float(d[0, 0])
+    (1.0, 0.0)
+    """
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        # One pixel of margin so the box edge counts as outside the object.
+        y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, lab.shape[0])
+        x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, lab.shape[1])
+        own = lab[y0:y1, x0:x1] == i
+        d = ndi.distance_transform_edt(np.pad(own, 1))[1:-1, 1:-1]
+        peak = float(d.max())
+        if peak > 0:
+            sub = out[y0:y1, x0:x1]
+            sub[own] = (d[own] / peak).astype(np.float32)
+    return out
+
+
+def segmentation_targets(labels: np.ndarray) -> np.ndarray:
+    """Targets ``(2, H, W)`` float32: per-object normalised distance map, then the mask.
+
+    The channel order (distance first) is the paper's.
+    """
+    lab = np.asarray(labels)
+    return np.stack([distance_map(lab), (lab > 0).astype(np.float32)])
+
+
+def segmentation_loss_parts(output, target):
+    """``(mse_distance, bce_mask)`` of a segmentation output against its targets.
+
+    Parameters
+    ----------
+    output : Tensor, shape (B, 3, H, W)
+        ``(fluorescence, distance, mask_logit)`` from :class:`~.model.ISLUNet`.
+    target : Tensor, shape (B, 2, H, W)
+        ``(distance, mask)`` from :func:`segmentation_targets`.
+    """
+    import torch.nn.functional as F
+
+    mse = F.mse_loss(output[:, 1], target[:, 0])
+    bce = F.binary_cross_entropy_with_logits(output[:, 2], target[:, 1])
+    return mse, bce
+
+
+def balance_lambda(mse0: float, bce0: float, *, floor: float = 1e-3, ceiling: float = 1e4) -> float:
+    """The paper's lambda: the initial ratio ``MSE / BCE``, so both terms start equal.
+
+    Parameters
+    ----------
+    mse0, bce0 : float
+        The two losses of the model before fine-tuning (averaged over a few batches).
+    floor, ceiling : float
+        Clamp, so a degenerate start (a perfect mask, an empty batch) cannot make one
+        term vanish or explode.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> balance_lambda(0.2, 0.8)
+    0.25
+    """
+    mse0, bce0 = float(mse0), float(bce0)
+    if not np.isfinite(mse0) or not np.isfinite(bce0) or bce0 <= 0 or mse0 <= 0:
+        return 1.0
+    return float(np.clip(mse0 / bce0, floor, ceiling))

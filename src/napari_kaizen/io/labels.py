@@ -1,0 +1,134 @@
+"""Label images to and from TIFF, PNG and NPY, without changing a single value.
+
+The dtype written is the smallest unsigned integer type that holds the largest label
+(uint8, uint16, uint32, uint64), so a file opens everywhere and round-trips exactly.
+Writers are atomic and never replace an existing file unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._files import atomic_write
+from ..engines._common.errors import InputError
+
+#: Suffixes the label reader and writer understand.
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+
+def label_dtype(labels: np.ndarray) -> np.dtype:
+    """Smallest unsigned dtype that holds every value of ``labels``.
+
+    Raises
+    ------
+    InputError
+        Negative or non-integer values.
+    """
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        return np.dtype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+            raise InputError("labels must be whole numbers: this array has fractional, NaN or infinite values")
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"labels must be integers, got dtype {arr.dtype}")
+    if arr.size == 0:
+        return np.dtype(np.uint8)
+    lo, hi = arr.min(), arr.max()
+    if lo < 0:
+        raise InputError(f"labels must not be negative (minimum is {lo})")
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise InputError(f"largest label {hi} does not fit 64 bits")
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in LABEL_SUFFIXES:
+        raise InputError(f"cannot write labels as '{suffix or path.name}': use .tif, .tiff, .png or .npy")
+    return suffix
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write a label image; the format follows the suffix (.tif/.tiff, .png, .npy).
+
+    Parameters
+    ----------
+    path : path-like
+    labels : ndarray of non-negative integers
+        2-D, or a stack for TIFF / NPY.
+    overwrite : bool
+        Replace an existing file. Without it, an existing file raises ``OverwriteError``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InputError
+        Unsupported suffix, non-integer or negative labels, a stack or labels above
+        65535 for PNG.
+    OverwriteError
+        The file exists and ``overwrite`` is False.
+    """
+    dest = Path(path)
+    fmt = _format(dest)
+    arr = np.asarray(labels)
+    data = arr.astype(label_dtype(arr), copy=False)
+    if fmt == ".png":
+        if data.ndim != 2:
+            raise InputError(f"PNG holds one 2-D plane; these labels have shape {data.shape}: use .tif or .npy")
+        if data.dtype.itemsize > 2:
+            raise InputError(f"PNG holds labels up to 65535; the largest here is {int(data.max())}: use .tif or .npy")
+
+        def write(tmp: Path) -> None:
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, data, extension=".png")
+    elif fmt == ".npy":
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, data, allow_pickle=False)
+    else:
+        def write(tmp: Path) -> None:
+            import tifffile
+
+            # minisblack: a 3-plane stack must not be read back as an RGB image.
+            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
+
+    return atomic_write(dest, write, overwrite=overwrite)
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image written by :func:`write_labels` (or any integer image file).
+
+    Raises
+    ------
+    InputError
+        Unknown suffix or a file that does not hold integer labels.
+    FileNotFoundError
+    """
+    src = Path(path)
+    if not src.exists():
+        raise FileNotFoundError(f"labels file {src} not found")
+    fmt = src.suffix.lower()
+    if fmt not in LABEL_SUFFIXES:
+        raise InputError(f"cannot read labels from '{src.name}': expected .tif, .tiff, .png or .npy")
+    if fmt == ".npy":
+        data = np.load(src, allow_pickle=False)
+    elif fmt == ".png":
+        import imageio.v3 as iio
+
+        data = iio.imread(src)
+    else:
+        import tifffile
+
+        data = tifffile.imread(src)
+    if data.dtype.kind not in "biu":
+        raise InputError(f"{src.name} holds {data.dtype} pixels, not integer labels")
+    return data

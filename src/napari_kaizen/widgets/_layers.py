@@ -1,0 +1,157 @@
+"""Adding and updating layers by name without ever destroying a person's work.
+
+A layer this package made carries ``metadata['napari_kaizen'] = {'owner': ..., 'edited': bool}``.
+When a person paints, fills or erases in such a labels layer, ``edited`` becomes True.
+A new run updates its own unedited layer in place, and otherwise adds a new layer
+("Kaizen cells [2]") so a corrected result is never overwritten.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+META_KEY = "napari_kaizen"
+
+
+def _find(viewer, name: str):
+    return viewer.layers[name] if name in viewer.layers else None
+
+
+def owned_by(layer, owner: str) -> bool:
+    """Whether ``layer`` was made by ``owner`` (a widget's id)."""
+    meta = layer.metadata.get(META_KEY) if hasattr(layer, "metadata") else None
+    return bool(meta) and meta.get("owner") == owner
+
+
+def is_edited(layer) -> bool:
+    """Whether a person edited this layer since this package wrote it."""
+    meta = layer.metadata.get(META_KEY) or {}
+    return bool(meta.get("edited"))
+
+
+def fresh_name(viewer, base: str) -> str:
+    """``base`` if unused, else ``'base [2]'``, ``'base [3]'``, ..."""
+    if base not in viewer.layers:
+        return base
+    k = 2
+    while f"{base} [{k}]" in viewer.layers:
+        k += 1
+    return f"{base} [{k}]"
+
+
+def _track_edits(layer) -> None:
+    def mark(event=None):
+        meta = dict(layer.metadata.get(META_KEY) or {})
+        if meta.get("_writing"):
+            return
+        meta["edited"] = True
+        layer.metadata[META_KEY] = meta
+
+    layer.events.paint.connect(mark)
+    if hasattr(layer.events, "labels_update"):
+        layer.events.labels_update.connect(mark)
+
+
+def _writable(viewer, name: str, owner: str, kind: str):
+    layer = _find(viewer, name)
+    if layer is None:
+        return None
+    if layer.__class__.__name__.lower() != kind or not owned_by(layer, owner) or is_edited(layer):
+        return False
+    return layer
+
+
+def set_image(viewer, name: str, data: np.ndarray, *, owner: str, **kwargs: Any):
+    """Add image layer ``name`` or replace the data of this owner's layer of that name.
+
+    Contrast limits are set when the layer is made and left to the person afterwards.
+    A same-named layer the person made (or one of another type) is left alone and a
+    fresh name is used.
+    """
+    layer = _writable(viewer, name, owner, "image")
+    if layer:
+        layer.data = data
+        return layer
+    if layer is False:
+        name = fresh_name(viewer, name)
+    layer = viewer.add_image(data, name=name, metadata={META_KEY: {"owner": owner}}, **kwargs)
+    return layer
+
+
+def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any = None, **kwargs: Any):
+    """Add labels layer ``name`` or update this owner's *unedited* layer of that name.
+
+    If the existing layer was edited by a person (or is not ours), a new layer with a
+    fresh name is added instead, so corrections are never lost.
+    """
+    layer = _writable(viewer, name, owner, "labels")
+    if layer:
+        meta = dict(layer.metadata.get(META_KEY) or {})
+        meta["_writing"] = True
+        layer.metadata[META_KEY] = meta
+        try:
+            layer.data = data
+            if features is not None:
+                layer.features = features
+        finally:
+            meta = dict(layer.metadata.get(META_KEY) or {})
+            meta.pop("_writing", None)
+            layer.metadata[META_KEY] = meta
+        return layer
+    if layer is False:
+        name = fresh_name(viewer, name)
+    layer = viewer.add_labels(data, name=name, metadata={META_KEY: {"owner": owner, "edited": False}}, **kwargs)
+    if features is not None:
+        layer.features = features
+    _track_edits(layer)
+    return layer
+
+
+def set_points(viewer, name: str, coords: np.ndarray, *, owner: str, features: Any = None, **kwargs: Any):
+    """Add or update a points layer (this owner's of that name)."""
+    layer = _writable(viewer, name, owner, "points")
+    coords = np.asarray(coords, dtype=float).reshape(-1, 2)
+    if layer:
+        layer.data = coords
+        if features is not None:
+            layer.features = features
+        for key, value in kwargs.items():
+            setattr(layer, key, value)
+        return layer
+    if layer is False:
+        name = fresh_name(viewer, name)
+    layer = viewer.add_points(coords, name=name, metadata={META_KEY: {"owner": owner}}, features=features, **kwargs)
+    return layer
+
+
+def image_layers(viewer) -> list:
+    """Image layers of the viewer, in order."""
+    from napari.layers import Image
+
+    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def labels_layers(viewer) -> list:
+    """Labels layers of the viewer, in order."""
+    from napari.layers import Labels
+
+    return [layer for layer in viewer.layers if isinstance(layer, Labels)]
+
+
+def current_plane(viewer, layer) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The 2-D plane of ``layer`` the viewer is showing, and its index in the stack.
+
+    RGB layers keep their colour axis (the engine's input check names the problem).
+    """
+    data = layer.data
+    if hasattr(data, "__getitem__") and isinstance(data, list):  # multiscale: full resolution
+        data = data[0]
+    n_lead = data.ndim - (3 if getattr(layer, "rgb", False) else 2)
+    if n_lead <= 0:
+        return np.asarray(data), ()
+    # The viewer's current world point, in this layer's data coordinates.
+    pos = np.asarray(layer.world_to_data(tuple(viewer.dims.point)[-layer.ndim :]), dtype=float)
+    index = [int(np.clip(round(pos[axis]), 0, data.shape[axis] - 1)) for axis in range(n_lead)]
+    return np.asarray(data[tuple(index)]), tuple(index)

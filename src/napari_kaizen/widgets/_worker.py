@@ -1,0 +1,246 @@
+"""Run an engine's snapshot generator off the GUI thread, and draw at a bounded rate.
+
+The engine generator runs in a napari ``thread_worker``. Between two snapshots it
+passes a :class:`Gate`, which is where pause, single-step and cancel take effect: the
+gate lives in the worker thread, so *Step* yields exactly one more snapshot (flags set
+from the GUI thread would race with a worker that is already computing the next one).
+
+Snapshots arrive on the GUI thread through Qt signals. Every one is handed to
+``on_snapshot`` (cheap: e.g. append to a history), but drawing (updating layers, the
+expensive part) happens on a timer, at most every ``min_interval_ms``, and only for the
+newest snapshot: a fast engine can never flood napari with redraws.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..engines._common.errors import KaizenError
+
+
+class Gate:
+    """Thread-safe run / pause / step / cancel control, consulted before each snapshot."""
+
+    def __init__(self, paused: bool = False) -> None:
+        self._cond = threading.Condition()
+        self._paused = paused
+        self._steps = 0
+        self._cancelled = False
+
+    def wait_turn(self) -> bool:
+        """Block while paused (and no step is pending); False once cancelled."""
+        with self._cond:
+            while self._paused and self._steps == 0 and not self._cancelled:
+                self._cond.wait(0.1)
+            if self._cancelled:
+                return False
+            if self._paused and self._steps > 0:
+                self._steps -= 1
+            return True
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+            self._steps = 0
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._steps = 0
+            self._cond.notify_all()
+
+    def step(self, n: int = 1) -> None:
+        with self._cond:
+            self._paused = True
+            self._steps += n
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+def gated(generator: Iterator[Any], gate: Gate) -> Iterator[Any]:
+    """Yield from ``generator``, asking ``gate`` before producing each item.
+
+    Cancelling closes ``generator`` (the engine's cleanup runs) and ends the iteration.
+    """
+    try:
+        while gate.wait_turn():
+            try:
+                item = next(generator)
+            except StopIteration:
+                return
+            yield item
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:
+            close()
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for a person: our own errors as they are, others with their type."""
+    if isinstance(exc, KaizenError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+class SnapshotRunner(QObject):
+    """Runs one snapshot generator at a time in a worker thread.
+
+    Signals
+    -------
+    started()
+    finished(bool)
+        ``True`` if the run was cancelled.
+    errored(str)
+        A one-line message.
+    paused_changed(bool)
+
+    Parameters
+    ----------
+    min_interval_ms : int
+        Minimum time between two draws.
+    """
+
+    started = Signal()
+    finished = Signal(bool)
+    errored = Signal(str)
+    paused_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None, *, min_interval_ms: int = 100) -> None:
+        super().__init__(parent)
+        self.worker = None
+        self.gate: Gate | None = None
+        self._pending: Any = None
+        self._draw: Callable[[Any], None] | None = None
+        self._on_snapshot: Callable[[Any], None] | None = None
+        self._timer = QTimer(self)
+        self._timer.setInterval(int(min_interval_ms))
+        self._timer.timeout.connect(self._flush)
+        self.last_snapshot: Any = None
+        self.count = 0
+
+    # ------------------------------------------------------------------ control
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.gate and self.gate.paused)
+
+    def start(
+        self,
+        make_generator: Callable[[], Iterator[Any]],
+        *,
+        draw: Callable[[Any], None],
+        on_snapshot: Callable[[Any], None] | None = None,
+        start_paused: bool = False,
+    ):
+        """Start ``make_generator()`` in a worker thread.
+
+        Parameters
+        ----------
+        make_generator : callable
+            Called in the worker thread; returns the engine's generator (so even the
+            engine's input checks and model loading run off the GUI thread).
+        draw : callable
+            ``draw(snapshot)`` on the GUI thread for the newest snapshot, throttled.
+        on_snapshot : callable, optional
+            ``on_snapshot(snapshot)`` on the GUI thread for *every* snapshot.
+        start_paused : bool
+            Wait for :meth:`step` or :meth:`resume` before the first snapshot.
+
+        Returns
+        -------
+        napari.qt.threading.GeneratorWorker
+        """
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise RuntimeError("a run is already in progress")
+        gate = Gate(paused=start_paused)
+        self.gate = gate
+        self._draw = draw
+        self._on_snapshot = on_snapshot
+        self._pending = None
+        self.last_snapshot = None
+        self.count = 0
+
+        def work():
+            yield from gated(iter(make_generator()), gate)
+
+        # Connecting "errored" here keeps superqt from re-raising the engine's error in
+        # the GUI thread; napari still relays it to its notification area.
+        worker = create_worker(work, _start_thread=False, _connect={"errored": self._failed})
+        worker.yielded.connect(self._received)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self._timer.start()
+        worker.start()
+        self.started.emit()
+        return worker
+
+    def pause(self) -> None:
+        if self.gate:
+            self.gate.pause()
+            self.paused_changed.emit(True)
+
+    def resume(self) -> None:
+        if self.gate:
+            self.gate.resume()
+            self.paused_changed.emit(False)
+
+    def step(self, n: int = 1) -> None:
+        if self.gate:
+            self.gate.step(n)
+            self.paused_changed.emit(True)
+
+    def cancel(self) -> None:
+        """Stop after the snapshot being computed; the last received one is drawn."""
+        if self.gate:
+            self.gate.cancel()
+        if self.worker is not None:
+            self.worker.quit()
+
+    # ------------------------------------------------------------------ plumbing
+    def _received(self, snap: Any) -> None:
+        self.count += 1
+        self.last_snapshot = snap
+        if self._on_snapshot is not None:
+            self._on_snapshot(snap)
+        self._pending = snap
+        if self.paused:
+            # Stepping: the person waits for exactly this snapshot; draw it now.
+            self._flush()
+
+    def _flush(self) -> None:
+        snap, self._pending = self._pending, None
+        if snap is not None and self._draw is not None:
+            self._draw(snap)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errored.emit(error_message(exc))
+
+    def _finished(self) -> None:
+        self._timer.stop()
+        self._flush()
+        cancelled = bool(self.gate and self.gate.cancelled)
+        self.worker = None
+        self.finished.emit(cancelled)

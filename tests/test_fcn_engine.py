@@ -1,0 +1,418 @@
+"""GoogLeNet FCN engine: model shapes, targets, instances, tiling, errors, weights,
+training / fine-tuning generators, and accuracy of the bundled weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
+from napari_kaizen.engines import classical, fcn, get_engine  # noqa: E402
+from napari_kaizen.engines._common import run_to_end  # noqa: E402
+from napari_kaizen.engines._common.errors import (  # noqa: E402
+    DeviceError,
+    InputError,
+    OverwriteError,
+    WeightsError,
+)
+from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, TrainingSnapshot  # noqa: E402
+from napari_kaizen.engines._common.weights import save_weights, weights_paths  # noqa: E402
+from napari_kaizen.engines.fcn.model import GoogLeNetFCN  # noqa: E402
+from napari_kaizen.engines.fcn.segment import instances_from_probabilities  # noqa: E402
+from napari_kaizen.engines.fcn.targets import BACKGROUND, EDGE, INTERIOR, fcn_targets, pixel_weights  # noqa: E402
+from napari_kaizen.metrics import evaluate  # noqa: E402
+
+#: Held-out dense field for the accuracy checks: an evaluation seed (>= 10_000) and
+#: explicit crowded settings that training (random_params, seeds 0..6) never used.
+DENSE = SynthParams(shape=(256, 256), density=0.45, touching=0.9, clustering=0.8)
+DENSE_SEED = 20_000
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return fcn.FCNModel(GoogLeNetFCN(width=0.25).eval())
+
+
+@pytest.fixture(scope="module")
+def nuclei_model():
+    return fcn.load_model("bundled:fcn_nuclei", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dense_field():
+    return synthesize(DENSE, seed=DENSE_SEED)
+
+
+@pytest.fixture(scope="module")
+def labelled_pair():
+    f = synthesize(seed=20_010, shape=(96, 96), density=0.35)
+    return f.nuclei, f.nucleus_labels
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_engine_protocol():
+    eng = get_engine("fcn")
+    assert eng.title == "GoogLeNet FCN" == fcn.TITLE
+    assert eng.default_model == "bundled:fcn_nuclei"
+    p = eng.params(threshold=0.4)
+    assert p.threshold == 0.4 and p.diameter is None
+    with pytest.raises(Exception):
+        p.threshold = 0.3  # frozen
+    for name in ("segment", "load_model", "train", "finetune", "Params", "DEFAULT_MODEL"):
+        assert hasattr(fcn, name)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+@pytest.mark.parametrize("shape", [(64, 64), (67, 93), (9, 8), (130, 17), (16, 200)])
+def test_model_output_matches_input_size(stride, shape):
+    net = GoogLeNetFCN(width=0.25, stride=stride).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, *shape))
+    assert out.shape == (2, 3, *shape)
+    assert torch.isfinite(out).all()
+
+
+def test_model_is_googlenet_like():
+    net = GoogLeNetFCN()
+    from napari_kaizen.engines.fcn.model import Inception, count_parameters
+
+    inceptions = [m for m in net.modules() if isinstance(m, Inception)]
+    assert len(inceptions) >= 3
+    # One transposed convolution is the whole head, upsampling by the total stride.
+    transposed = [m for m in net.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert transposed == [net.head] and net.head.stride == (8, 8)
+    assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())
+    assert count_parameters(net) < 1_000_000  # a few MB at most
+    with pytest.raises(ValueError):
+        GoogLeNetFCN(stride=4)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_targets_edge_band_between_touching_cells():
+    lab = np.zeros((20, 30), np.int32)
+    lab[3:17, 3:15] = 1
+    lab[3:17, 15:27] = 2  # touching along column 14|15
+    t = fcn_targets(lab, edge_width=2)
+    assert set(np.unique(t)) == {BACKGROUND, INTERIOR, EDGE}
+    # A band of edge pixels on both sides of the contact, 2 px each.
+    assert (t[5:15, 13:17] == EDGE).all()
+    assert (t[5:15, 12] == INTERIOR).all() and (t[5:15, 17] == INTERIOR).all()
+    # The band also runs along the background, and never leaves the objects.
+    assert (t[3, 3:27] == EDGE).all() and (t[lab == 0] == BACKGROUND).all()
+    # Interior components: exactly one per cell, so thresholding separates them.
+    from scipy import ndimage as ndi
+
+    assert ndi.label(t == INTERIOR)[1] == 2
+
+
+def test_targets_keep_an_interior_for_tiny_objects_and_weights():
+    lab = np.zeros((12, 12), np.int32)
+    lab[2:4, 2:4] = 5  # 2x2: all of it would be edge
+    lab[6:11, 6:11] = 7
+    t = fcn_targets(lab, edge_width=3)
+    assert (t[lab == 5] == INTERIOR).any() and (t[lab == 7] == INTERIOR).any()
+    w = pixel_weights(t, edge_weight=7.5)
+    assert np.all(w[t == EDGE] == 7.5) and np.all(w[t != EDGE] == 1.0)
+    assert np.all(pixel_weights(t, 1.0) == 1.0)
+    with pytest.raises(InputError):
+        pixel_weights(t, 0.0)
+
+
+def test_targets_reject_bad_labels():
+    with pytest.raises(InputError) as e:
+        fcn_targets(np.zeros((4, 4), bool))
+    one_line(e)
+    with pytest.raises(InputError):
+        fcn_targets(np.full((4, 4), 0.5))
+    with pytest.raises(InputError):
+        fcn_targets(np.zeros((2, 4, 4), int))
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def _maps_from_labels(lab, edge_width=2.0, blur=1.0):
+    from scipy import ndimage as ndi
+
+    t = fcn_targets(lab, edge_width)
+    p_int = ndi.gaussian_filter((t == INTERIOR).astype(np.float32), blur)
+    p_edge = ndi.gaussian_filter((t == EDGE).astype(np.float32), blur)
+    return p_int, p_edge
+
+
+def test_instances_from_probability_maps_recover_touching_cells():
+    f = synthesize(SynthParams(shape=(128, 128), density=0.45, touching=0.9, clustering=0.8), seed=20_002)
+    gt = f.nucleus_labels
+    p_int, p_edge = _maps_from_labels(gt)
+    lab = instances_from_probabilities(p_int, p_edge, threshold=0.5, min_area=10)
+    ev = evaluate([gt], [lab])
+    assert ev.ap50 > 0.9
+    # Grown back over the band: the cells are not shrunk.
+    assert abs(int((lab > 0).sum()) - int((gt > 0).sum())) < 0.05 * (gt > 0).sum()
+    # Without growing back (interior only) the same seeds would cover far less.
+    assert (p_int > 0.5).sum() < 0.8 * (gt > 0).sum()
+    assert lab.dtype == np.int32 and lab.max() == len(np.unique(lab)) - 1
+
+
+def test_instances_min_size_and_edge_only_objects():
+    p_int = np.zeros((40, 40), np.float32)
+    p_edge = np.zeros_like(p_int)
+    p_int[5:15, 5:15] = 0.9  # a cell
+    p_int[30, 30] = 0.9  # a crumb
+    p_edge[20:30, 5:15] = 0.9  # a cell seen only as edge
+    lab = instances_from_probabilities(p_int, p_edge, min_area=20)
+    assert lab.max() == 2
+    assert lab[30, 30] == 0 and lab[10, 10] > 0 and lab[25, 10] > 0
+    assert instances_from_probabilities(np.zeros((8, 8)), np.zeros((8, 8))).max() == 0
+
+
+# --------------------------------------------------------------------------- segment
+
+
+def test_segment_snapshots(tiny_model, small_field):
+    snaps = list(fcn.segment(small_field.nuclei, model=tiny_model, device="cpu"))
+    assert all(0.0 <= s.progress <= 1.0 for s in snaps)
+    prob = [s for s in snaps if isinstance(s, SegmentationSnapshot) and s.stage == "probability"]
+    assert prob and set(prob[0].maps) == {"probability", "edge"}
+    assert prob[0].maps["probability"].shape == small_field.nuclei.shape
+    last = snaps[-1]
+    assert last.done and last.labels.dtype == np.int32 and last.labels.shape == small_field.nuclei.shape
+    assert sum(getattr(s, "done", False) for s in snaps) == 1
+
+
+def test_segment_rescales_to_the_model_and_back(nuclei_model, small_field):
+    last = run_to_end(fcn.segment(small_field.nuclei, fcn.Params(diameter=36.0), model=nuclei_model, device="cpu"))
+    assert last.labels.shape == small_field.nuclei.shape
+    assert last.maps["probability"].shape == small_field.nuclei.shape
+
+
+def test_tiled_matches_untiled(nuclei_model, dense_field):
+    whole = run_to_end(fcn.segment(dense_field.nuclei, model=nuclei_model, device="cpu"))
+    tiled = run_to_end(
+        fcn.segment(dense_field.nuclei, fcn.Params(tile=96, overlap=32, batch_size=4), model=nuclei_model,
+                    device="cpu")
+    )
+    diff = np.abs(whole.maps["probability"] - tiled.maps["probability"])
+    assert diff.mean() < 0.02
+    assert evaluate([whole.labels], [tiled.labels]).ap50 > 0.9
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        (np.zeros((32, 32, 3), np.uint8) + np.arange(3, dtype=np.uint8), "RGB"),
+        (np.random.default_rng(0).random((3, 32, 32)), "stack"),
+        (np.full((32, 32), 7, np.uint16), "constant"),
+        (np.full((32, 32), np.nan, np.float32), "finite"),
+        (np.ones((4, 4)), "too small"),
+        (np.array([["a"] * 16] * 16), "dtype"),
+        (None, "no image"),
+    ],
+)
+def test_bad_images_give_one_line_errors(tiny_model, image, words):
+    with pytest.raises(InputError) as e:
+        run_to_end(fcn.segment(image, model=tiny_model, device="cpu"))
+    assert words in one_line(e)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [dict(threshold=1.5), dict(threshold=0.0), dict(foreground=-1.0), dict(min_size=-1), dict(tile=8),
+     dict(overlap=-3), dict(batch_size=0), dict(edge_weight=0)],
+)
+def test_bad_params_give_one_line_errors(tiny_model, small_field, params):
+    with pytest.raises(InputError) as e:
+        run_to_end(fcn.segment(small_field.nuclei, fcn.Params(**params), model=tiny_model, device="cpu"))
+    one_line(e)
+
+
+def test_bad_device(tiny_model, small_field):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError) as e:
+        run_to_end(fcn.segment(small_field.nuclei, model=tiny_model, device="cuda"))
+    one_line(e)
+    with pytest.raises(DeviceError):
+        fcn.load_model(tiny_model, device="tpu")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _save_tiny(path, *, width=0.25, config=None, architecture="googlenet-fcn"):
+    net = GoogLeNetFCN(width=width)
+    save_weights(path, net.state_dict(), {"architecture": architecture, "config": config or dict(net.config),
+                                          "object_diameter": 18.0})
+    return path
+
+
+def test_weights_round_trip(tmp_path, small_field):
+    path = _save_tiny(tmp_path / "tiny")
+    m = fcn.load_model(str(path) + ".safetensors", device="cpu")
+    assert isinstance(m, fcn.FCNModel) and m.object_diameter == 18.0
+    assert run_to_end(fcn.segment(small_field.nuclei, model=str(path), device="cpu")).done
+
+
+def test_missing_and_mismatched_weights(tmp_path, small_field):
+    with pytest.raises(WeightsError) as e:
+        fcn.load_model(tmp_path / "nothing.safetensors")
+    assert "not found" in one_line(e)
+    with pytest.raises(WeightsError) as e:
+        run_to_end(fcn.segment(small_field.nuclei, model="bundled:no_such_model"))
+    assert "fcn_nuclei" in one_line(e)
+    # A JSON paired with another tensor file.
+    a, b = _save_tiny(tmp_path / "a"), _save_tiny(tmp_path / "b", width=0.5)
+    weights_paths(a)[1].write_text(weights_paths(b)[1].read_text())
+    with pytest.raises(WeightsError) as e:
+        fcn.load_model(a)
+    assert "checksum" in one_line(e)
+    # Another architecture.
+    with pytest.raises(WeightsError) as e:
+        fcn.load_model(_save_tiny(tmp_path / "c", architecture="unet"))
+    assert "googlenet-fcn" in one_line(e)
+    # Tensors that do not fit the config.
+    with pytest.raises(WeightsError) as e:
+        fcn.load_model(_save_tiny(tmp_path / "d", config={"width": 0.5, "stride": 8, "in_channels": 1,
+                                                         "n_classes": 3}))
+    assert "does not fit" in one_line(e)
+    # A config that cannot build.
+    with pytest.raises(WeightsError):
+        fcn.load_model(_save_tiny(tmp_path / "e", config={"width": 0.25, "colour": "red"}))
+    # A 2-class model.
+    net = GoogLeNetFCN(width=0.25, n_classes=2)
+    save_weights(tmp_path / "f", net.state_dict(), {"architecture": "googlenet-fcn", "config": net.config})
+    with pytest.raises(WeightsError) as e:
+        fcn.load_model(tmp_path / "f")
+    assert "3-class" in one_line(e)
+    with pytest.raises(WeightsError):
+        fcn.load_model(42)
+    # The metadata file missing.
+    path = _save_tiny(tmp_path / "g")
+    weights_paths(path)[1].unlink()
+    with pytest.raises(WeightsError):
+        fcn.load_model(path)
+
+
+@pytest.mark.parametrize("name, channel", [("fcn_nuclei", "nuclei"), ("fcn_cells", "membrane")])
+def test_bundled_metadata(name, channel):
+    m = fcn.load_model(f"bundled:{name}", device="cpu")
+    meta = m.metadata
+    assert meta["architecture"] == "googlenet-fcn" and meta["channel"] == channel
+    assert meta["normalization"] == {"percentiles": [1.0, 99.8]}
+    assert 5 < meta["object_diameter"] < 80
+    assert "scripts/train_fcn.py" in meta["training"]["reproduce"]
+    assert meta["training"]["n_images"] == 7
+    assert weights_paths(f"bundled:{name}")[0].stat().st_size < 3_000_000
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_writes_weights_and_is_reproducible(tmp_path, labelled_pair):
+    img, lab = labelled_pair
+    kw = dict(steps=3, batch_size=2, crop=48, width=0.25, seed=3, device="cpu", report_every=1)
+    snaps = list(fcn.train(img, lab, output=tmp_path / "m1", **kw))
+    assert all(isinstance(s, TrainingSnapshot) for s in snaps)
+    assert snaps[-1].done and snaps[-1].weights_path.exists() and sum(s.done for s in snaps) == 1
+    assert [s.step for s in snaps[:3]] == [1, 2, 3]
+    meta = json.loads((tmp_path / "m1.json").read_text())
+    assert meta["architecture"] == "googlenet-fcn" and meta["config"]["width"] == 0.25
+    assert meta["targets"]["edge_weight"] == 5.0 and meta["training"]["steps"] == 3
+    assert meta["object_diameter"] > 5
+    run_to_end(fcn.train(img, lab, output=tmp_path / "m2", **kw))
+    a, b = (fcn.load_model(tmp_path / n, "cpu").net.state_dict() for n in ("m1", "m2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Never over an existing file, and that is known before any training step.
+    gen = fcn.train(img, lab, output=tmp_path / "m1", **kw)
+    with pytest.raises(OverwriteError):
+        next(gen)
+
+
+def test_train_rejects_bad_data(tmp_path, labelled_pair):
+    img, lab = labelled_pair
+    cases = [
+        ([img, img], [lab]),  # count
+        (img, lab[:50]),  # shape
+        (img, np.zeros_like(lab)),  # no objects
+        (img, lab.astype(np.float32) + 0.5),  # not integer
+    ]
+    for images, labels in cases:
+        with pytest.raises(InputError) as e:
+            next(fcn.train(images, labels, output=tmp_path / "x", steps=1, device="cpu"))
+        one_line(e)
+    with pytest.raises(InputError):
+        next(fcn.train(img, lab, output=tmp_path / "missing_dir" / "x", steps=1))
+    with pytest.raises(InputError):
+        next(fcn.train(img, lab, output=tmp_path / "x", steps=0))
+
+
+def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
+    img, lab = labelled_pair
+    before = {k: v.clone() for k, v in nuclei_model.net.state_dict().items()}
+    snaps = list(fcn.finetune([img], [lab], model=nuclei_model, output=tmp_path / "ft", steps=2, batch_size=2,
+                              device="cpu", diameter="auto"))
+    assert snaps[-1].done and snaps[-1].weights_path == tmp_path / "ft.safetensors"
+    after = nuclei_model.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "finetune changed the model it was given"
+    meta = fcn.load_model(tmp_path / "ft", "cpu").metadata
+    assert meta["training"]["finetuned_from"] == "bundled:fcn_nuclei"
+    assert meta["object_diameter"] == nuclei_model.object_diameter
+    assert meta["training"]["base_training"]["n_images"] == 7
+    with pytest.raises(OverwriteError):
+        next(fcn.finetune(img, lab, model=nuclei_model, output=tmp_path / "ft", steps=1))
+    with pytest.raises(InputError):
+        next(fcn.finetune(img, lab[:10], model=nuclei_model, output=tmp_path / "ft2", steps=1))
+
+
+def test_cli_run_train(tmp_path, capsys):
+    parser = fcn.add_train_arguments(argparse.ArgumentParser())
+    argv = ["--synthetic", "1", "--steps", "2", "--batch-size", "2", "--crop", "64", "--device", "cpu",
+            "--output", str(tmp_path / "cli")]
+    assert fcn.run_train(parser.parse_args(argv)) == 0
+    meta = json.loads((tmp_path / "cli.json").read_text())
+    assert meta["training"]["reproduce"].startswith("kaizen train fcn --synthetic 1")
+    assert meta["training"]["data"]["seeds"] == [0]
+    assert fcn.run_train(parser.parse_args(argv)) == 2
+    assert "error:" in capsys.readouterr().err
+    assert fcn.run_train(parser.parse_args(["--output", str(tmp_path / "y")])) == 2
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_bundled_nuclei_model_beats_classical_on_dense_held_out(nuclei_model, dense_field):
+    gt = dense_field.nucleus_labels
+    ours = run_to_end(fcn.segment(dense_field.nuclei, model=nuclei_model, device="cpu")).labels
+    base = run_to_end(classical.segment(dense_field.nuclei)).labels
+    e_ours, e_base = evaluate([gt], [ours]), evaluate([gt], [base])
+    print(f"FCN AP50 {e_ours.ap50:.3f} mAP {e_ours.map:.3f}; classical AP50 {e_base.ap50:.3f} mAP {e_base.map:.3f}")
+    assert e_ours.ap50 > e_base.ap50
+
+
+def test_bundled_cells_model_sanity():
+    f = synthesize(SynthParams(shape=(256, 256)), seed=20_020)
+    gt = f.cell_labels
+    pred = run_to_end(fcn.segment(f.membrane, model="bundled:fcn_cells", device="cpu")).labels
+    ev = evaluate([gt], [pred])
+    print(f"cells AP50 {ev.ap50:.3f} mAP {ev.map:.3f} ({ev.n_pred} predicted, {ev.n_true} true)")
+    assert ev.ap50 > 0.5
+    assert 0.7 * ev.n_true <= ev.n_pred <= 1.3 * ev.n_true

@@ -1,0 +1,84 @@
+"""The shared input normalisation: dtypes, NaN, constant, RGB, stacks, tiny images."""
+
+import numpy as np
+import pytest
+
+from napari_kaizen.engines._common import InputError, InputWarning, iter_planes, prepare_image, to_plane
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64,
+                                   np.float16, np.float32, np.float64, bool])
+def test_every_dtype_gives_float32_unit_range(dtype, rng):
+    if dtype is bool:
+        img = rng.random((32, 32)) > 0.5
+    else:
+        info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+        hi = min(1000, info.max) if info else 1000.0
+        img = (rng.random((32, 32)) * hi).astype(dtype)
+    out = prepare_image(img)
+    assert out.dtype == np.float32 and out.shape == (32, 32)
+    assert np.percentile(out, 1) == pytest.approx(0.0, abs=1e-3)
+    assert np.percentile(out, 99.8) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_nan_and_inf_are_filled_with_a_warning(rng):
+    img = rng.random((20, 20)).astype(np.float32)
+    img[3, 4] = np.nan
+    img[5, 6] = np.inf
+    with pytest.warns(InputWarning, match="2 NaN"):
+        out = prepare_image(img)
+    assert np.isfinite(out).all()
+
+
+def test_all_nan_is_refused():
+    with pytest.raises(InputError, match="no finite pixels"):
+        prepare_image(np.full((20, 20), np.nan))
+
+
+def test_constant_image_is_refused_in_one_line():
+    with pytest.raises(InputError, match="constant") as info:
+        prepare_image(np.full((20, 20), 7, np.uint16))
+    assert "\n" not in str(info.value)
+
+
+def test_sparse_objects_on_flat_background_still_normalise():
+    img = np.zeros((50, 50), np.uint16)
+    img[10:12, 10:12] = 500  # fewer bright pixels than the 99.8th percentile sees
+    out = prepare_image(img)
+    assert out.max() == pytest.approx(1.0) and out.min() == 0.0
+
+
+def test_rgb_needs_a_channel(rng):
+    rgb = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
+    with pytest.raises(InputError, match="RGB"):
+        prepare_image(rgb)
+    assert prepare_image(rgb, channel=1).shape == (20, 20)
+    with pytest.raises(InputError, match="channel 5"):
+        prepare_image(rgb, channel=5)
+
+
+def test_stacks_need_a_plane(rng):
+    stack = rng.random((4, 20, 20))
+    with pytest.raises(InputError, match="stack of 4 planes"):
+        prepare_image(stack)
+    assert prepare_image(stack, plane=2).shape == (20, 20)
+    with pytest.raises(InputError, match="outside"):
+        prepare_image(stack, plane=9)
+    assert [idx for idx, _ in iter_planes(rng.random((2, 3, 10, 10)))] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros(10), "1 dimension"),
+    (np.zeros((4, 4)), "too small"),
+    (np.zeros((10, 10), complex), "complex"),
+    (np.array([["a"] * 10] * 10), "dtype"),
+    (None, "no image"),
+])
+def test_other_bad_inputs(bad, match):
+    with pytest.raises(InputError, match=match):
+        prepare_image(bad)
+
+
+def test_to_plane_returns_a_view_for_stacks(rng):
+    stack = rng.random((3, 16, 16))
+    assert np.shares_memory(to_plane(stack, plane=1), stack)
