@@ -1,0 +1,147 @@
+"""The "U-Net (ISL)" dock widget and the shared fine-tune panel, in a real napari viewer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from napari_kaizen import metrics  # noqa: E402
+from napari_kaizen.widgets._finetune import fresh_weights_path  # noqa: E402
+from napari_kaizen.widgets._unet_widget import (  # noqa: E402
+    CELLS_LAYER,
+    DISTANCE_LAYER,
+    FLUORESCENCE_LAYER,
+    UNetWidget,
+)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def field():
+    from napari_kaizen.data import random_params, synthesize
+
+    # Held-out style field (evaluation seeds >= 10 000), label-free phase contrast.
+    p = random_params(np.random.default_rng(10_700), shape=(160, 160), hard=0.3)
+    return synthesize(p, seed=10_700)
+
+
+def _widget(make_napari_viewer, field):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(field.label_free, name="label-free")
+    widget = UNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="U-Net (ISL)")
+    widget.image.value = layer
+    return viewer, widget, layer
+
+
+def _run(widget, qtbot):
+    worker = widget.run()
+    assert worker is not None, widget.status.text()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+
+
+def test_run_shows_fluorescence_distance_and_cells(make_napari_viewer, qtbot, field):
+    viewer, widget, _ = _widget(make_napari_viewer, field)
+    _run(widget, qtbot)
+    for name in (FLUORESCENCE_LAYER, DISTANCE_LAYER, CELLS_LAYER):
+        assert name in viewer.layers, widget.status.text()
+        assert viewer.layers[name].data.shape == field.label_free.shape
+    cells = np.asarray(viewer.layers[CELLS_LAYER].data)
+    assert viewer.layers[CELLS_LAYER].__class__.__name__ == "Labels"
+    assert metrics.average_precision(field.nucleus_labels, cells)[0.5] > 0.5
+    assert widget.progress.value() == 1000
+    # A second run updates the same (unedited) layers instead of piling up new ones.
+    _run(widget, qtbot)
+    assert sum(layer.name.startswith("U-Net") for layer in viewer.layers) == 3
+
+
+def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, tmp_path):
+    viewer, widget, image_layer = _widget(make_napari_viewer, field)
+    _run(widget, qtbot)
+    cells = viewer.layers[CELLS_LAYER]
+    # The person corrects the result: here, by painting the true labels over it.
+    cells.data = field.nucleus_labels.astype(cells.data.dtype)
+    cells.paint((0, 0), 0, refresh=True)
+    corrected = np.array(cells.data, copy=True)
+    # Weights of an earlier fine-tune exist under the chosen name and must survive.
+    (tmp_path / "mine.safetensors").write_bytes(b"earlier weights")
+    (tmp_path / "mine.json").write_text("{}")
+    panel = widget.finetune
+    panel.image.value = image_layer
+    panel.labels.value = cells
+    panel.steps.value = 4
+    panel.output.value = str(tmp_path / "mine")
+    worker = panel.start()
+    assert worker is not None, panel.status.text()
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=120_000)
+    # Re-segmentation starts on its own once the weights are written.
+    qtbot.waitUntil(lambda: not widget.runner.running and widget.model.value.endswith("mine_2.safetensors"),
+                    timeout=60_000)
+    qtbot.waitUntil(lambda: f"{CELLS_LAYER} [2]" in viewer.layers, timeout=60_000)
+    assert (tmp_path / "mine.safetensors").read_bytes() == b"earlier weights"
+    assert (tmp_path / "mine.json").read_text() == "{}"
+    assert (tmp_path / "mine_2.safetensors").exists()
+    meta = json.loads((tmp_path / "mine_2.json").read_text())
+    assert meta["architecture"] == "unet_isl" and "label-free" in meta["training"]["data"]
+    assert meta["training"]["steps"] == 4 and meta["training"]["init"]["weights"] == "bundled:unet_nuclei"
+    assert len(panel.history_loss) >= 1 and panel.progress.value() == 1000
+    # The corrected layer is untouched; the new result went to a new layer.
+    np.testing.assert_array_equal(np.asarray(viewer.layers[CELLS_LAYER].data), corrected)
+    assert viewer.layers[f"{CELLS_LAYER} [2]"].data.shape == field.label_free.shape
+    assert fresh_weights_path(tmp_path / "mine") == tmp_path / "mine_3"
+
+
+def test_finetune_can_be_cancelled(make_napari_viewer, qtbot, field, tmp_path):
+    viewer, widget, image_layer = _widget(make_napari_viewer, field)
+    labels = viewer.add_labels(field.nucleus_labels, name="my labels")
+    panel = widget.finetune
+    panel.image.value = image_layer
+    panel.labels.value = labels
+    panel.steps.value = 5000
+    panel.output.value = str(tmp_path / "never")
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: len(panel.history_loss) >= 1, timeout=60_000)
+    panel.cancel()
+    qtbot.waitUntil(lambda: not panel.runner.running, timeout=60_000)
+    assert "cancelled" in panel.status.text().lower()
+    assert not list(tmp_path.glob("never*"))
+    assert panel.start_button.enabled
+
+
+def test_bad_layers_give_messages_not_tracebacks(make_napari_viewer, qtbot, field):
+    viewer = make_napari_viewer()
+    widget = UNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="U-Net (ISL)")
+    # No image at all.
+    assert widget.run() is None and "No image layer" in widget.status.text()
+    assert widget.finetune.start() is None and "No image layer" in widget.finetune.status.text()
+    # A constant image: the engine's one-line message reaches the status line.
+    flat = viewer.add_image(np.full((64, 64), 3.0, np.float32), name="flat")
+    widget.image.value = flat
+    _run(widget, qtbot)
+    assert widget.status.text().startswith("Error: image is constant")
+    # RGB.
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    widget.image.value = rgb
+    assert widget.run() is None and "RGB" in widget.status.text()
+    # Fine-tune: no labels layer, then labels of another shape, then empty labels.
+    image = viewer.add_image(field.label_free, name="label-free")
+    panel = widget.finetune
+    panel.image.value = image
+    assert panel.start() is None and "No labels layer" in panel.status.text()
+    wrong = viewer.add_labels(np.ones((50, 50), np.int32), name="wrong shape")
+    panel.labels.value = wrong
+    assert panel.start() is None and "shape" in panel.status.text()
+    empty = viewer.add_labels(np.zeros(field.label_free.shape, np.int32), name="empty")
+    panel.labels.value = empty
+    assert panel.start() is None and "no objects" in panel.status.text()
+    # Weights that do not exist.
+    widget.image.value = image
+    widget.add_model("/no/such/weights.safetensors")
+    _run(widget, qtbot)
+    assert widget.status.text().startswith("Error:") and "not found" in widget.status.text()
