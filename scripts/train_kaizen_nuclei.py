@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="also write <output>_stepN weights")
     args = parser.parse_args(argv)
 
     from napari_kaizen.engines.kaizen.train import train
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for snap in train(
         output=args.output, synthetic=args.fields, steps=args.steps, learning_rate=args.lr, seed=args.seed,
         device=args.device, threads=args.threads, overwrite=args.overwrite, reproduce=command.strip(),
-        report_every=100, validate_every=1000,
+        report_every=100, validate_every=1000, checkpoint_every=args.checkpoint_every,
     ):
         val = "  " + "  ".join(f"{k} {v:.4g}" for k, v in snap.validation.items()) if snap.validation else ""
         print(f"{time.perf_counter() - start:8.1f}s [{snap.progress:6.1%}] {snap.message}{val}", flush=True)

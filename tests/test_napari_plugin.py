@@ -11,6 +11,18 @@ from napari_kaizen.io import read_labels, write_labels
 pytestmark = pytest.mark.gui
 
 
+def test_npe2_validate_passes():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
+    result = subprocess.run([exe, "validate", "napari-kaizen"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in result.stdout
+
+
 def test_manifest_validates():
     import npe2
 

@@ -54,11 +54,15 @@ def _track_edits(layer) -> None:
         layer.events.labels_update.connect(mark)
 
 
-def _writable(viewer, name: str, owner: str, kind: str):
+def _writable(viewer, name: str, owner: str, kind: str, ndim: int | None = None):
     layer = _find(viewer, name)
     if layer is None:
         return None
     if layer.__class__.__name__.lower() != kind or not owned_by(layer, owner) or is_edited(layer):
+        return False
+    if ndim is not None and getattr(layer.data, "ndim", ndim) != ndim:
+        # A 2-D result must not be forced into a stack-shaped layer (or back): its
+        # scale and translate would no longer fit. Keep the old one, add a new one.
         return False
     return layer
 
@@ -70,7 +74,7 @@ def set_image(viewer, name: str, data: np.ndarray, *, owner: str, **kwargs: Any)
     A same-named layer the person made (or one of another type) is left alone and a
     fresh name is used.
     """
-    layer = _writable(viewer, name, owner, "image")
+    layer = _writable(viewer, name, owner, "image", np.ndim(data))
     if layer:
         layer.data = data
         return layer
@@ -86,7 +90,7 @@ def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any
     If the existing layer was edited by a person (or is not ours), a new layer with a
     fresh name is added instead, so corrections are never lost.
     """
-    layer = _writable(viewer, name, owner, "labels")
+    layer = _writable(viewer, name, owner, "labels", np.ndim(data))
     if layer:
         meta = dict(layer.metadata.get(META_KEY) or {})
         meta["_writing"] = True

@@ -38,6 +38,22 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return out
 
 
+def _optional_int(hint: Any) -> bool:
+    """Whether a type hint is ``int | None`` (shown as a text field: empty means None)."""
+    args = set(typing.get_args(hint))
+    return int in args and type(None) in args and str not in args
+
+
+def _parse_optional_int(name: str, text: str) -> int | None:
+    # An empty field means "derive it" (the dataclass' None), as the tooltip says.
+    if text.lower() in ("", "none", "auto"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{_label(name)} '{text}' is not a whole number (leave it empty for the default)") from None
+
+
 def _label(name: str) -> str:
     return name.replace("_", " ")
 
@@ -61,6 +77,7 @@ class ParamsForm(mw.Container):
         self._base = base if base is not None else params_class()
         docs = attribute_docs(params_class)
         hints = typing.get_type_hints(params_class)
+        self._hints = hints
         self._fields: dict[str, mw.Widget] = {}
         for f in dataclasses.fields(params_class):
             if f.name in exclude or not f.init:
@@ -104,6 +121,8 @@ class ParamsForm(mw.Container):
                             v = float(text)
                         except ValueError:
                             raise ValueError(f"diameter '{text}' is not a number of pixels, 'auto' or empty") from None
+                elif _optional_int(self._hints.get(name)):
+                    v = _parse_optional_int(name, text)
                 else:
                     v = text
             kwargs[name] = v

@@ -15,7 +15,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.normalize import prepare_image
+from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, relay
 from .params import FCNParams
@@ -143,10 +143,11 @@ def segment(
 
     p = (params or FCNParams()).check()
     # Validate the image before loading weights: a bad image is the commoner mistake.
-    prepare_image(image)
+    img = prepare_image(image)
     fcn = load_model(model, device)
     dev = fcn.device
-    img = prepare_image(image, percentiles=fcn.percentiles)
+    if fcn.percentiles != tuple(DEFAULT_PERCENTILES):
+        img = prepare_image(image, percentiles=fcn.percentiles)
     diameter = resolve_diameter(img, p.diameter)
     rs = rescale_for_model(img.shape, diameter, fcn.object_diameter)
     x = rs.to_model(img)

@@ -659,6 +659,8 @@ def run_train(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(int(args.threads))
         seed = pick("seed")
+        # Refuse an existing output before spending time on data.
+        _check_output(args.output, args.overwrite)
         if args.synthetic:
             if args.images or args.labels:
                 raise InputError("give either --synthetic N or --images/--labels, not both")

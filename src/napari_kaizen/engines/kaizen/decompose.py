@@ -64,14 +64,31 @@ def box_mean(error, box: int):
     return x[0, 0, :h, :w]
 
 
+def _running_max(x, k: int, dim: int):
+    """Maximum over windows of ``k`` along ``dim`` (output ``k - 1`` shorter).
+
+    Van Herk-style doubling: windows of 1, 2, 4, ... by ``log2(k)`` elementwise
+    maxima, then two overlapping power-of-two windows cover ``k``; about 15 tensor
+    operations whatever ``k`` is (a max-pool kernel of 79 costs 79 comparisons per
+    pixel and dominated the batched loop).
+    """
+    import torch
+
+    n = x.shape[dim] - k + 1
+    m, size = x, 1
+    while size * 2 <= k:
+        m = torch.maximum(m.narrow(dim, 0, m.shape[dim] - size), m.narrow(dim, size, m.shape[dim] - size))
+        size *= 2
+    return torch.maximum(m.narrow(dim, 0, n), m.narrow(dim, k - size, n))
+
+
 def _max_filter(x, radius: int):
-    """Maximum over a ``(2r+1)`` square window (separable, ``-inf`` / 0 outside)."""
+    """Maximum over the ``(2r+1)`` square around each pixel of ``x`` (H, W); ``-inf`` outside."""
     import torch.nn.functional as F
 
     k = 2 * radius + 1
-    y = F.max_pool2d(x[None, None], (k, 1), stride=1, padding=(radius, 0))
-    y = F.max_pool2d(y, (1, k), stride=1, padding=(0, radius))
-    return y[0, 0]
+    xp = F.pad(x[None, None], (radius, radius, radius, radius), value=-float("inf"))[0, 0]
+    return _running_max(_running_max(xp, k, 0), k, 1)
 
 
 def greedy_points(score, radius: int, limit: int | None, *, parallel: bool | None = None):
@@ -220,29 +237,110 @@ def resolve_net(model):
 class _State:
     """Device tensors of one run (see the module docstring)."""
 
-    x: Any  # padded input, flat view available
-    error: Any
-    pass_input: Any
-    best: Any
-    owner: Any
-    tabu: Any
+    x: Any  # padded input
+    error: Any  # X - internal
+    pass_input: Any  # what the VQ-VAE sees in this pass
+    best: Any  # brightness of the owning cell at each pixel
+    owner: Any  # label id at each pixel (0: none)
+    tabu: Any  # points tried in this pass (image grid)
     h: int
     w: int
     half: int
     wc: int
+    next_id: int = 1
+
+
+def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: float, next_id: int, near=None):
+    """Give kept cells label ids and paint them into the owner map (in place).
+
+    A cell whose mask lies, for at least ``merge_overlap`` of its pixels, on (or
+    within ``near``'s reach of) one earlier cell is a *correction* of that cell:
+    later passes predict on the error image, where an explained cell leaves a faint
+    remainder, often a rim just outside its mask, that the VQ-VAE reconstructs as if
+    it were a cell. A correction takes that cell's id and only fills pixels nobody
+    owns. Any other cell gets a new id, in order, and takes every pixel of its mask
+    where it is brighter than the current owner (ties stay with the earlier cell).
+
+    Parameters
+    ----------
+    owner : Tensor of int32, flat canvas
+    best : Tensor of float32, flat canvas
+        Brightness of the owning cell at each pixel.
+    index : Tensor of int64, shape (A, P*P)
+        Flat canvas indices of the kept cells' patches; **they must not overlap**
+        (call once per cell otherwise).
+    cells : Tensor, shape (A, P*P)
+    threshold : float
+        Mask threshold.
+    merge_overlap : float
+        Share of a cell's mask owned by one earlier cell above which it is merged
+        into it (> 1 disables merging).
+    next_id : int
+        First free label id.
+    near : Tensor of int32, flat canvas, optional
+        The owner map grown by a few pixels into unowned background (what a
+        correction is compared with); default ``owner``.
+
+    Returns
+    -------
+    Tensor of int32, shape (A,)
+        The id of each cell (new or merged into).
+    """
+    import torch
+
+    a = cells.shape[0]
+    dev = cells.device
+    mask = cells > threshold
+    own = owner[index]
+    close = own if near is None else near[index]
+    area = mask.sum(1)
+    stride = int(owner.max()) + 1 if owner.numel() else 1
+    rows = torch.arange(a, device=dev)[:, None].expand_as(own)
+    hit = mask & (close > 0)
+    target = torch.zeros(a, dtype=torch.int64, device=dev)
+    top = torch.zeros(a, dtype=torch.int64, device=dev)
+    if bool(hit.any()):
+        keys = rows[hit].to(torch.int64) * stride + close[hit].to(torch.int64)
+        uniq, counts = torch.unique(keys, return_counts=True)
+        cell_of, owner_of = uniq // stride, uniq % stride
+        top.scatter_reduce_(0, cell_of, counts, reduce="amax")
+        big = torch.full_like(owner_of, stride)
+        pick = torch.where(counts == top[cell_of], owner_of, big)
+        target = torch.full((a,), stride, dtype=torch.int64, device=dev).scatter_reduce_(0, cell_of, pick, reduce="amin")
+    merged = (top > 0) & (top.to(torch.float64) >= merge_overlap * area.to(torch.float64))
+    new_ids = next_id + torch.cumsum((~merged).to(torch.int64), 0) - 1
+    ids = torch.where(merged, target, new_ids).to(torch.int32)
+    ids_px = ids[:, None].expand_as(own)
+    fresh = (~merged)[:, None] & mask & (cells > best[index])
+    fill = merged[:, None] & mask & (own == 0)
+    paint = fresh | fill
+    owner[index[paint]] = ids_px[paint]
+    best[index[paint]] = cells[paint]
+    return ids
+
+
+def grown_owner(owner, radius: int):
+    """``owner`` with every label grown ``radius`` pixels into unowned pixels (for merging)."""
+    import torch
+
+    if radius <= 0:
+        return owner
+    grown = _max_filter(owner.to(torch.float32), radius).to(owner.dtype)
+    return torch.where(owner > 0, owner, grown)
 
 
 def _labels_now(state: _State, min_size: int):
-    """Current labels inside the image (device), small ones removed."""
+    """Current labels inside the image and the ids present (device), small ones removed."""
     import torch
 
     lab = state.owner[state.half : state.half + state.h, state.half : state.half + state.w]
-    if min_size > 1 and bool((lab > 0).any()):
-        counts = torch.bincount(lab.reshape(-1))
-        small = counts < int(min_size)
-        small[0] = False
+    counts = torch.bincount(lab.reshape(-1))
+    small = counts < max(1, int(min_size))
+    small[0] = False
+    if bool(small[1:].any()):
         lab = torch.where(small[lab.long()], torch.zeros((), dtype=lab.dtype, device=lab.device), lab)
-    return lab
+    present = torch.nonzero(~small).squeeze(1)
+    return lab, present[present > 0]
 
 
 def finalize_labels(labels: np.ndarray, scores: dict, min_size: int) -> tuple[np.ndarray, dict]:
@@ -276,6 +374,71 @@ def finalize_labels(labels: np.ndarray, scores: dict, min_size: int) -> tuple[np
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius: int, limit, tabu_r: int,
+               threshold: float) -> dict:
+    """One iteration on the device; returns what the snapshot needs, on the host."""
+    import torch
+
+    dev = st.x.device
+    h, w, half = st.h, st.w, st.half
+    inside = (slice(half, half + h), slice(half, half + w))
+    score = box_mean(st.error[inside], box)
+    score = torch.where((score > threshold) & ~st.tabu, score, torch.full_like(score, -math.inf))
+    pts = greedy_points(score, radius, limit)
+    k = int(pts.shape[0])
+    if k == 0:
+        return {"points": np.zeros((0, 2), np.int64), "accepted": np.zeros(0, bool),
+                "gains": np.zeros(0, np.float32), "cell_ids": np.zeros(0, np.int32), "cells": None, "tops": None}
+    # A point's patch on the padded canvas starts at the point's image coordinates.
+    index = patch_index(pts, patch, st.wc).reshape(k, -1)
+    flat_err = st.error.view(-1)
+    inputs = st.pass_input.reshape(-1)[index].view(k, 1, patch, patch)
+    cells = torch.cat([net.predict(inputs[i : i + p.batch_size]) for i in range(0, k, p.batch_size)])
+    cells = cells.reshape(k, -1).clamp_min_(0.0)  # a cell emits light; negative output is noise
+    if p.batched:
+        accepted, gains = judge(flat_err[index], cells, threshold, p.min_size, sequential=False)
+        flat_err.index_put_((index[accepted].reshape(-1),), -cells[accepted].reshape(-1), accumulate=True)
+    else:
+        accepted, gains = judge(None, cells, threshold, p.min_size, sequential=True, index=index, error=flat_err)
+    acc_idx = torch.nonzero(accepted).squeeze(1)
+    ids = torch.zeros(k, dtype=torch.int32, device=dev)
+    if acc_idx.numel():
+        flat_owner, flat_best = st.owner.view(-1), st.best.view(-1)
+        grow = max(1, patch // 20)  # rims left by a slightly small reconstruction are 1-3 px wide
+        if p.batched:  # disjoint patches: one call
+            near = grown_owner(st.owner, grow).view(-1)
+            got = assign_labels(flat_owner, flat_best, index[acc_idx], cells[acc_idx], threshold,
+                                p.merge_overlap, st.next_id, near)
+            st.next_id = max(st.next_id, int(got.max()) + 1)
+        else:  # patches may overlap: one cell after the other, in proposal order
+            got_list = []
+            for i in acc_idx.tolist():
+                near = grown_owner(st.owner, grow).view(-1)
+                one = assign_labels(flat_owner, flat_best, index[i : i + 1], cells[i : i + 1], threshold,
+                                    p.merge_overlap, st.next_id, near)
+                st.next_id = max(st.next_id, int(one[0]) + 1)
+                got_list.append(one)
+            got = torch.cat(got_list)
+        ids[acc_idx] = got
+    # Every point tried in this pass becomes tabu, with its neighbourhood.
+    ar = torch.arange(-tabu_r, tabu_r + 1, device=dev)
+    ty = (pts[:, 0, None, None] + ar[None, :, None]).clamp(0, h - 1)
+    tx = (pts[:, 1, None, None] + ar[None, None, :]).clamp(0, w - 1)
+    st.tabu[ty.expand(-1, -1, tx.shape[2]), tx.expand(-1, ty.shape[1], -1)] = True
+    lab, present = _labels_now(st, p.min_size)
+    return {
+        "points": pts.cpu().numpy(),
+        "accepted": accepted.cpu().numpy(),
+        "gains": gains.cpu().numpy(),
+        "cell_ids": ids.cpu().numpy(),
+        "cells": cells[acc_idx].view(-1, patch, patch).cpu().numpy() if acc_idx.numel() else None,
+        "tops": pts[acc_idx].cpu().numpy() if acc_idx.numel() else None,
+        "labels": lab.cpu().numpy(),
+        "present": present.cpu().numpy(),
+        "l1": float(st.error[inside].abs().sum()),
+    }
 
 
 def decompose(
@@ -323,7 +486,8 @@ def decompose(
 
     Notes
     -----
-    Closing the generator stops the run at once (nothing runs between yields).
+    Closing the generator stops the run at once: all work happens between yields,
+    and nothing of torch's inference mode leaks into the caller's code.
     """
     import torch
 
@@ -351,139 +515,78 @@ def decompose(
     h, w = img.shape
     half = patch // 2
     box, supp, tabu_r = p.windows(patch)
-    radius = patch - 1 if p.batched else supp
-    limit = p.batch_points if p.batched else p.points_per_iteration
-    threshold = float(p.mask_threshold) * max(float(img.mean()), 0.0)
-    min_size = int(p.min_size)
+    geometry = dict(
+        patch=patch, box=box, radius=patch - 1 if p.batched else supp, tabu_r=tabu_r,
+        limit=p.batch_points if p.batched else p.points_per_iteration,
+        threshold=float(p.mask_threshold) * max(float(img.mean()), 0.0),
+    )
     lo, hi = progress_range
-
     canvas = torch.from_numpy(np.ascontiguousarray(pad_like_inference(img, patch, p.mirror_pad))).to(dev)
-    hc, wc = canvas.shape
     st = _State(
         x=canvas, error=canvas.clone(), pass_input=canvas, best=torch.zeros_like(canvas),
-        owner=torch.zeros((hc, wc), dtype=torch.int32, device=dev), tabu=torch.zeros((h, w), dtype=torch.bool, device=dev),
-        h=h, w=w, half=half, wc=wc,
+        owner=torch.zeros(canvas.shape, dtype=torch.int32, device=dev),
+        tabu=torch.zeros((h, w), dtype=torch.bool, device=dev), h=h, w=w, half=half, wc=int(canvas.shape[1]),
     )
-    inside = (slice(half, half + h), slice(half, half + w))
-    total = float(canvas[inside].abs().sum().clamp_min(1e-12))
-    in_img = input_image if input_image is not None else img
-    trace = DecompositionTrace((h, w), half, patch, in_img, rescale)
+    total = float(canvas[half : half + h, half : half + w].abs().sum().clamp_min(1e-12))
+    trace = DecompositionTrace((h, w), half, patch, input_image if input_image is not None else img, rescale)
     scores: dict[int, float] = {}
     if rescale is not None and not rescale.identity:
         sy, sx = rescale.input_shape[0] / h, rescale.input_shape[1] / w
     else:
         sy = sx = 1.0
 
-    def to_input_labels(lab: np.ndarray) -> np.ndarray:
+    def to_input(lab: np.ndarray) -> np.ndarray:
         return lab if rescale is None or rescale.identity else rescale.labels_to_input(lab)
 
-    tabu_ar = torch.arange(-tabu_r, tabu_r + 1, device=dev)
-
-    def iteration() -> dict:
-        """One iteration, entirely under inference mode (nothing here yields)."""
-        with torch.inference_mode():
-            err_in = st.error[inside]
-            score = box_mean(err_in, box)
-            score = torch.where((score > threshold) & ~st.tabu, score, torch.full_like(score, -math.inf))
-            pts = greedy_points(score, radius, limit)
-            k = int(pts.shape[0])
-            if k == 0:
-                return {"points": np.zeros((0, 2), np.int64), "accepted": np.zeros(0, bool),
-                        "gains": np.zeros(0, np.float32), "ids": [], "cells": None, "tops": None}
-            # Patch top-left on the canvas == the point's image coordinates.
-            index = patch_index(pts, patch, wc).reshape(k, -1)
-            flat_err = st.error.view(-1)
-            flat_in = st.pass_input.reshape(-1)
-            inputs = flat_in[index].view(k, 1, patch, patch)
-            cells = torch.cat(
-                [net.predict(inputs[i : i + p.batch_size]) for i in range(0, k, p.batch_size)]
-            ).view(k, -1).clamp_min_(0.0)
-            if p.batched:
-                accepted, gains = judge(flat_err[index], cells, threshold, min_size, sequential=False)
-                sel = index[accepted]
-                flat_err.index_put_((sel.reshape(-1),), -cells[accepted].reshape(-1), accumulate=True)
-            else:
-                accepted, gains = judge(None, cells, threshold, min_size, sequential=True, index=index, error=flat_err)
-            # Labels: each pixel goes to the brightest kept cell (ties: the earlier one).
-            acc_idx = torch.nonzero(accepted).squeeze(1)
-            n_acc = int(acc_idx.numel())
-            first_id = len(trace) + 1
-            flat_best = st.best.view(-1)
-            flat_owner = st.owner.view(-1)
-            ids = list(range(first_id, first_id + n_acc))
-            if n_acc:
-                ids_t = torch.arange(first_id, first_id + n_acc, device=dev, dtype=torch.int32)
-                if p.batched:  # patches do not overlap: one scatter
-                    ix = index[acc_idx]
-                    c = cells[acc_idx]
-                    win = (c > threshold) & (c > flat_best[ix])
-                    flat_best[ix[win]] = c[win]
-                    flat_owner[ix[win]] = ids_t[:, None].expand_as(c)[win]
-                else:
-                    for j, i in enumerate(acc_idx.tolist()):
-                        ix, c = index[i], cells[i]
-                        win = (c > threshold) & (c > flat_best[ix])
-                        flat_best[ix[win]] = c[win]
-                        flat_owner[ix[win]] = ids_t[j]
-            # Every point tried in this pass becomes tabu, with its neighbourhood.
-            ty = (pts[:, 0, None, None] + tabu_ar[None, :, None]).clamp(0, h - 1)
-            tx = (pts[:, 1, None, None] + tabu_ar[None, None, :]).clamp(0, w - 1)
-            st.tabu[ty.expand(-1, -1, tx.shape[2]), tx.expand(-1, ty.shape[1], -1)] = True
-            lab = _labels_now(st, min_size)
-            return {
-                "points": pts.cpu().numpy(),
-                "accepted": accepted.cpu().numpy(),
-                "gains": gains.cpu().numpy(),
-                "ids": ids,
-                "cells": cells[acc_idx].view(-1, patch, patch).cpu().numpy() if n_acc else None,
-                "tops": pts[acc_idx].cpu().numpy() if n_acc else None,
-                "labels": lab.cpu().numpy(),
-                "l1": float(st.error[inside].abs().sum()),
-            }
-
     n_iter = 0
-    labels_np = np.zeros((h, w), np.int32)
+    pass_index = 0
+    labels = np.zeros((h, w), np.int32)
+    present: set[int] = set()
     l1 = total
     for pass_index in range(p.max_passes):
         if pass_index:
-            with torch.inference_mode():
-                st.pass_input = st.error.clone()
-                st.tabu.zero_()
+            st.pass_input = st.error.clone()  # later passes predict on the error image
+            st.tabu.zero_()
         kept_in_pass = 0
         for it in range(1, p.max_iterations + 1):
-            r = iteration()
+            with torch.inference_mode():
+                r = _iteration(st, net, p, **geometry)
             n_iter += 1
             k = len(r["points"])
             acc = r["accepted"]
+            ids = r["cell_ids"]
+            new_ids = [int(i) for i in ids[acc] if int(i) not in scores]
+            for i in np.flatnonzero(acc):
+                scores.setdefault(int(ids[i]), float(r["gains"][i]))
             if r["cells"] is not None:
                 trace.add(r["tops"][:, 0], r["tops"][:, 1], r["cells"])
-                for i, cid in zip(np.flatnonzero(acc), r["ids"]):
-                    scores[cid] = float(r["gains"][i])
             if "labels" in r:
-                labels_np = r["labels"].astype(np.int32, copy=False)
+                labels = r["labels"]
                 l1 = r["l1"]
-            present = set(np.unique(labels_np).tolist()) - {0}
+                present = set(r["present"].tolist())
             n_acc = int(acc.sum())
             kept_in_pass += n_acc
-            frac = min(0.99, max(0.0, 1.0 - l1 / total))
-            pts_in = np.column_stack([(r["points"][:, 0] + 0.5) * sy - 0.5, (r["points"][:, 1] + 0.5) * sx - 0.5]) if k else np.zeros((0, 2))
-            new = tuple(i for i in r["ids"] if i in present)
+            pts = r["points"].astype(np.float64)
+            pts_in = np.column_stack([(pts[:, 0] + 0.5) * sy - 0.5, (pts[:, 1] + 0.5) * sx - 0.5]) if k else pts
+            new = tuple(i for i in new_ids if i in present)
             yield DecompositionSnapshot(
                 stage="iteration",
-                progress=lo + (hi - lo) * frac,
+                progress=lo + (hi - lo) * min(0.99, max(0.0, 1.0 - l1 / total)),
                 message=f"pass {pass_index + 1}, iteration {it}: {n_acc} of {k} accepted, {len(present)} cells",
-                labels=to_input_labels(labels_np),
+                labels=to_input(labels),
                 maps=lazy_maps(trace, len(trace)),
                 changed=new,
                 iteration=n_iter,
                 pass_index=pass_index,
                 iteration_in_pass=it,
-                proposals=pts_in.astype(np.float64),
+                proposals=pts_in.reshape(-1, 2),
                 accepted=acc.astype(bool),
                 gains=r["gains"].astype(np.float32),
+                cell_ids=ids.astype(np.int32),
                 new_labels=new,
                 scores=freeze_scores({i: scores[i] for i in present if i in scores}),
-                n_cells=len(trace),
+                n_cells=st.next_id - 1,
+                n_accepted=len(trace),
                 error_l1=l1 / (h * w),
                 trace=trace,
             )
@@ -491,18 +594,19 @@ def decompose(
                 break
         if kept_in_pass == 0:
             break
-    final, final_scores = finalize_labels(labels_np, scores, min_size)
+    final, final_scores = finalize_labels(labels, scores, p.min_size)
     snap = DecompositionSnapshot(
         stage="labels",
         progress=hi,
-        message=f"{int(final.max())} cells in {n_iter} iterations",
-        labels=to_input_labels(final),
+        message=f"{int(final.max())} cells in {n_iter} iterations, {pass_index + 1} passes",
+        labels=to_input(final),
         maps=lazy_maps(trace, len(trace)),
         changed=tuple(range(1, int(final.max()) + 1)),
         done=True,
         iteration=n_iter,
-        pass_index=max(0, pass_index),
-        n_cells=len(trace),
+        pass_index=pass_index,
+        n_cells=int(final.max()),
+        n_accepted=len(trace),
         scores=freeze_scores(final_scores),
         error_l1=l1 / (h * w),
         trace=trace,

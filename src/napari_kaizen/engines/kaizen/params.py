@@ -66,6 +66,12 @@ class KaizenParams:
         cell); ``None``: an eighth of the patch (one latent cell of the VQ-VAE).
     batch_size : int
         Patches per forward pass (bounds memory on huge images).
+    merge_overlap : float
+        A kept cell whose mask lies, for at least this share of its pixels, on one
+        earlier cell corrects that cell instead of becoming a new one (later passes
+        predict on the error image, where an explained cell leaves a faint
+        remainder that the VQ-VAE reconstructs as if it were a cell). Not in the
+        paper; a value above 1 turns it off.
     """
 
     patch_size: int | None = 40
@@ -82,6 +88,7 @@ class KaizenParams:
     suppression_radius: int | None = None
     tabu_radius: int | None = None
     batch_size: int = 256
+    merge_overlap: float = 0.5
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False, minimum: int = 1) -> None:
@@ -106,6 +113,8 @@ class KaizenParams:
         positive("batch_size")
         if not (isinstance(self.mask_threshold, (int, float)) and 0.0 <= float(self.mask_threshold) < 10.0):
             raise InputError(f"KaizenParams.mask_threshold must be a fraction of the image mean in [0, 10), got {self.mask_threshold!r}")
+        if not (isinstance(self.merge_overlap, (int, float)) and float(self.merge_overlap) > 0.0):
+            raise InputError(f"KaizenParams.merge_overlap must be a positive fraction (above 1 disables it), got {self.merge_overlap!r}")
 
     def windows(self, patch: int) -> tuple[int, int, int]:
         """``(box_size, suppression_radius, tabu_radius)`` for a model's patch size."""

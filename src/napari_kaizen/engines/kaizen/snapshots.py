@@ -33,7 +33,7 @@ class DecompositionTrace:
     """Append-only record of the cells accepted in one decomposition run.
 
     Shared by every snapshot of the run; snapshot ``k`` reads only the first
-    ``n_cells`` entries, which never change afterwards, so old snapshots stay valid
+    ``n_accepted`` entries, which never change afterwards, so old snapshots stay valid
     while the run goes on.
 
     Parameters
@@ -75,26 +75,26 @@ class DecompositionTrace:
         """``(top, left, patch)`` of the ``k``-th accepted cell (0-based; canvas coords)."""
         return self._y[k], self._x[k], self._patches[k]
 
-    def internal_work(self, n_cells: int) -> np.ndarray:
-        """Internal image after the first ``n_cells`` cells, on the model's grid."""
+    def internal_work(self, n_accepted: int) -> np.ndarray:
+        """Internal image after the first ``n_accepted`` kept predictions, on the model's grid."""
         h, w = self.work_shape
         p, half = self.patch_size, self.half
         canvas = np.zeros((h + 2 * half, w + 2 * half), np.float32)
-        for k in range(min(int(n_cells), len(self._patches))):
+        for k in range(min(int(n_accepted), len(self._patches))):
             y, x = self._y[k], self._x[k]
             canvas[y : y + p, x : x + p] += self._patches[k]
         return canvas[half : half + h, half : half + w]
 
-    def internal(self, n_cells: int) -> np.ndarray:
-        """Internal image after the first ``n_cells`` cells, on the input grid (float32)."""
-        work = self.internal_work(n_cells)
+    def internal(self, n_accepted: int) -> np.ndarray:
+        """Internal image after the first ``n_accepted`` kept predictions, on the input grid (float32)."""
+        work = self.internal_work(n_accepted)
         if self.rescale is None or self.rescale.identity:
             return np.ascontiguousarray(work)
         return self.rescale.to_input(work)
 
-    def error(self, n_cells: int) -> np.ndarray:
-        """Input minus internal image after the first ``n_cells`` cells (input grid)."""
-        return self.input_image - self.internal(n_cells)
+    def error(self, n_accepted: int) -> np.ndarray:
+        """Input minus internal image after ``n_accepted`` kept predictions (input grid)."""
+        return self.input_image - self.internal(n_accepted)
 
 
 class _LazyMaps(Mapping):
@@ -129,6 +129,7 @@ def lazy_maps(trace: DecompositionTrace | None, n_cells: int) -> Mapping[str, np
 _EMPTY_POINTS = np.zeros((0, 2), np.float64)
 _EMPTY_FLAGS = np.zeros(0, bool)
 _EMPTY_GAINS = np.zeros(0, np.float32)
+_EMPTY_IDS = np.zeros(0, np.int32)
 
 
 @dataclass(frozen=True)
@@ -179,15 +180,23 @@ class DecompositionSnapshot(SegmentationSnapshot):
         Relative change of the L1 error each proposal's cell would make /made:
         ``(|E|_1 - |E - cell|_1) / |cell|_1`` over its patch. Positive = the error
         went down; accepted proposals have ``gain > 0``.
+    cell_ids : ndarray of int32, shape (N,)
+        For each proposal, the label id its kept cell belongs to: a new id, or the id
+        of the earlier cell it corrected (see ``KaizenParams.merge_overlap``); 0 for
+        rejected proposals. Ids are those of ``labels`` while running (the final
+        snapshot has no proposals).
     new_labels : tuple of int
-        Ids (as in ``labels``) of the cells accepted in this iteration that are
-        present in ``labels``.
+        Ids of the cells created in this iteration that are present in ``labels``.
     scores : mapping of int to float
         For every id in ``labels``: the gain with which that cell was accepted, in
         (0, 1]; 1 means its predicted image explained exactly as much error as its
         own brightness. Low scores are the least certain cells: review them first.
     n_cells : int
-        Cells accepted so far, including ones later dropped as too small.
+        Label ids created so far (cells later dropped as too small included); on
+        the final snapshot, the number of cells in ``labels``.
+    n_accepted : int
+        Predictions kept so far (new cells and corrections): how many entries of
+        ``trace`` the internal image of this iteration sums.
     error_l1 : float
         Mean absolute error ``|input - internal|`` over the image on the model grid.
     trace : DecompositionTrace
@@ -196,9 +205,9 @@ class DecompositionSnapshot(SegmentationSnapshot):
     Notes
     -----
     Memory per snapshot: ``labels`` (4 bytes per input pixel) plus ``O(N)``. The
-    shared trace adds ``4 * P * P`` bytes per accepted cell once per run. Reading
-    :attr:`internal` or :attr:`error` costs ``O(H*W + n_cells * P*P)``; read each
-    once per drawn frame.
+    shared trace adds ``4 * P * P`` bytes per kept prediction once per run. Reading
+    :attr:`internal` or :attr:`error` costs ``O(H*W + n_accepted * P*P)``; read
+    each once per drawn frame.
     """
 
     iteration: int = 0
@@ -207,21 +216,23 @@ class DecompositionSnapshot(SegmentationSnapshot):
     proposals: np.ndarray = field(default_factory=lambda: _EMPTY_POINTS.copy())
     accepted: np.ndarray = field(default_factory=lambda: _EMPTY_FLAGS.copy())
     gains: np.ndarray = field(default_factory=lambda: _EMPTY_GAINS.copy())
+    cell_ids: np.ndarray = field(default_factory=lambda: _EMPTY_IDS.copy())
     new_labels: tuple[int, ...] = ()
     scores: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
     n_cells: int = 0
+    n_accepted: int = 0
     error_l1: float = math.nan
     trace: DecompositionTrace | None = field(default=None, repr=False, compare=False)
 
     @property
     def internal(self) -> np.ndarray | None:
         """Internal image (sum of the accepted cells' predictions), float32 (H, W)."""
-        return None if self.trace is None else self.trace.internal(self.n_cells)
+        return None if self.trace is None else self.trace.internal(self.n_accepted)
 
     @property
     def error(self) -> np.ndarray | None:
         """Error image, normalised input minus :attr:`internal`, float32 (H, W)."""
-        return None if self.trace is None else self.trace.error(self.n_cells)
+        return None if self.trace is None else self.trace.error(self.n_accepted)
 
     def least_certain(self, k: int | None = None) -> list[int]:
         """Label ids sorted by score, lowest (least certain) first; the first ``k``."""

@@ -103,6 +103,7 @@ def train(
     overwrite: bool = False,
     reproduce: str | None = None,
     sampler_options: dict | None = None,
+    checkpoint_every: int = 0,
 ) -> Generator[TrainingSnapshot, None, Path]:
     """Train a Kaizen VQ-VAE and write its weights; yields progress.
 
@@ -141,6 +142,8 @@ def train(
         to the current process's command line.
     sampler_options : dict, optional
         Keyword arguments of :class:`~napari_kaizen.engines.kaizen.dataset.PatchSampler`.
+    checkpoint_every : int
+        Also write ``<output>_stepN`` weights every this many steps (0: never).
 
     Yields
     ------
@@ -230,52 +233,72 @@ def train(
                 "val_l1_empty": float(err[~val_has].mean()) if (~val_has).any() else 0.0, "codes_used": used}
 
     start = time.perf_counter()
-    summary = yield from train_loop(
-        model, sampler.batches(batch_size), loss_fn, opt, steps=steps, device=dev, scheduler=sched,
-        report_every=report_every, validate=validate, validate_every=validate_every, clip_grad_norm=1.0,
-    )
-    seconds = time.perf_counter() - start
     if reproduce is None:
         reproduce = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-    meta = {
-        "architecture": ARCHITECTURE,
-        "config": model.config.to_dict(),
-        "patch_size": int(patch_size),
-        "object_diameter": _object_diameter(labs),
-        "normalization": {"percentiles": [1.0, 99.8]},
-        "description": "Kaizen VQ-VAE: reconstructs the one cell touching the centre of a patch",
-        "training": {
-            "data": {
-                "n_images": len(imgs) - len(synth_params),
-                "n_synthetic_fields": len(synth_params),
-                "synthetic": (
-                    "napari_kaizen.engines.kaizen.dataset.synthetic_training_set: field k uses seed k in "
-                    "random_params(np.random.default_rng(k), shape=(256, 256), nucleus_diameter=18, "
-                    "hard=(0.4, 0.6, 0.8, 1.0)[k % 4]) and synthesize(params, seed=k); channel 'nuclei'"
-                ) if synth_params else None,
-                "n_cells": int(sum(len(np.unique(lab)) - (lab == 0).any() for lab in labs)),
-                "validation": f"256 patches from synthetic seeds {VALIDATION_SEED}..{VALIDATION_SEED + 3}"
-                if synthetic else "256 patches from the training images",
+
+    def metadata(done_steps: int, summary: dict) -> dict:
+        return {
+            "architecture": ARCHITECTURE,
+            "config": model.config.to_dict(),
+            "patch_size": int(patch_size),
+            "object_diameter": _object_diameter(labs),
+            "normalization": {"percentiles": [1.0, 99.8]},
+            "description": "Kaizen VQ-VAE: reconstructs the one cell touching the centre of a patch",
+            "training": {
+                "data": {
+                    "n_images": len(imgs) - len(synth_params),
+                    "n_synthetic_fields": len(synth_params),
+                    "synthetic": (
+                        "napari_kaizen.engines.kaizen.dataset.synthetic_training_set: field k uses seed k in "
+                        "random_params(np.random.default_rng(k), shape=(256, 256), nucleus_diameter=18, "
+                        "hard=(0.4, 0.6, 0.8, 1.0)[k % 4]) and synthesize(params, seed=k); channel 'nuclei'"
+                    ) if synth_params else None,
+                    "n_cells": int(sum(len(np.unique(lab)) - (lab == 0).any() for lab in labs)),
+                    "validation": f"256 patches from synthetic seeds {VALIDATION_SEED}..{VALIDATION_SEED + 3}"
+                    if synthetic else "256 patches from the training images",
+                },
+                "sampler": {"positive_fraction": sampler.positive_fraction, "near_fraction": sampler.near_fraction,
+                            "residual_prob": sampler.residual_prob, "flips": sampler.flips,
+                            "gain_range": list(sampler.gain_range)},
+                "loss": "L1(reconstruction, input x mask of the centre cell) + 0.25 commitment (EMA codebook)",
+                "optimizer": "Adam",
+                "learning_rate": learning_rate,
+                "schedule": f"linear warm-up {warmup_steps} steps, cosine decay to 5%",
+                "batch_size": int(batch_size),
+                "steps": int(done_steps),
+                "seed": int(seed),
+                "device": str(dev),
+                "threads": int(torch.get_num_threads()),
+                "seconds": round(time.perf_counter() - start, 1),
+                "final_loss": summary.get("final_loss"),
+                "validation": summary.get("validation"),
+                "torch_version": torch.__version__,
+                "reproduce": reproduce,
             },
-            "sampler": {"positive_fraction": sampler.positive_fraction, "near_fraction": sampler.near_fraction,
-                        "residual_prob": sampler.residual_prob, "flips": sampler.flips,
-                        "gain_range": list(sampler.gain_range)},
-            "loss": "L1(reconstruction, input x mask of the centre cell) + 0.25 commitment (EMA codebook)",
-            "optimizer": "Adam",
-            "learning_rate": learning_rate,
-            "schedule": f"linear warm-up {warmup_steps} steps, cosine decay to 5%",
-            "batch_size": int(batch_size),
-            "steps": int(steps),
-            "seed": int(seed),
-            "device": str(dev),
-            "threads": int(torch.get_num_threads()),
-            "seconds": round(seconds, 1),
-            "final_loss": summary.get("final_loss"),
-            "validation": summary.get("validation"),
-            "torch_version": torch.__version__,
-            "reproduce": reproduce,
-        },
-    }
+        }
+
+    batches = sampler.batches(batch_size)
+    loop = train_loop(
+        model, batches, loss_fn, opt, steps=steps, device=dev, scheduler=sched,
+        report_every=report_every, validate=validate, validate_every=validate_every, clip_grad_norm=1.0,
+    )
+    last_val: dict = {}
+    while True:
+        try:
+            snap = next(loop)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+        if snap.validation:
+            last_val = dict(snap.validation)
+        yield snap
+        if checkpoint_every and snap.step % checkpoint_every == 0 and snap.step < steps:
+            model.eval()
+            ckpt = out_path.with_name(f"{out_path.stem}_step{snap.step}")
+            save_weights(ckpt, model.state_dict(), metadata(snap.step, {"final_loss": snap.loss, "validation": last_val}),
+                         overwrite=True)
+            model.train()
+    meta = metadata(steps, summary)
     path = save_weights(out_path, model.state_dict(), meta, overwrite=overwrite)
     yield TrainingSnapshot(
         stage="done", progress=1.0, message=f"wrote {path}", step=steps, total_steps=steps,

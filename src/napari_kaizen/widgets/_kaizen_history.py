@@ -1,0 +1,132 @@
+"""Every snapshot of a Kaizen run, and the slider that scrubs through them.
+
+Snapshots are small (labels plus ``O(proposals)`` numbers); the internal and error
+images are rebuilt from the run's shared trace only for the snapshot being drawn, so
+keeping all of them costs ``4 * H * W`` bytes per iteration.
+
+"Follow live": while the slider sits at its right end, each new snapshot moves it
+along and the view shows the newest iteration; once a person drags it back, new
+snapshots only extend its range and the view stays on the chosen iteration until the
+slider is returned to the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QSlider, QWidget
+
+
+class SnapshotHistory:
+    """The snapshots of one run, in the order they were yielded.
+
+    With ``every plane``, only the plane being computed (or the last one) is kept:
+    a new plane starts a new history, and the final snapshot of the stack is added
+    at its end.
+    """
+
+    def __init__(self) -> None:
+        self._snaps: list[Any] = []
+        self.plane: tuple[int, ...] | None = None
+
+    def clear(self) -> None:
+        self._snaps.clear()
+        self.plane = None
+
+    def append(self, snap: Any) -> bool:
+        """Add ``snap``; True if it started a new plane (the history was reset)."""
+        plane = getattr(snap, "plane", None)
+        reset = plane is not None and plane != self.plane
+        if reset:
+            self._snaps.clear()
+            self.plane = plane
+        self._snaps.append(snap)
+        return reset
+
+    def __len__(self) -> int:
+        return len(self._snaps)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._snaps[index]
+
+    @property
+    def last(self) -> Any:
+        return self._snaps[-1] if self._snaps else None
+
+
+class IterationScrubber(QWidget):
+    """A slider over the history's indices with a "follow live" right end.
+
+    Signals
+    -------
+    requested(int)
+        The person moved the slider to this index (coalesced: while dragging over a
+        large image, only the position where the slider rests is drawn).
+    """
+
+    requested = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None, *, coalesce_ms: int = 40) -> None:
+        super().__init__(parent)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 0)
+        self.slider.setEnabled(False)
+        self.slider.setToolTip(
+            "Scrub through the iterations (during or after a run). At the right end the view "
+            "follows the run live; anywhere else it stays on the chosen iteration."
+        )
+        self.label = QLabel("iteration –")
+        self.label.setMinimumWidth(90)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.slider, 1)
+        layout.addWidget(self.label)
+        self._pending: int | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(int(coalesce_ms))
+        self._timer.timeout.connect(self._emit)
+        self.slider.valueChanged.connect(self._moved)
+
+    @property
+    def following(self) -> bool:
+        """Whether the slider is at its right end (the view follows new snapshots)."""
+        return self.slider.value() >= self.slider.maximum()
+
+    @property
+    def index(self) -> int:
+        return int(self.slider.value())
+
+    def reset(self) -> None:
+        self._set(0, 0)
+        self.slider.setEnabled(False)
+
+    def set_count(self, n: int) -> None:
+        """The history now holds ``n`` snapshots; keep following if we were."""
+        follow = self.following
+        top = max(0, int(n) - 1)
+        self._set(top, top if follow else min(self.slider.value(), top))
+        self.slider.setEnabled(n > 1)
+
+    def set_index(self, index: int) -> None:
+        """Move the slider without emitting :attr:`requested`."""
+        self._set(self.slider.maximum(), int(index))
+
+    def _set(self, maximum: int, value: int) -> None:
+        blocked = self.slider.blockSignals(True)
+        try:
+            self.slider.setMaximum(maximum)
+            self.slider.setValue(value)
+        finally:
+            self.slider.blockSignals(blocked)
+
+    def _moved(self, value: int) -> None:
+        self._pending = int(value)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _emit(self) -> None:
+        value, self._pending = self._pending, None
+        if value is not None:
+            self.requested.emit(value)
