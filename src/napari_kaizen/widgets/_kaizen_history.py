@@ -12,10 +12,34 @@ slider is returned to the end.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QSlider, QWidget
+
+
+def keepable(snapshots: Iterable[Any]) -> Iterator[Any]:
+    """Re-yield ``snapshots`` with labels that no later step can change.
+
+    Run in the worker thread, between two steps of the engine. A snapshot whose
+    ``labels`` is a view of something else (e.g. of the engine's working tensor, which
+    the next iteration updates in place) gets its own copy before the engine
+    continues; arrays that already own their memory are passed on as they are.
+    """
+    it = iter(snapshots)
+    try:
+        for snap in it:
+            labels = getattr(snap, "labels", None)
+            if isinstance(labels, np.ndarray) and labels.base is not None:
+                snap = replace(snap, labels=np.array(labels, copy=True))
+            yield snap
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:  # cancelling closes the engine's generator at once
+            close()
 
 
 class SnapshotHistory:

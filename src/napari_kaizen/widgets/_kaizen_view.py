@@ -147,17 +147,16 @@ class KaizenLayers:
         if len(cell_ids) == len(coords):  # the label each kept proposal went to (0: rejected)
             features["cell"] = cell_ids
         colors = np.array([ACCEPTED_COLOR if a else REJECTED_COLOR for a in accepted], dtype=float).reshape(-1, 4)
-        kwargs: dict[str, Any] = {"size": self.point_size(snap)}
-        if len(coords):
-            kwargs["face_color"] = colors
+        kwargs: dict[str, Any] = {"face_color": colors} if len(coords) else {}
         name = self._name(PROPOSALS_LAYER)
         if name in self.viewer.layers and _layers.owned_by(self.viewer.layers[name], OWNER):
-            # Ours already: its styling stays as the person left it.
+            # Ours already: its styling (point size included) stays as the person left it;
+            # every property set here costs napari a refresh, so set only what changes.
             layer = _layers.set_points(self.viewer, name, coords, owner=OWNER, features=features, **kwargs)
         else:
             layer = _layers.set_points(self.viewer, name, coords, owner=OWNER, features=features,
-                                       border_color="black", border_width=0.1, opacity=0.9, **kwargs,
-                                       **self.placement(2))
+                                       size=self.point_size(snap), border_color="black", border_width=0.1,
+                                       opacity=0.9, **kwargs, **self.placement(2))
         self._track(PROPOSALS_LAYER, layer)
 
     def draw_labels(self, snap, *, features=None) -> None:

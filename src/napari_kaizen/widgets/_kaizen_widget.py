@@ -33,7 +33,7 @@ from ..engines._common.device import DEVICE_CHOICES
 from ..engines._common.errors import KaizenError, WeightsError
 from ..engines.kaizen.params import KaizenParams
 from . import _layers
-from ._kaizen_history import IterationScrubber, SnapshotHistory
+from ._kaizen_history import IterationScrubber, SnapshotHistory, keepable
 from ._kaizen_models import ModelChoice
 from ._kaizen_review import ReviewPanel
 from ._kaizen_view import OWNER, KaizenLayers, scores_table
@@ -41,8 +41,10 @@ from ._params_form import ParamsForm
 from ._segment_widget import LayerChoice
 from ._worker import SnapshotRunner
 
-#: At most one redraw of the four layers per this many milliseconds while running.
+#: At most one redraw of the four layers per this many milliseconds while running ...
 DRAW_INTERVAL_MS = 150
+#: ... and drawing takes at most this share of the GUI thread (slow machines draw less often).
+DRAW_BUSY = 0.33
 
 #: Parameters shown without "show all parameters" (the rest keep the paper's defaults).
 MAIN_PARAMS = ("diameter", "max_iterations", "max_passes", "mask_threshold", "min_size",
@@ -67,7 +69,7 @@ class KaizenWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
-        self.runner = SnapshotRunner(self, min_interval_ms=DRAW_INTERVAL_MS)
+        self.runner = SnapshotRunner(self, min_interval_ms=DRAW_INTERVAL_MS, max_busy=DRAW_BUSY)
         self.history = SnapshotHistory()
         self.view = KaizenLayers(viewer)
 
@@ -233,8 +235,8 @@ class KaizenWidget(QWidget):
             if stack:
                 from ..engines._common.planes import segment_planes
 
-                return segment_planes(segment, np.asarray(data), params, model=km, device=device)
-            return segment(data, params, model=km, device=device)
+                return keepable(segment_planes(segment, np.asarray(data), params, model=km, device=device))
+            return keepable(segment(data, params, model=km, device=device))
 
         self.history.clear()
         self.scrubber.reset()

@@ -14,12 +14,17 @@ newest snapshot: a fast engine can never flood napari with redraws.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engines._common.errors import KaizenError
+
+
+#: The longest wait between two draws that ``max_busy`` can impose.
+MAX_ADAPTIVE_INTERVAL_MS = 1000
 
 
 class Gate:
@@ -116,6 +121,13 @@ class SnapshotRunner(QObject):
     ----------
     min_interval_ms : int
         Minimum time between two draws.
+    max_busy : float, optional
+        Largest share of the GUI thread's time that drawing may take: after a draw
+        that took ``d`` ms the next waits at least ``d * (1 / max_busy - 1)`` ms
+        (never less than ``min_interval_ms``, never more than
+        :data:`MAX_ADAPTIVE_INTERVAL_MS`). Draw cost depends on the machine
+        (software OpenGL, a loaded CPU, image size), so a fixed interval alone can
+        leave napari with no time for the person. ``None``: fixed interval.
     """
 
     started = Signal()
@@ -123,8 +135,11 @@ class SnapshotRunner(QObject):
     errored = Signal(str)
     paused_changed = Signal(bool)
 
-    def __init__(self, parent: QObject | None = None, *, min_interval_ms: int = 100) -> None:
+    def __init__(self, parent: QObject | None = None, *, min_interval_ms: int = 100,
+                 max_busy: float | None = None) -> None:
         super().__init__(parent)
+        self._min_interval = int(min_interval_ms)
+        self._max_busy = max_busy
         self.worker = None
         self.gate: Gate | None = None
         self._pending: Any = None
@@ -192,6 +207,7 @@ class SnapshotRunner(QObject):
         worker.yielded.connect(self._received)
         worker.finished.connect(self._finished)
         self.worker = worker
+        self._timer.setInterval(self._min_interval)
         self._timer.start()
         worker.start()
         self.started.emit()
@@ -233,7 +249,14 @@ class SnapshotRunner(QObject):
     def _flush(self) -> None:
         snap, self._pending = self._pending, None
         if snap is not None and self._draw is not None:
+            t0 = time.perf_counter()
             self._draw(snap)
+            if self._max_busy:
+                took_ms = 1000.0 * (time.perf_counter() - t0)
+                # Capped, so one slow draw (the first adds the layers) cannot stall the view.
+                wait = max(self._min_interval, min(MAX_ADAPTIVE_INTERVAL_MS,
+                                                   int(took_ms * (1.0 / self._max_busy - 1.0))))
+                self._timer.setInterval(wait)
 
     def _failed(self, exc: BaseException) -> None:
         self.errored.emit(error_message(exc))

@@ -522,13 +522,15 @@ def finetune(
     import torch
 
     from .._common.device import choose_device
-    from .model import load_model
+    from .model import FCNModel, load_model
 
     _check_number("steps", steps, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
     _check_number("lr", lr, 0)
     path = _check_output(output, overwrite)
-    base = load_model(model, "cpu" if not isinstance(device, str) or device == "auto" else device)
+    # A loaded model is only read (its net is deep-copied below), never moved or changed:
+    # the widget may be segmenting with it at the same time.
+    base = model if isinstance(model, FCNModel) else load_model(model, "cpu")
     meta0 = base.metadata
     pairs = prepare_pairs(images, labels, percentiles=base.percentiles)
     target = base.object_diameter

@@ -253,13 +253,15 @@ class _State:
 def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: float, next_id: int, near=None):
     """Give kept cells label ids and paint them into the owner map (in place).
 
-    A cell whose mask lies, for at least ``merge_overlap`` of its pixels, on (or
-    within ``near``'s reach of) one earlier cell is a *correction* of that cell:
-    later passes predict on the error image, where an explained cell leaves a faint
-    remainder, often a rim just outside its mask, that the VQ-VAE reconstructs as if
-    it were a cell. A correction takes that cell's id and only fills pixels nobody
-    owns. Any other cell gets a new id, in order, and takes every pixel of its mask
-    where it is brighter than the current owner (ties stay with the earlier cell).
+    A cell whose mask lies, for at least ``merge_overlap`` of its pixels, on earlier
+    cells (or within ``near``'s reach of them) is a *correction*: later passes
+    predict on the error image, where explained cells leave faint remainders (rims
+    just outside a mask, leftovers in the gaps between cells) that the VQ-VAE
+    reconstructs as if they were cells. A correction stays in the internal image
+    (it did lower the error) but creates no label: it takes the id of the earlier
+    cell it covers most and paints nothing. Any other cell gets a new id, in order,
+    and takes every pixel of its mask where it is brighter than the current owner
+    (ties stay with the earlier cell).
 
     Parameters
     ----------
@@ -299,6 +301,7 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
     hit = mask & (close > 0)
     target = torch.zeros(a, dtype=torch.int64, device=dev)
     top = torch.zeros(a, dtype=torch.int64, device=dev)
+    covered = hit.sum(1)
     if bool(hit.any()):
         keys = rows[hit].to(torch.int64) * stride + close[hit].to(torch.int64)
         uniq, counts = torch.unique(keys, return_counts=True)
@@ -307,13 +310,13 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
         big = torch.full_like(owner_of, stride)
         pick = torch.where(counts == top[cell_of], owner_of, big)
         target = torch.full((a,), stride, dtype=torch.int64, device=dev).scatter_reduce_(0, cell_of, pick, reduce="amin")
-    merged = (top > 0) & (top.to(torch.float64) >= merge_overlap * area.to(torch.float64))
+    merged = (top > 0) & (covered.to(torch.float64) >= merge_overlap * area.to(torch.float64))
     new_ids = next_id + torch.cumsum((~merged).to(torch.int64), 0) - 1
     ids = torch.where(merged, target, new_ids).to(torch.int32)
     ids_px = ids[:, None].expand_as(own)
-    fresh = (~merged)[:, None] & mask & (cells > best[index])
-    fill = merged[:, None] & mask & (own == 0)
-    paint = fresh | fill
+    # Corrections paint nothing: their pixels are faint rims and leftovers, and
+    # painting them grew masks past the true outlines (mAP fell on the dev set).
+    paint = (~merged)[:, None] & mask & (cells > best[index])
     owner[index[paint]] = ids_px[paint]
     best[index[paint]] = cells[paint]
     return ids

@@ -54,8 +54,10 @@ class KaizenParams:
         With ``batched``, at most this many proposals per iteration (``None``: all).
     box_size : int or None
         Side of the box of ones the error image is convolved with to rank points;
-        ``None``: half the patch (about one nucleus at the paper's scale, so maxima
-        fall on object centres).
+        ``None``: a quarter of the patch (about half a nucleus at the paper's scale).
+        A box smaller than an object peaks inside the brightest single object; a box
+        as large as an object often peaks between two touching ones, where the
+        VQ-VAE cannot tell which cell it is asked for and reconstructs both.
     suppression_radius : int or None
         Half-side of the square suppressed around each chosen point in the paper's
         loop; ``None``: a quarter of the patch (points about one object apart). The
@@ -67,11 +69,12 @@ class KaizenParams:
     batch_size : int
         Patches per forward pass (bounds memory on huge images).
     merge_overlap : float
-        A kept cell whose mask lies, for at least this share of its pixels, on one
-        earlier cell corrects that cell instead of becoming a new one (later passes
-        predict on the error image, where an explained cell leaves a faint
-        remainder that the VQ-VAE reconstructs as if it were a cell). Not in the
-        paper; a value above 1 turns it off.
+        A kept cell whose mask lies, for at least this share of its pixels, on
+        earlier cells (or within ``patch_size // 20`` pixels of them) is a
+        correction, not a new cell: it stays in the internal image but adds no
+        label. Later passes predict on the error image, where explained cells leave
+        faint remainders that the VQ-VAE reconstructs as if they were cells. Not in
+        the paper; a value above 1 turns it off.
     """
 
     patch_size: int | None = 40
@@ -118,7 +121,7 @@ class KaizenParams:
 
     def windows(self, patch: int) -> tuple[int, int, int]:
         """``(box_size, suppression_radius, tabu_radius)`` for a model's patch size."""
-        box = self.box_size or max(1, patch // 2)
+        box = self.box_size or max(1, patch // 4)
         supp = self.suppression_radius if self.suppression_radius is not None else max(1, patch // 4)
         tabu = self.tabu_radius if self.tabu_radius is not None else max(1, patch // 8)
         return int(box), int(supp), int(tabu)
