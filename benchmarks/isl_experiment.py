@@ -17,6 +17,11 @@ Usage::
 
     python benchmarks/isl_experiment.py                 # all runs (about 45 CPU minutes)
     python benchmarks/isl_experiment.py --report-only   # table + plot from the JSON
+
+    # or in two processes, then merge:
+    python benchmarks/isl_experiment.py --seeds 0 1 --out runs/isl_a.json
+    python benchmarks/isl_experiment.py --seeds 2 --out runs/isl_b.json
+    python benchmarks/isl_experiment.py --report-only --merge runs/isl_a.json runs/isl_b.json
 """
 
 from __future__ import annotations
@@ -138,7 +143,17 @@ def summarise(results: dict) -> dict:
 
 def report(args) -> None:
     out = Path(args.out)
-    results = json.loads(out.read_text())
+    results = json.loads(out.read_text()) if out.exists() else {"runs": []}
+    # Runs made by parallel processes (--out elsewhere) are merged in with --merge.
+    have = {(r["init"], r["n_images"], r["seed"]) for r in results["runs"]}
+    for extra in args.merge or []:
+        other = json.loads(Path(extra).read_text())
+        results.setdefault("protocol", other.get("protocol"))
+        for r in other["runs"]:
+            if (r["init"], r["n_images"], r["seed"]) not in have:
+                results["runs"].append(r)
+                have.add((r["init"], r["n_images"], r["seed"]))
+    results["runs"].sort(key=lambda r: (r["seed"], r["n_images"], r["init"]))
     summary = summarise(results)
     results["summary"] = summary
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -206,6 +221,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "isl_experiment.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "isl_experiment.png"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--merge", nargs="*", default=None, help="result JSONs of parallel runs to merge into --out")
     args = parser.parse_args(argv)
     if not args.report_only:
         run_all(args)

@@ -25,6 +25,9 @@ tried. One iteration:
    brightest there; ties go to the earlier cell) and the points tried.
 
 A pass ends at the first iteration that keeps nothing (or after ``max_iterations``);
+with more than ``points_per_iteration`` (N) proposals, when it keeps fewer than one in N,
+which is the paper's rule for N proposals and what the paper's loop would meet had it
+tried the same points N at a time;
 the next pass predicts on the error image left by all previous ones; the run ends at
 the first pass that keeps nothing (or after ``max_passes``).
 
@@ -248,6 +251,9 @@ class _State:
     half: int
     wc: int
     next_id: int = 1
+    x_box: Any = None  # box mean of the input (for the share of brightness unexplained)
+    min_box: float = 0.0  # least box mean of unexplained brightness for a proposal
+    peak_radius: int = 0  # proposals are maxima of the box map within this radius
 
 
 def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: float, next_id: int, near=None):
@@ -388,7 +394,14 @@ def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius
     h, w, half = st.h, st.w, st.half
     inside = (slice(half, half + h), slice(half, half + w))
     score = box_mean(st.error[inside], box)
-    score = torch.where((score > threshold) & ~st.tabu, score, torch.full_like(score, -math.inf))
+    ok = (score > st.min_box) & ~st.tabu
+    if st.peak_radius > 0:
+        # Only maxima of the box map: the greedy choice would otherwise take points on
+        # the flank of a cell whose peak was just suppressed (patches off-centre).
+        ok &= score >= _max_filter(score, st.peak_radius)
+    if p.min_unexplained > 0:
+        ok &= score > p.min_unexplained * st.x_box
+    score = torch.where(ok, score, torch.full_like(score, -math.inf))
     pts = greedy_points(score, radius, limit)
     k = int(pts.shape[0])
     if k == 0:
@@ -531,6 +544,9 @@ def decompose(
         tabu=torch.zeros((h, w), dtype=torch.bool, device=dev), h=h, w=w, half=half, wc=int(canvas.shape[1]),
     )
     total = float(canvas[half : half + h, half : half + w].abs().sum().clamp_min(1e-12))
+    st.x_box = box_mean(canvas[half : half + h, half : half + w], box)
+    st.min_box = float(p.proposal_threshold) * max(float(img.mean()), 0.0)
+    st.peak_radius = int(p.peak_radius if p.peak_radius is not None else box // 2)
     trace = DecompositionTrace((h, w), half, patch, input_image if input_image is not None else img, rescale)
     scores: dict[int, float] = {}
     if rescale is not None and not rescale.identity:
@@ -593,7 +609,10 @@ def decompose(
                 error_l1=l1 / (h * w),
                 trace=trace,
             )
-            if n_acc == 0:
+            # The paper ends a pass when its N best points are all rejected. Judged
+            # on many points at once, the same rule is "fewer than one in N kept";
+            # for k = N points it is exactly the paper's rule.
+            if n_acc == 0 or n_acc * p.points_per_iteration < k:
                 break
         if kept_in_pass == 0:
             break

@@ -33,8 +33,7 @@ class KaizenParams:
         previous ones); the run also ends at the first pass that accepts nothing.
     mask_threshold : float
         A predicted cell becomes a mask where it is brighter than this fraction of
-        the mean of the input image (paper: 10 %). The same level is the least mean
-        unexplained brightness a box must hold to be proposed.
+        the mean of the input image (paper: 10 %).
     min_size : int
         Masks with fewer pixels (on the model's grid) are dropped (paper: 20).
     mirror_pad : int
@@ -68,6 +67,20 @@ class KaizenParams:
         cell); ``None``: an eighth of the patch (one latent cell of the VQ-VAE).
     batch_size : int
         Patches per forward pass (bounds memory on huge images).
+    proposal_threshold : float
+        A point is proposed only where the box mean of the error exceeds this
+        fraction of the input's mean (a box that dim cannot hold a cell; the same
+        level as the mask threshold by default).
+    peak_radius : int or None
+        Proposals must be maxima of the box-filtered error within this radius;
+        ``None``: half the box. Without it the greedy choice takes points on the
+        flank of a cell whose peak was just suppressed, so the patch is off-centre.
+    min_unexplained : float
+        A point is proposed only where at least this share of the input's
+        brightness in its box is still unexplained (box mean of the error over box
+        mean of the input). Where a cell was already explained, the error holds only
+        its faint remainder (10-30 %); reconstructing that wastes a forward pass and
+        at best yields a correction. Not in the paper; 0 turns it off.
     merge_overlap : float
         A kept cell whose mask lies, for at least this share of its pixels, on
         earlier cells (or within ``patch_size // 20`` pixels of them) is a
@@ -92,6 +105,9 @@ class KaizenParams:
     tabu_radius: int | None = None
     batch_size: int = 256
     merge_overlap: float = 0.5
+    min_unexplained: float = 0.5
+    proposal_threshold: float = 0.1
+    peak_radius: int | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_none: bool = False, minimum: int = 1) -> None:
@@ -114,8 +130,13 @@ class KaizenParams:
         positive("suppression_radius", allow_none=True, minimum=0)
         positive("tabu_radius", allow_none=True, minimum=0)
         positive("batch_size")
+        positive("peak_radius", allow_none=True, minimum=0)
+        if not (isinstance(self.proposal_threshold, (int, float)) and float(self.proposal_threshold) >= 0.0):
+            raise InputError(f"KaizenParams.proposal_threshold must be >= 0, got {self.proposal_threshold!r}")
         if not (isinstance(self.mask_threshold, (int, float)) and 0.0 <= float(self.mask_threshold) < 10.0):
             raise InputError(f"KaizenParams.mask_threshold must be a fraction of the image mean in [0, 10), got {self.mask_threshold!r}")
+        if not (isinstance(self.min_unexplained, (int, float)) and 0.0 <= float(self.min_unexplained) <= 1.0):
+            raise InputError(f"KaizenParams.min_unexplained must be a fraction in [0, 1], got {self.min_unexplained!r}")
         if not (isinstance(self.merge_overlap, (int, float)) and float(self.merge_overlap) > 0.0):
             raise InputError(f"KaizenParams.merge_overlap must be a positive fraction (above 1 disables it), got {self.merge_overlap!r}")
 
