@@ -89,6 +89,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     runs = []
     if args.device == "cpu":
         default_threads = torch.get_num_threads()
@@ -100,7 +101,9 @@ def main(argv=None) -> int:
         "what": "GoogLeNet FCN inference of a 1024 x 1024 image (median of repeats after a warm-up)",
         "model": args.model,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+                    # Other work on a shared machine slows the multi-thread run most.
+                    "load_average_1min_start": load_start,
+                    "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "runs": runs,
     }
     kind = "cpu" if args.device == "cpu" else "cuda"

@@ -368,8 +368,9 @@ def test_train_rejects_bad_data(tmp_path, labelled_pair):
 def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     img, lab = labelled_pair
     before = {k: v.clone() for k, v in nuclei_model.net.state_dict().items()}
-    snaps = list(fcn.finetune([img], [lab], model=nuclei_model, output=tmp_path / "ft", steps=2, batch_size=2,
-                              device="cpu", diameter="auto"))
+    # Exactly the call shape of the shared fine-tune panel (widgets/_finetune.py).
+    snaps = list(fcn.finetune(img, lab, model=nuclei_model, steps=2, learning_rate=1e-4, output=tmp_path / "ft",
+                              device="cpu", description="image layer 'nuclei', labels layer 'corrected'"))
     assert snaps[-1].done and snaps[-1].weights_path == tmp_path / "ft.safetensors"
     after = nuclei_model.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "finetune changed the model it was given"
@@ -377,6 +378,12 @@ def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     assert meta["training"]["finetuned_from"] == "bundled:fcn_nuclei"
     assert meta["object_diameter"] == nuclei_model.object_diameter
     assert meta["training"]["base_training"]["n_images"] == 7
+    assert meta["training"]["data"].startswith("image layer") and meta["training"]["lr"] == 1e-4
+    # Objects twice the model's size: images and labels are brought to its scale.
+    big = np.kron(img, np.ones((2, 2), img.dtype)), np.kron(lab, np.ones((2, 2), lab.dtype))
+    run_to_end(fcn.finetune(*big, model=nuclei_model, steps=1, batch_size=2, output=tmp_path / "ft_big",
+                            device="cpu", diameter="auto"))
+    assert fcn.load_model(tmp_path / "ft_big", "cpu").metadata["training"]["image_shapes"][0][0] < 140
     with pytest.raises(OverwriteError):
         next(fcn.finetune(img, lab, model=nuclei_model, output=tmp_path / "ft", steps=1))
     with pytest.raises(InputError):

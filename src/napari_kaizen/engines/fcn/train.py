@@ -336,6 +336,7 @@ def train(
     reproduce: str | None = None,
     overwrite: bool = False,
     report_every: int = 10,
+    learning_rate: float | None = None,
 ) -> Generator[TrainingSnapshot, None, None]:
     """Train a GoogLeNet FCN from scratch on annotated images.
 
@@ -372,6 +373,8 @@ def train(
         Stored in the metadata's ``training`` record.
     overwrite : bool
     report_every : int
+    learning_rate : float, optional
+        Another name for ``lr`` (the name the other engines use); wins when given.
 
     Yields
     ------
@@ -384,6 +387,7 @@ def train(
     from .._common.device import choose_device
     from .model import ARCHITECTURE, CLASSES, GoogLeNetFCN
 
+    lr = lr if learning_rate is None else learning_rate
     _check_number("steps", steps, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
     _check_number("crop", crop, 32, integer=True)
@@ -462,7 +466,7 @@ def finetune(
     output: str | Path,
     model: Any = None,
     steps: int = 200,
-    lr: float = 2e-4,
+    learning_rate: float = 2e-4,
     device: Any = "auto",
     diameter: float | str | None = None,
     edge_weight: float | None = None,
@@ -472,7 +476,9 @@ def finetune(
     freeze_batchnorm: bool = True,
     overwrite: bool = False,
     report_every: int = 10,
+    description: str | None = None,
     reproduce: str | None = None,
+    lr: float | None = None,
 ) -> Generator[TrainingSnapshot, None, None]:
     """Fine-tune a trained FCN on a few (corrected) label images.
 
@@ -491,9 +497,10 @@ def finetune(
     model : FCNModel, path or 'bundled:NAME', optional
         Starting point; ``None`` means ``DEFAULT_MODEL``.
     steps : int
-    lr : float
-        Initial learning rate (cosine-annealed); lower than for training from scratch
-        so a few images adjust the model rather than overwrite it.
+    learning_rate : float
+        Initial RMSprop learning rate (cosine-annealed); lower than for training from
+        scratch so a few images adjust the model rather than overwrite it. ``lr`` is
+        accepted as another name for it.
     device : str
     diameter : float or 'auto' or None
         Object diameter in ``images`` (pixels), as given to ``segment``: images and
@@ -511,8 +518,16 @@ def finetune(
         to re-estimate them.
     overwrite : bool
     report_every : int
+    description : str, optional
+        What the images are (e.g. which napari layers), stored in the metadata.
     reproduce : str, optional
         How to rerun this, stored in the metadata.
+
+    Notes
+    -----
+    The call shape matches the shared fine-tune panel of the widgets
+    (``finetune_fn(image, labels, *, model, steps, learning_rate, output, device,
+    description)``), so ``fcn.finetune`` plugs in as is.
 
     Yields
     ------
@@ -524,9 +539,10 @@ def finetune(
     from .._common.device import choose_device
     from .model import FCNModel, load_model
 
+    lr = learning_rate if lr is None else lr
     _check_number("steps", steps, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
-    _check_number("lr", lr, 0)
+    _check_number("learning_rate", lr, 0)
     path = _check_output(output, overwrite)
     # A loaded model is only read (its net is deep-copied below), never moved or changed:
     # the widget may be segmenting with it at the same time.
@@ -561,6 +577,7 @@ def finetune(
     meta["targets"] = {"edge_width": edge_width, "edge_weight": edge_weight}
     meta["training"] = {
         "finetuned_from": base.source,
+        "data": description or f"{len(pairs)} image(s) with corrected labels",
         "base_training": meta0.get("training", {}),
         "n_images": len(pairs),
         "image_shapes": [list(img.shape) for img, _ in pairs],
