@@ -86,7 +86,7 @@ def run_all(args) -> None:
         modality = MODALITIES[seed % len(MODALITIES)]
         pool = synthetic_pairs(train_seeds(seed, max(args.sizes)), "nuclei", label_free=modality)
         for n in args.sizes:
-            for init in ("isl", "scratch"):
+            for init in args.inits:
                 if (init, n, seed) in done:
                     continue
                 t0 = time.perf_counter()
@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--inits", nargs="+", default=["isl", "scratch"], choices=["isl", "scratch"])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)

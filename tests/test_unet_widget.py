@@ -64,9 +64,11 @@ def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, 
     viewer, widget, image_layer = _widget(make_napari_viewer, field)
     _run(widget, qtbot)
     cells = viewer.layers[CELLS_LAYER]
-    # The person corrects the result: here, by painting the true labels over it.
+    # The person corrects the result: here, the true labels, then a brush stroke (a real
+    # edit, which marks the layer as edited).
     cells.data = field.nucleus_labels.astype(cells.data.dtype)
-    cells.paint((0, 0), 0, refresh=True)
+    cells.brush_size = 3
+    cells.paint((2, 2), int(field.nucleus_labels.max()) + 1, refresh=True)
     corrected = np.array(cells.data, copy=True)
     # Weights of an earlier fine-tune exist under the chosen name and must survive.
     (tmp_path / "mine.safetensors").write_bytes(b"earlier weights")

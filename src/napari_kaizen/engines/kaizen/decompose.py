@@ -5,16 +5,18 @@ State, all on the compute device: the padded input ``X``, the error image
 input of the current pass, the label owner map and, per pass, the points already
 tried. One iteration:
 
-1. **Rank points.** Convolve the error image (inside the image) with a box of ones
-   and keep points whose box holds a mean unexplained brightness above the mask
-   threshold, that were not tried in this pass.
+1. **Rank points.** Convolve the error image (inside the image) with a box of ones.
+   A point may be proposed if its box mean exceeds ``proposal_threshold`` times the
+   input's mean, at least ``min_unexplained`` of the input's brightness in its box is
+   still unexplained, it is a maximum of the box map within ``peak_radius``, and it
+   was not tried in this pass (nor within ``tabu_radius`` of a point that was).
 2. **Choose distant points, greedily.** The highest point first, then suppress a
-   square around it, and repeat: ``points_per_iteration`` times in the paper's loop;
-   until none is left in the batched loop, whose square is ``2P - 1`` wide so no two
-   patches overlap (computed in parallel: rounds of max-pooling over priorities
-   give exactly the greedy choice).
+   square around it, and repeat: ``points_per_iteration`` times in the paper's loop
+   (half-side ``suppression_radius``); until none is left in the batched loop, whose
+   half-side is ``P - 1`` so that no two patches overlap (computed in parallel:
+   rounds of max-filtering over unique priorities select exactly the greedy set).
 3. **Predict** one cell per point: the VQ-VAE sees the ``P x P`` patch of the pass
-   input centred on the point (one batched forward pass, in chunks).
+   input centred on the point (one forward pass, in chunks of ``batch_size``).
 4. **Judge.** A cell is kept when adding it to the internal image lowers the L1
    error, ``|E - cell|_1 < |E|_1`` over its patch, and its mask holds at least
    ``min_size`` pixels (an empty prediction would "win" by a rounding error and be
@@ -22,14 +24,19 @@ tried. One iteration:
    against the error left by the ones kept before it; the batched loop judges all at
    once, which is the same because its patches do not overlap.
 5. **Update** the error image, the labels (a pixel belongs to the kept cell that is
-   brightest there; ties go to the earlier cell) and the points tried.
+   brightest there; ties go to the earlier cell; a kept cell lying mostly on earlier
+   cells is a correction and adds no label, see :func:`assign_labels`) and the
+   points tried.
 
-A pass ends at the first iteration that keeps nothing (or after ``max_iterations``);
-with more than ``points_per_iteration`` (N) proposals, when it keeps fewer than one in N,
-which is the paper's rule for N proposals and what the paper's loop would meet had it
-tried the same points N at a time;
-the next pass predicts on the error image left by all previous ones; the run ends at
-the first pass that keeps nothing (or after ``max_passes``).
+A pass ends at the first iteration that keeps nothing, or after ``max_iterations``
+iterations or ``max_iterations * points_per_iteration`` tried points (the paper: 30
+iterations of N = 10). With more than N proposals per iteration it also ends when fewer
+than one in N is kept: for N proposals that is exactly the paper's rule, and it is what
+the paper's loop meets when it tries the same points N at a time. Ending passes early
+matters: the next pass predicts on the error image, where explained neighbours are gone
+and touching cells are reconstructed more cleanly (paper, 3.3). The next pass predicts on the
+error image left by all previous ones; the run ends at the first pass that keeps
+nothing (or after ``max_passes``).
 
 Border: the image is padded by half a patch, ``mirror_pad`` pixels of mirror then
 zeros (paper: 8 + 12). Only points inside the image are proposed; the error is
@@ -86,11 +93,16 @@ def _running_max(x, k: int, dim: int):
 
 
 def _max_filter(x, radius: int):
-    """Maximum over the ``(2r+1)`` square around each pixel of ``x`` (H, W); ``-inf`` outside."""
-    import torch.nn.functional as F
+    """Maximum over the ``(2r+1)`` square around each pixel of ``x`` (H, W).
+
+    Outside the image counts as the lowest value of the dtype (float or integer).
+    """
+    import torch
 
     k = 2 * radius + 1
-    xp = F.pad(x[None, None], (radius, radius, radius, radius), value=-float("inf"))[0, 0]
+    low = -math.inf if x.is_floating_point() else int(torch.iinfo(x.dtype).min)
+    xp = torch.full((x.shape[0] + 2 * radius, x.shape[1] + 2 * radius), low, dtype=x.dtype, device=x.device)
+    xp[radius : radius + x.shape[0], radius : radius + x.shape[1]] = x
     return _running_max(_running_max(xp, k, 0), k, 1)
 
 
@@ -144,18 +156,20 @@ def greedy_points(score, radius: int, limit: int | None, *, parallel: bool | Non
     # Unique priorities: value descending, then flat index ascending (a stable sort).
     order = torch.sort(flat[cand], descending=True, stable=True).indices
     k = cand.numel()
-    prio = torch.zeros(h * w, dtype=torch.float64 if k >= 2**24 else torch.float32, device=dev)
-    prio[cand[order]] = torch.arange(k, 0, -1, device=dev, dtype=prio.dtype)
+    # Integer priorities: exact for any image size, and no float64 (absent on MPS).
+    prio = torch.zeros(h * w, dtype=torch.int32, device=dev)
+    prio[cand[order]] = torch.arange(k, 0, -1, device=dev, dtype=torch.int32)
     prio = prio.view(h, w)
     active = prio > 0
     selected = torch.zeros_like(active)
+    zero = torch.zeros((), dtype=prio.dtype, device=dev)
     while True:
-        pm = torch.where(active, prio, torch.zeros((), dtype=prio.dtype, device=dev))
+        pm = torch.where(active, prio, zero)
         new = active & (pm == _max_filter(pm, radius))
         if not bool(new.any()):
             break
         selected |= new
-        active &= ~(_max_filter(new.to(prio.dtype), radius) > 0)
+        active &= ~(_max_filter(new.to(torch.int32), radius) > 0)
         active &= ~new
     pts = torch.nonzero(selected)
     order = torch.argsort(prio[pts[:, 0], pts[:, 1]], descending=True)
@@ -281,8 +295,8 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
     threshold : float
         Mask threshold.
     merge_overlap : float
-        Share of a cell's mask owned by one earlier cell above which it is merged
-        into it (> 1 disables merging).
+        Share of a cell's mask lying on (or near) earlier cells from which on it is
+        a correction (> 1 disables corrections).
     next_id : int
         First free label id.
     near : Tensor of int32, flat canvas, optional
@@ -316,7 +330,7 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
         big = torch.full_like(owner_of, stride)
         pick = torch.where(counts == top[cell_of], owner_of, big)
         target = torch.full((a,), stride, dtype=torch.int64, device=dev).scatter_reduce_(0, cell_of, pick, reduce="amin")
-    merged = (top > 0) & (covered.to(torch.float64) >= merge_overlap * area.to(torch.float64))
+    merged = (top > 0) & (covered.to(torch.float32) >= merge_overlap * area.to(torch.float32))
     new_ids = next_id + torch.cumsum((~merged).to(torch.int64), 0) - 1
     ids = torch.where(merged, target, new_ids).to(torch.int32)
     ids_px = ids[:, None].expand_as(own)
@@ -334,7 +348,7 @@ def grown_owner(owner, radius: int):
 
     if radius <= 0:
         return owner
-    grown = _max_filter(owner.to(torch.float32), radius).to(owner.dtype)
+    grown = _max_filter(owner, radius)
     return torch.where(owner > 0, owner, grown)
 
 
@@ -567,6 +581,7 @@ def decompose(
             st.pass_input = st.error.clone()  # later passes predict on the error image
             st.tabu.zero_()
         kept_in_pass = 0
+        tried_in_pass = 0
         for it in range(1, p.max_iterations + 1):
             with torch.inference_mode():
                 r = _iteration(st, net, p, **geometry)
@@ -613,6 +628,11 @@ def decompose(
             # on many points at once, the same rule is "fewer than one in N kept";
             # for k = N points it is exactly the paper's rule.
             if n_acc == 0 or n_acc * p.points_per_iteration < k:
+                break
+            # The paper caps a pass at max_iterations x N points; the batched loop tries
+            # many more points per iteration, so it meets the same cap in fewer.
+            tried_in_pass += k
+            if tried_in_pass >= p.max_iterations * p.points_per_iteration:
                 break
         if kept_in_pass == 0:
             break

@@ -104,7 +104,7 @@ class KaizenParams:
     suppression_radius: int | None = None
     tabu_radius: int | None = None
     batch_size: int = 256
-    merge_overlap: float = 0.5
+    merge_overlap: float = 0.8
     min_unexplained: float = 0.5
     proposal_threshold: float = 0.1
     peak_radius: int | None = None
