@@ -141,6 +141,16 @@ def summarise(results: dict) -> dict:
     return summary
 
 
+def paired_differences(results: dict) -> dict:
+    """ISL minus scratch mAP for each (images, seed) pair that has both runs."""
+    by = {(r["init"], r["n_images"], r["seed"]): r["held_out_same_modality"]["map"] for r in results["runs"]}
+    out: dict = {}
+    for (init, n, seed), v in by.items():
+        if init == "isl" and ("scratch", n, seed) in by:
+            out.setdefault(n, []).append(v - by[("scratch", n, seed)])
+    return out
+
+
 def report(args) -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
@@ -155,21 +165,35 @@ def report(args) -> None:
                 have.add((r["init"], r["n_images"], r["seed"]))
     results["runs"].sort(key=lambda r: (r["seed"], r["n_images"], r["init"]))
     summary = summarise(results)
+    diffs = paired_differences(results)
+    for n, d in diffs.items():
+        key = f"{n}_isl"
+        if key in summary:
+            summary[key]["paired_gain_mean"] = float(np.mean(d))
+            summary[key]["paired_gain_sd"] = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+            summary[key]["isl_better_in"] = f"{sum(x > 0 for x in d)}/{len(d)}"
     results["summary"] = summary
+    controls = [json.loads(Path(c).read_text()) for c in (args.control or [])]
+    if controls:
+        results["controls"] = [{"steps": c["protocol"]["steps"], "runs": c["runs"]} for c in controls]
     out.write_text(json.dumps(results, indent=2) + "\n")
     sizes = sorted({v["n_images"] for v in summary.values()})
-    print("| images | ISL-pretrained mAP | from scratch mAP | ISL gain | ISL AP50 | scratch AP50 "
-          "| ISL mAP, all modalities | scratch mAP, all modalities |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| images | ISL-pretrained mAP | from scratch mAP | ISL - scratch (paired) | ISL better in | ISL AP50 "
+          "| scratch AP50 | ISL mAP, all modalities | scratch mAP, all modalities |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         a, b = summary.get(f"{n}_isl"), summary.get(f"{n}_scratch")
         if not a or not b:
             continue
-        gain = (a["map_mean"] - b["map_mean"]) / b["map_mean"] * 100 if b["map_mean"] > 0 else float("inf")
         print(f"| {n} | {a['map_mean']:.3f} ± {a['map_sd']:.3f} | {b['map_mean']:.3f} ± {b['map_sd']:.3f} "
-              f"| {gain:+.0f} % | {a['ap50_mean']:.3f} | {b['ap50_mean']:.3f} "
+              f"| {a.get('paired_gain_mean', float('nan')):+.3f} ± {a.get('paired_gain_sd', float('nan')):.3f} "
+              f"| {a.get('isl_better_in', '-')} | {a['ap50_mean']:.3f} | {b['ap50_mean']:.3f} "
               f"| {a['map_all_modalities_mean']:.3f} ± {a['map_all_modalities_sd']:.3f} "
               f"| {b['map_all_modalities_mean']:.3f} ± {b['map_all_modalities_sd']:.3f} |")
+    for c in results.get("controls", []):
+        for r in c["runs"]:
+            print(f"control: {r['init']} {r['n_images']} image(s), seed {r['seed']} ({r['modality']}), "
+                  f"{c['steps']} steps: mAP {r['held_out_same_modality']['map']:.3f}")
     plot(results, Path(args.plot))
 
 
@@ -179,28 +203,53 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.0, 4.4), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
     colours = {"isl": "#d95f02", "scratch": "#1b9e77"}
     names = {"isl": "ISL-pretrained (DAPI)", "scratch": "random init"}
+    markers = {"phase": "o", "brightfield": "s", "dic": "^"}
     sizes = sorted({r["n_images"] for r in results["runs"]})
-    for k, init in enumerate(("isl", "scratch")):
-        means, sds = [], []
-        for n in sizes:
-            vals = [r["held_out_same_modality"]["map"] for r in results["runs"] if r["init"] == init
-                    and r["n_images"] == n]
-            xs = np.full(len(vals), n) * (1.0 + (k - 0.5) * 0.06)
-            ax.scatter(xs, vals, s=12, color=colours[init], alpha=0.5, linewidths=0)
-            means.append(np.mean(vals) if vals else np.nan)
-            sds.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
-        ax.errorbar(sizes, means, yerr=sds, color=colours[init], marker="o", capsize=3, label=names[init])
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    for init in ("isl", "scratch"):
+        for seed in seeds:
+            runs = sorted((r for r in results["runs"] if r["init"] == init and r["seed"] == seed),
+                          key=lambda r: r["n_images"])
+            if not runs:
+                continue
+            ax.plot([r["n_images"] for r in runs], [r["held_out_same_modality"]["map"] for r in runs],
+                    color=colours[init], alpha=0.35, lw=0.8, marker=markers[runs[0]["modality"]], ms=4)
+        means = [np.mean([r["held_out_same_modality"]["map"] for r in results["runs"]
+                          if r["init"] == init and r["n_images"] == n] or [np.nan]) for n in sizes]
+        ax.plot(sizes, means, color=colours[init], lw=2.2, label=f"{names[init]}, mean")
+    for c in results.get("controls", []):
+        for r in c["runs"]:
+            ax.scatter([r["n_images"] * 1.08], [r["held_out_same_modality"]["map"]], facecolors="none",
+                       edgecolors=colours[r["init"]], s=40, lw=1.4, zorder=5)
+    if results.get("controls"):
+        ax.scatter([], [], facecolors="none", edgecolors="grey", s=40, label=f"{results['controls'][0]['steps']} steps "
+                   "(control)")
+    for m, mk in markers.items():
+        ax.plot([], [], color="grey", marker=mk, lw=0.8, ms=4, label=m)
     ax.set_xscale("log")
     ax.set_xticks(sizes)
     ax.set_xticklabels([str(n) for n in sizes])
     ax.set_xlabel("annotated training images")
-    ax.set_ylabel("mAP on held-out fields")
-    ax.set_title("Nucleus instances from label-free images", fontsize=10)
+    ax.set_ylabel("mAP, held-out fields (same modality)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
+    diffs = paired_differences(results)
+    for k, n in enumerate(sizes):
+        d = diffs.get(n, [])
+        bx.scatter(np.full(len(d), k), d, color="#7570b3", s=18, alpha=0.7)
+        if d:
+            bx.errorbar([k], [np.mean(d)], yerr=[np.std(d, ddof=1) if len(d) > 1 else 0], color="k", marker="_",
+                        ms=14, capsize=4)
+    bx.axhline(0, color="grey", lw=0.8)
+    bx.set_xticks(range(len(sizes)))
+    bx.set_xticklabels([str(n) for n in sizes])
+    bx.set_xlabel("annotated training images")
+    bx.set_ylabel("ISL minus scratch mAP (paired)")
+    bx.grid(alpha=0.3)
+    fig.suptitle("Nucleus instances from label-free images: ISL pretraining vs random init", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -223,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "isl_experiment.png"))
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--merge", nargs="*", default=None, help="result JSONs of parallel runs to merge into --out")
+    parser.add_argument("--control", nargs="*", default=None,
+                        help="result JSONs of control runs (e.g. more steps), shown beside the main runs")
     args = parser.parse_args(argv)
     if not args.report_only:
         run_all(args)

@@ -54,6 +54,12 @@ def _run(gen):
             last = time.monotonic()
 
 
+def _base_model(out: Path) -> str:
+    """The ISL model to fine-tune: by its bundled name when --out-dir is the package's folder."""
+    bundled = (ROOT / "src" / "napari_kaizen" / "weights").resolve()
+    return "bundled:unet_isl_nuclei" if out.resolve() == bundled else str(out / "unet_isl_nuclei")
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -64,15 +70,16 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", required=True, choices=("nuclei", "membrane", "finetune"))
     parser.add_argument("--out-dir", default=str(ROOT / "src" / "napari_kaizen" / "weights"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 beside other work)")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the bundled recipe's)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cmd = f"python scripts/train_unet.py --stage {args.stage}"
+    cmd = f"python scripts/train_unet.py --stage {args.stage}" + (f" --steps {args.steps}" if args.steps else "")
     t0 = time.perf_counter()
     if args.stage in ("nuclei", "membrane"):
-        settings = dict(PRETRAIN, steps=STEPS[args.stage])
+        settings = dict(PRETRAIN, steps=args.steps or STEPS[args.stage])
         model = _run(pretrain(target=args.stage, device="cpu", output=out / f"unet_isl_{args.stage}",
                               overwrite=args.overwrite, reproduce=cmd, **settings))
     else:
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
         seeds = range(f["first_seed"], f["first_seed"] + f["n_images"])
         pairs = [synthetic_pairs([s], "nuclei", label_free=MODALITIES[k % 3])[0] for k, s in enumerate(seeds)]
         model = _run(finetune(
-            [p[0] for p in pairs], [p[2] for p in pairs], model=str(out / "unet_isl_nuclei"),
+            [p[0] for p in pairs], [p[2] for p in pairs], model=_base_model(out),
             steps=f["steps"], batch_size=f["batch_size"], crop=f["crop"], learning_rate=f["learning_rate"],
             seed=f["seed"], device="cpu", output=out / "unet_nuclei", overwrite=args.overwrite, reproduce=cmd,
             description=f"{f['n_images']} synthetic annotated fields 256x256 (random_params, hard=0.5), "

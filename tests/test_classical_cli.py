@@ -45,6 +45,12 @@ def test_classical_diameter_param_and_bad_input():
         run_to_end(segment(np.zeros((64, 64, 3), np.uint8)))
 
 
+def test_empty_field_gives_no_objects_and_says_why():
+    field = synthesize(SynthParams(shape=(128, 128), density=0.0), seed=10_003)
+    last = run_to_end(segment(field.nuclei))
+    assert last.done and last.labels.max() == 0 and "no objects" in last.message
+
+
 def test_segment_planes_offsets_ids_and_skips_blank_planes():
     field = synthesize(seed=4, shape=(96, 96))
     stack = np.stack([field.nuclei, np.full_like(field.nuclei, 100), field.nuclei])

@@ -215,6 +215,10 @@ def test_decompose_finds_discs_and_keeps_invariants():
         assert s.accepted.shape == (len(s.proposals),) == s.gains.shape
         assert (s.gains[s.accepted] > 0).all()
         assert set(s.new_labels) <= set(np.unique(s.labels).tolist())
+    # A yielded snapshot never changes afterwards (its labels are no view of the state).
+    seen = [(s, s.labels.copy()) for s in decompose(img, DiscNet(), KaizenParams(batched=False, points_per_iteration=3))]
+    assert all(np.array_equal(s.labels, at_yield) for s, at_yield in seen)
+    assert not np.array_equal(seen[0][1], final.labels)
     # Internal + error rebuild the input exactly.
     assert np.allclose(final.internal + final.error, img, atol=1e-6)
     assert set(final.maps) == {"internal", "error"}

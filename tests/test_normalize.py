@@ -9,16 +9,42 @@ from napari_kaizen.engines._common import InputError, InputWarning, iter_planes,
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64,
                                    np.float16, np.float32, np.float64, bool])
 def test_every_dtype_gives_float32_unit_range(dtype, rng):
+    # A smooth ramp: contrast without noise (pure noise is deliberately not stretched).
+    ramp = np.add.outer(np.arange(32.0), np.arange(32.0)) / 62.0
     if dtype is bool:
-        img = rng.random((32, 32)) > 0.5
+        img = ramp > 0.5
     else:
         info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
         hi = min(1000, info.max) if info else 1000.0
-        img = (rng.random((32, 32)) * hi).astype(dtype)
+        img = (ramp * hi).astype(dtype)
     out = prepare_image(img)
     assert out.dtype == np.float32 and out.shape == (32, 32)
     assert np.percentile(out, 1) == pytest.approx(0.0, abs=1e-3)
     assert np.percentile(out, 99.8) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_pure_noise_is_not_stretched_to_full_range(rng):
+    """An empty field (noise only) stays dim; a field with objects spans [0, 1]."""
+    noise = rng.normal(100.0, 5.0, (128, 128)).astype(np.float32)
+    # p1..p99.8 of Gaussian noise spans 5.2 SDs, stretched to at least 8 SDs.
+    assert np.percentile(prepare_image(noise), 99.8) < 0.75
+    with_object = noise.copy()
+    with_object[40:60, 40:60] += 200.0
+    assert prepare_image(with_object).max() > 0.99
+
+
+def test_empty_fields_are_recognised():
+    from napari_kaizen.data import SynthParams, random_params, synthesize
+    from napari_kaizen.engines._common.normalize import empty_field_message
+
+    rng = np.random.default_rng(10_900)
+    for k in range(4):
+        p = random_params(rng, shape=(128, 128))
+        empty = synthesize(SynthParams(**{**p.__dict__, "density": 0.0}), seed=10_900 + k)
+        full = synthesize(p, seed=10_900 + k)
+        assert empty_field_message(prepare_image(empty.nuclei)).startswith("no objects")
+        if full.n_nuclei:
+            assert empty_field_message(prepare_image(full.nuclei)) is None
 
 
 def test_nan_and_inf_are_filled_with_a_warning(rng):

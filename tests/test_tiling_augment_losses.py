@@ -87,7 +87,7 @@ def test_train_loop_fits_and_yields():
     def loss_fn(m, batch):
         x, y = batch
         loss = torch.nn.functional.mse_loss(m(x), y)
-        return loss, {"mse": float(loss)}
+        return loss, {"mse": loss.item()}
 
     gen = train_loop(model, batches(), loss_fn, torch.optim.Adam(model.parameters(), 0.1), steps=300,
                      device=torch.device("cpu"), report_every=50)

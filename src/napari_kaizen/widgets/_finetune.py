@@ -194,7 +194,8 @@ class FinetunePanel(QGroupBox):
                                              label="learning rate", tooltip="Peak learning rate (Adam)")
         self.learning_rate.native.setDecimals(6)
         self.output = mw.FileEdit(mode="w", label="save as", value="",
-                                  tooltip="Weights file to write (.safetensors + .json); an existing name gets _2, _3, ...")
+                                  tooltip="Weights file to write (.safetensors + .json); "
+                                  "an existing name gets _2, _3, ...")
         self.start_button = mw.PushButton(text="Fine-tune")
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
         form = mw.Container(widgets=[self.image, self.labels, self.steps, self.learning_rate, self.output])
@@ -276,7 +277,7 @@ class FinetunePanel(QGroupBox):
         model = self.base_model()
         steps, lr, device = int(self.steps.value), float(self.learning_rate.value), self.device()
         description = (f"napari: image layer '{image_layer.name}', labels layer '{labels_layer.name}' "
-                       f"({int(len(np.unique(labels)) - (0 in labels))} objects), fine-tuned from {model}")
+                       f"({int(np.count_nonzero(np.unique(labels)))} objects), fine-tuned from {model}")
         self._image_layer = image_layer
         self._output = output
         self.last_weights = None

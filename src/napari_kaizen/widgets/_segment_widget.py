@@ -1,16 +1,22 @@
-"""A dock widget that runs one engine on an image layer and draws its snapshots.
+"""The dock widget that runs one engine on an image layer and draws its snapshots.
 
-Used as is for the classical engine; the learned engines' widgets add their own
-controls (models, live maps, fine-tuning) on the same pieces: :class:`ParamsForm`,
-:class:`SnapshotRunner` and the layer helpers.
+One class serves the classical engine as is and the learned engines through small
+subclasses that say what differs: the model choices, which intermediate maps become
+layers (and how they look), and the fine-tune function the shared
+:class:`~._finetune.FinetunePanel` calls. The Kaizen widget, whose step-through needs
+more, is built from the same pieces (:class:`ParamsForm`, :class:`SnapshotRunner`, the
+layer helpers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets as mw
+
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 
@@ -48,33 +54,73 @@ class LayerChoice(mw.ComboBox):
 
 
 class SegmentWidget(QWidget):
-    """Run an engine on the chosen image layer: current plane, or every plane.
+    """Run an engine on the chosen image layer: the plane shown, or every plane.
+
+    Subclasses set the class attributes below to add a model choice, map layers and a
+    fine-tune panel; everything else (layer choice, parameters from the engine's params
+    dataclass, device, run / cancel in a worker, progress, drawing, never overwriting
+    an edited labels layer) is shared.
 
     Parameters
     ----------
     viewer : napari.Viewer
-    engine : str
-        Engine name (see :data:`napari_kaizen.engines.ENGINE_MODULES`).
+    engine : str, optional
+        Engine name; default :attr:`ENGINE`.
     layer_prefix : str, optional
-        Prefix of the output layer names; default the engine's title.
+        Prefix of the output layer names; default :attr:`PREFIX`.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer, engine: str = "classical", *, layer_prefix: str | None = None) -> None:
+    #: Engine name (see :data:`napari_kaizen.engines.ENGINE_MODULES`).
+    ENGINE = "classical"
+    #: Prefix of output layer names ("<PREFIX> cells", "<PREFIX> <map>").
+    PREFIX = "Classical"
+    #: Label of the image chooser.
+    IMAGE_LABEL = "image"
+    #: ``(label, value)`` model choices; empty: no model chooser (the engine needs none).
+    MODELS: tuple[tuple[str, str], ...] = ()
+    #: Snapshot map name -> (layer name suffix, ``add_image`` keyword arguments).
+    MAPS: dict[str, tuple[str, dict[str, Any]]] = {}
+    #: Params fields not shown in the form.
+    HIDDEN_PARAMS: tuple[str, ...] = ()
+    #: Offer "every plane" (stacks segmented plane by plane).
+    ALL_PLANES = True
+    #: Fine-tune generator function (see :mod:`._finetune`), as a ``staticmethod``;
+    #: None: no fine-tune panel.
+    FINETUNE: Callable[..., Any] | None = None
+    #: Default fine-tune steps and learning rate, and the prefix of new weight files.
+    FINETUNE_DEFAULTS: dict[str, Any] = {}
+
+    def __init__(self, viewer: napari.viewer.Viewer, engine: str | None = None, *,
+                 layer_prefix: str | None = None) -> None:
         super().__init__()
         self.viewer = viewer
-        self.engine = get_engine(engine)
-        self.owner = f"{engine}-widget"
-        self.prefix = layer_prefix or engine.capitalize()
+        self.engine = get_engine(engine or self.ENGINE)
+        self.owner = f"{self.engine.name}-widget"
+        self.prefix = layer_prefix or self.PREFIX
         self.runner = SnapshotRunner(self)
+        self._source = None
+        self._target: tuple[Any, tuple[int, ...] | None] = (None, None)
+        self.result_layer = None
 
-        self.image = LayerChoice(viewer, "image", label="image")
-        self.all_planes = mw.CheckBox(value=False, label="every plane",
+        self.image = LayerChoice(viewer, "image", label=self.IMAGE_LABEL)
+        self.all_planes = mw.CheckBox(value=False, label="every plane", visible=self.ALL_PLANES,
                                       tooltip="Segment every plane of a z-stack / time series, not only the one shown")
+        widgets: list[mw.Widget] = [self.image, self.all_planes]
+        self.model = self.weights_file = None
+        if self.MODELS:
+            self._model_choices: list[tuple[str, str]] = list(self.MODELS)
+            self.model = mw.ComboBox(choices=self._model_choices, value=self.MODELS[0][1], label="model",
+                                     tooltip="Weights to segment with; fine-tuned weights are added here")
+            self.weights_file = mw.FileEdit(mode="r", filter="*.safetensors", label="add weights", value="",
+                                            tooltip="A .safetensors file (with its .json beside it) to add to the models")
+            self.weights_file.changed.connect(self._add_weights_file)
+            widgets += [self.model, self.weights_file]
         self.device = mw.ComboBox(choices=list(DEVICE_CHOICES), value="auto", label="device")
-        self.form = ParamsForm(self.engine.params_class)
+        widgets.append(self.device)
+        self.form = ParamsForm(self.engine.params_class, exclude=self.HIDDEN_PARAMS)
         self.run_button = mw.PushButton(text="Run")
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
-        self.controls = mw.Container(widgets=[self.image, self.all_planes, self.device])
+        controls = mw.Container(widgets=widgets)
         buttons = mw.Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
 
         self.progress = QProgressBar()
@@ -82,43 +128,90 @@ class SegmentWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.controls.native)
+        layout.addWidget(controls.native)
         layout.addWidget(self.form.native)
         layout.addWidget(buttons.native)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        self.finetune = None
+        if self.FINETUNE is not None:
+            from ._finetune import FinetunePanel
+
+            self.finetune = FinetunePanel(
+                viewer, self.FINETUNE,
+                base_model=lambda: self.model.value if self.model is not None else None,
+                on_finished=self._use_weights,
+                device=lambda: self.device.value,
+                **self.FINETUNE_DEFAULTS,
+            )
+            layout.addWidget(self.finetune)
         layout.addStretch(1)
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.runner.cancel)
         self.runner.finished.connect(self._finished)
         self.runner.errored.connect(self._errored)
-        self.result_layer = None
-        self._target: tuple[Any, tuple[int, ...] | None] = (None, None)
+
+    # -------------------------------------------------------------- models
+    def add_model(self, path: str | Path, label: str | None = None, *, select: bool = True) -> None:
+        """Add a weights file to the model list (once) and optionally select it."""
+        if self.model is None:
+            raise RuntimeError(f"the {self.engine.name} engine takes no model")
+        text = str(path)
+        value = text if text.startswith("bundled:") else str(Path(text).with_suffix(".safetensors"))
+        if value not in [v for _, v in self._model_choices]:
+            self._model_choices.append((label or Path(value).name, value))
+            self.model.choices = self._model_choices
+        if select:
+            self.model.value = value
+
+    def _add_weights_file(self, event=None) -> None:
+        text = str(self.weights_file.value or "").strip()
+        if text in ("", "."):
+            return
+        if not Path(text).is_file():
+            self.set_status(f"Weights file {text} not found.")
+            return
+        self.add_model(text)
+
+    def _use_weights(self, path: Path, image_layer) -> None:
+        """After a fine-tune: select the new weights and re-segment the image it was trained on."""
+        self.add_model(path, f"{Path(path).stem} (fine-tuned)")
+        if image_layer is not None and image_layer in self.viewer.layers:
+            self.image.value = image_layer
+        self.run()
 
     # -------------------------------------------------------------- actions
     def reset_choices(self, event=None) -> None:
         self.image.reset_choices()
+        if self.finetune is not None:
+            self.finetune.reset_choices()
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
 
     def run(self, event=None):
         """Start segmenting; returns the worker, or None (with a message) if it cannot."""
+        if self.runner.running:
+            self.set_status("A run is already in progress.")
+            return None
         layer = self.image.layer
         if layer is None:
             self.set_status("No image layer: open an image (or File > Open Sample) and choose it above.")
+            return None
+        if getattr(layer, "rgb", False):
+            self.set_status(f"'{layer.name}' is an RGB image: split its channels (right-click > Split RGB) and choose one.")
             return None
         try:
             params = self.form.value()
         except ValueError as exc:
             self.set_status(str(exc))
             return None
-        if getattr(layer, "rgb", False):
-            self.set_status(f"'{layer.name}' is an RGB image: split its channels (right-click > Split RGB) and choose one.")
-            return None
         device = self.device.value
+        model_spec = self.model.value if self.model is not None else None
         segment = self.engine.segment
+        load = getattr(self.engine.module, "load_model", None) if model_spec is not None else None
+        self._source = layer
         if self.all_planes.value and np.ndim(layer.data) > 2:
             data = np.asarray(layer.data)
             self._target = (layer, None)
@@ -126,25 +219,43 @@ class SegmentWidget(QWidget):
             def make():
                 from ..engines._common.planes import segment_planes
 
-                return segment_planes(segment, data, params, model=None, device=device)
+                # Load once, in the worker, for all planes.
+                model = load(model_spec, device=device) if load is not None else None
+                return segment_planes(segment, data, params, model=model, device=device)
         else:
             data, index = _layers.current_plane(self.viewer, layer)
             self._target = (layer, index)
 
             def make():
-                return segment(data, params, device=device)
+                return segment(data, params, model=model_spec, device=device)
 
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.set_status(f"Running {self.engine.title} on '{layer.name}'…")
+        self.progress.setValue(0)
+        what = f" ({Path(str(model_spec)).name})" if model_spec else ""
+        self.set_status(f"Running {self.engine.title}{what} on '{layer.name}'…")
         return self.runner.start(make, draw=self.draw)
 
     # -------------------------------------------------------------- drawing
+    def _placement(self) -> dict[str, Any]:
+        """Scale / translate of the source layer's last two axes (maps are 2-D planes)."""
+        src = self._source
+        if src is None:
+            return {}
+        return {"scale": tuple(src.scale)[-2:], "translate": tuple(src.translate)[-2:]}
+
     def draw(self, snap) -> None:
         self.progress.setValue(int(1000 * float(snap.progress)))
         self.set_status(snap.message)
-        if isinstance(snap, SegmentationSnapshot) and snap.done and snap.labels is not None:
-            self._draw_labels(snap.labels)
+        if not isinstance(snap, SegmentationSnapshot):
+            return
+        maps = snap.maps or {}
+        for key, (suffix, style) in self.MAPS.items():
+            if key in maps:
+                _layers.set_image(self.viewer, f"{self.prefix} {suffix}", maps[key], owner=self.owner,
+                                  **style, **self._placement())
+        if snap.done and snap.labels is not None:
+            self._draw_labels(np.asarray(snap.labels))
 
     def _draw_labels(self, labels: np.ndarray) -> None:
         source, index = self._target
@@ -183,4 +294,4 @@ class ClassicalWidget(SegmentWidget):
     """The "Classical" dock widget (Otsu + distance transform + h-maxima + watershed)."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, "classical", layer_prefix="Classical")
+        super().__init__(viewer)

@@ -7,7 +7,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.normalize import prepare_image
+from .._common.normalize import empty_field_message, prepare_image
 from .._common.scale import resolve_diameter
 from .._common.snapshots import SegmentationSnapshot
 from .params import ClassicalParams
@@ -53,6 +53,11 @@ def segment(
 
     p = params or ClassicalParams()
     img = prepare_image(image)
+    empty = empty_field_message(img)
+    if empty:
+        yield SegmentationSnapshot(stage="labels", progress=1.0, message=empty,
+                                   labels=np.zeros(img.shape, np.int32), done=True)
+        return
     diameter = resolve_diameter(img, "auto" if p.diameter is None else p.diameter)
     radius = diameter / 2.0
     smooth = ndi.gaussian_filter(img, max(0.5, p.smoothing * diameter))

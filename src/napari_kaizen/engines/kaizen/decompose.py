@@ -238,6 +238,17 @@ def judge(error_patches, cells, threshold: float, min_size: int, *, sequential: 
 # --------------------------------------------------------------------------- model
 
 
+def check_patch_size(net, params: KaizenParams) -> int:
+    """The model's patch size; ``params.patch_size`` must be None or equal to it."""
+    patch = int(net.config.patch_size)
+    if params.patch_size is not None and int(params.patch_size) != patch:
+        raise InputError(
+            f"KaizenParams.patch_size is {params.patch_size} but the model was trained on {patch}-pixel patches: "
+            f"set patch_size={patch} or None"
+        )
+    return patch
+
+
 def resolve_net(model):
     """The ``torch.nn.Module`` inside ``model`` (a loaded model, a bare network)."""
     from torch import nn
@@ -270,7 +281,9 @@ class _State:
     peak_radius: int = 0  # proposals are maxima of the box map within this radius
 
 
-def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: float, next_id: int, near=None):
+def assign_labels(
+    owner, best, index, cells, threshold: float, merge_overlap: float, next_id: int, near=None, *, near_values=None
+):
     """Give kept cells label ids and paint them into the owner map (in place).
 
     A cell whose mask lies, for at least ``merge_overlap`` of its pixels, on earlier
@@ -302,6 +315,9 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
     near : Tensor of int32, flat canvas, optional
         The owner map grown by a few pixels into unowned background (what a
         correction is compared with); default ``owner``.
+    near_values : Tensor of int32, shape (A, P*P), optional
+        ``near`` already read at ``index`` (see :func:`grown_owner_patch`); wins over
+        ``near``.
 
     Returns
     -------
@@ -314,7 +330,7 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
     dev = cells.device
     mask = cells > threshold
     own = owner[index]
-    close = own if near is None else near[index]
+    close = near_values if near_values is not None else (own if near is None else near[index])
     area = mask.sum(1)
     stride = int(owner.max()) + 1 if owner.numel() else 1
     rows = torch.arange(a, device=dev)[:, None].expand_as(own)
@@ -340,6 +356,19 @@ def assign_labels(owner, best, index, cells, threshold: float, merge_overlap: fl
     owner[index[paint]] = ids_px[paint]
     best[index[paint]] = cells[paint]
     return ids
+
+
+def grown_owner_patch(owner, top: int, left: int, patch: int, radius: int):
+    """:func:`grown_owner` read inside one ``patch x patch`` window, flat (P*P,).
+
+    Computed on the window plus ``radius`` pixels around it, which gives exactly the
+    values the whole-canvas map has there.
+    """
+    hc, wc = owner.shape
+    y0, x0 = max(0, top - radius), max(0, left - radius)
+    y1, x1 = min(hc, top + patch + radius), min(wc, left + patch + radius)
+    grown = grown_owner(owner[y0:y1, x0:x1], radius)
+    return grown[top - y0 : top - y0 + patch, left - x0 : left - x0 + patch].reshape(-1)
 
 
 def grown_owner(owner, radius: int):
@@ -445,9 +474,11 @@ def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius
         else:  # patches may overlap: one cell after the other, in proposal order
             got_list = []
             for i in acc_idx.tolist():
-                near = grown_owner(st.owner, grow).view(-1)
+                # The grown owner map is needed only inside this patch: compute it on
+                # the patch's neighbourhood, not on the whole canvas for every cell.
+                near = grown_owner_patch(st.owner, int(pts[i, 0]), int(pts[i, 1]), patch, grow)
                 one = assign_labels(flat_owner, flat_best, index[i : i + 1], cells[i : i + 1], threshold,
-                                    p.merge_overlap, st.next_id, near)
+                                    p.merge_overlap, st.next_id, near_values=near[None])
                 st.next_id = max(st.next_id, int(one[0]) + 1)
                 got_list.append(one)
             got = torch.cat(got_list)
@@ -465,7 +496,9 @@ def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius
         "cell_ids": ids.cpu().numpy(),
         "cells": cells[acc_idx].view(-1, patch, patch).cpu().numpy() if acc_idx.numel() else None,
         "tops": pts[acc_idx].cpu().numpy() if acc_idx.numel() else None,
-        "labels": lab.cpu().numpy(),
+        # A copy: on the CPU ``.cpu()`` shares memory with the owner map, which the
+        # next iteration updates in place, and a yielded snapshot must not change.
+        "labels": lab.cpu().numpy().copy() if lab.device.type == "cpu" else lab.cpu().numpy(),
         "present": present.cpu().numpy(),
         "l1": float(st.error[inside].abs().sum()),
     }
@@ -529,12 +562,7 @@ def decompose(
         net = net.to(choose_device(device))
     dev = next(net.parameters()).device
     net.eval()
-    patch = int(net.config.patch_size)
-    if p.patch_size is not None and int(p.patch_size) != patch:
-        raise InputError(
-            f"KaizenParams.patch_size is {p.patch_size} but the model was trained on {patch}-pixel patches: "
-            f"set patch_size={patch} or None"
-        )
+    patch = check_patch_size(net, p)
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2 or min(img.shape) < 1:
         raise InputError(f"decompose needs a 2-D image, got shape {img.shape}")

@@ -58,7 +58,7 @@ class UNet(nn.Module):
         Channels of the first level; doubled at every level down to ``max_channels``.
     depth : int
         Number of resolution levels (``depth - 1`` poolings). 5 levels give a receptive
-        field of about 180 pixels, enough context for 512 x 512 crops of cells 15-40 px
+        field of about 220 pixels, enough context for 512 x 512 crops of cells 15-40 px
         across.
     max_channels : int
         Cap on the channel count (keeps the file a few MB).

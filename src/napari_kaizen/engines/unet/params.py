@@ -14,7 +14,7 @@ class UNetParams:
     diameter : float or 'auto' or None
         Typical object diameter in pixels in the input image. ``None`` runs the model
         at the image's own scale (right when the image has the magnification the model
-        was trained at, ~17 px nuclei for the bundled models). ``'auto'`` runs once,
+        was trained at, ~16 px nuclei for the bundled models). ``'auto'`` runs once,
         measures the objects the model found, and runs again rescaled if they differ
         from the model's training diameter by more than 8 %. A number rescales
         directly.

@@ -31,7 +31,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the U-Net training options to ``parser`` (the ``kaizen train unet`` sub-command)."""
     mode = parser.add_argument_group("what to train (one of)")
     mode.add_argument("--pretrain", choices=("nuclei", "membrane"), default=None,
-                      help="ISL pretraining: predict this fluorescent channel from the label-free one (synthetic pairs)")
+                      help="ISL pretraining: predict this fluorescent channel from the label-free one "
+                      "(synthetic pairs)")
     mode.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                       help="fine-tune on these label-free images (TIFF / PNG / NPY)")
     mode.add_argument("--labels", nargs="+", default=None, metavar="LABELS",

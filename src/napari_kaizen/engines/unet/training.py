@@ -346,7 +346,8 @@ def pretrain(
         weights_path = save_weights(output, net.state_dict(), meta, overwrite=overwrite)
     model = UNetModel(net=net.eval(), metadata=meta, device=dev, source=str(weights_path or "in memory"))
     yield TrainingSnapshot(
-        stage="done", progress=1.0, message=f"pretrained ({target}); PCC {summary['validation'].get('pcc', float('nan')):.3f}",
+        stage="done", progress=1.0,
+        message=f"pretrained ({target}); PCC {summary['validation'].get('pcc', float('nan')):.3f}",
         step=steps, total_steps=steps, loss=summary["final_loss"], validation=summary["validation"],
         weights_path=weights_path, done=True,
     )
@@ -567,10 +568,11 @@ def finetune(
         lam_value, mse0, bce0 = initial_lambda(net, batches, dev)
     else:
         lam_value, mse0, bce0 = float(lam), math.nan, math.nan
+    n_objects = int(sum(np.count_nonzero(np.unique(lab)) for lab in labs))
     yield TrainingSnapshot(
         stage="start", progress=0.0, total_steps=steps,
-        message=f"{len(imgs)} image(s), {sum(int(lab.max() > 0) and len(np.unique(lab)) - 1 for lab in labs)} objects;"
-        f" lambda {lam_value:.3g} (MSE0 {mse0:.3g} / BCE0 {bce0:.3g})",
+        message=f"{len(imgs)} image(s), {n_objects} objects; lambda {lam_value:.3g} "
+        f"(MSE0 {mse0:.3g} / BCE0 {bce0:.3g})",
         components={"lambda": lam_value, "mse0": mse0, "bce0": bce0},
     )
 
@@ -585,7 +587,6 @@ def finetune(
         train_loop(net, batches, loss_fn, opt, steps=int(steps), device=dev, scheduler=sched, report_every=5),
         dev,
     )
-    n_objects = int(sum(len(np.unique(lab)) - 1 for lab in labs))
     meta = _metadata(
         net,
         target=base_meta.get("target", "nuclei"),

@@ -1,4 +1,6 @@
-"""The "U-Net (ISL)" dock widget and the shared fine-tune panel, in a real napari viewer."""
+"""The learned engines' dock widgets ("U-Net (ISL)", "GoogLeNet FCN") and the shared
+fine-tune panel, in a real napari viewer. Every test runs for both widgets: they are one
+class (:class:`~napari_kaizen.widgets._segment_widget.SegmentWidget`) configured twice."""
 
 from __future__ import annotations
 
@@ -11,14 +13,36 @@ pytest.importorskip("torch")
 
 from napari_kaizen import metrics  # noqa: E402
 from napari_kaizen.widgets._finetune import fresh_weights_path  # noqa: E402
-from napari_kaizen.widgets._unet_widget import (  # noqa: E402
-    CELLS_LAYER,
-    DISTANCE_LAYER,
-    FLUORESCENCE_LAYER,
-    UNetWidget,
-)
+from napari_kaizen.widgets import _fcn_widget, _unet_widget  # noqa: E402
 
 pytestmark = pytest.mark.gui
+
+#: What differs between the two widgets: class, input channel, map layers, weights architecture.
+SPECS = {
+    "unet": dict(cls=_unet_widget.UNetWidget, channel="label_free", maps=(_unet_widget.FLUORESCENCE_LAYER,
+                 _unet_widget.DISTANCE_LAYER), cells=_unet_widget.CELLS_LAYER, architecture="unet_isl",
+                 default="bundled:unet_nuclei", name="U-Net (ISL)", prefix="U-Net"),
+    "fcn": dict(cls=_fcn_widget.FCNWidget, channel="nuclei", maps=(_fcn_widget.PROBABILITY_LAYER,
+                _fcn_widget.EDGE_LAYER), cells=_fcn_widget.CELLS_LAYER, architecture="googlenet-fcn",
+                default="bundled:fcn_nuclei", name="GoogLeNet FCN", prefix="FCN"),
+}
+
+
+@pytest.fixture(params=sorted(SPECS))
+def spec(request):
+    return SPECS[request.param]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on a shared 2-core CPU, two OpenMP threads spin-wait for each other
+    and small convolutions run up to 100x slower; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +54,11 @@ def field():
     return synthesize(p, seed=10_700)
 
 
-def _widget(make_napari_viewer, field):
+def _widget(make_napari_viewer, field, spec):
     viewer = make_napari_viewer()
-    layer = viewer.add_image(field.label_free, name="label-free")
-    widget = UNetWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="U-Net (ISL)")
+    layer = viewer.add_image(getattr(field, spec["channel"]), name="input")
+    widget = spec["cls"](viewer)
+    viewer.window.add_dock_widget(widget, name=spec["name"])
     widget.image.value = layer
     return viewer, widget, layer
 
@@ -45,25 +69,26 @@ def _run(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
 
 
-def test_run_shows_fluorescence_distance_and_cells(make_napari_viewer, qtbot, field):
-    viewer, widget, _ = _widget(make_napari_viewer, field)
+def test_run_shows_maps_and_cells(make_napari_viewer, qtbot, field, spec):
+    viewer, widget, _ = _widget(make_napari_viewer, field, spec)
+    assert widget.model.value == spec["default"]
     _run(widget, qtbot)
-    for name in (FLUORESCENCE_LAYER, DISTANCE_LAYER, CELLS_LAYER):
+    for name in (*spec["maps"], spec["cells"]):
         assert name in viewer.layers, widget.status.text()
         assert viewer.layers[name].data.shape == field.label_free.shape
-    cells = np.asarray(viewer.layers[CELLS_LAYER].data)
-    assert viewer.layers[CELLS_LAYER].__class__.__name__ == "Labels"
+    cells = np.asarray(viewer.layers[spec["cells"]].data)
+    assert viewer.layers[spec["cells"]].__class__.__name__ == "Labels"
     assert metrics.average_precision(field.nucleus_labels, cells)[0.5] > 0.5
     assert widget.progress.value() == 1000
     # A second run updates the same (unedited) layers instead of piling up new ones.
     _run(widget, qtbot)
-    assert sum(layer.name.startswith("U-Net") for layer in viewer.layers) == 3
+    assert sum(layer.name.startswith(spec["prefix"]) for layer in viewer.layers) == 3
 
 
-def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, tmp_path):
-    viewer, widget, image_layer = _widget(make_napari_viewer, field)
+def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, tmp_path, spec):
+    viewer, widget, image_layer = _widget(make_napari_viewer, field, spec)
     _run(widget, qtbot)
-    cells = viewer.layers[CELLS_LAYER]
+    cells = viewer.layers[spec["cells"]]
     # The person corrects the result: here, the true labels, then a brush stroke (a real
     # edit, which marks the layer as edited).
     cells.data = field.nucleus_labels.astype(cells.data.dtype)
@@ -84,22 +109,23 @@ def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, 
     # Re-segmentation starts on its own once the weights are written.
     qtbot.waitUntil(lambda: not widget.runner.running and widget.model.value.endswith("mine_2.safetensors"),
                     timeout=60_000)
-    qtbot.waitUntil(lambda: f"{CELLS_LAYER} [2]" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: f"{spec['cells']} [2]" in viewer.layers, timeout=60_000)
     assert (tmp_path / "mine.safetensors").read_bytes() == b"earlier weights"
     assert (tmp_path / "mine.json").read_text() == "{}"
     assert (tmp_path / "mine_2.safetensors").exists()
     meta = json.loads((tmp_path / "mine_2.json").read_text())
-    assert meta["architecture"] == "unet_isl" and "label-free" in meta["training"]["data"]
-    assert meta["training"]["steps"] == 4 and meta["training"]["init"]["weights"] == "bundled:unet_nuclei"
+    assert meta["architecture"] == spec["architecture"]
+    assert "input" in json.dumps(meta["training"])  # the layers the data came from
+    assert spec["default"] in json.dumps(meta)  # what it was fine-tuned from
     assert len(panel.history_loss) >= 1 and panel.progress.value() == 1000
     # The corrected layer is untouched; the new result went to a new layer.
-    np.testing.assert_array_equal(np.asarray(viewer.layers[CELLS_LAYER].data), corrected)
-    assert viewer.layers[f"{CELLS_LAYER} [2]"].data.shape == field.label_free.shape
+    np.testing.assert_array_equal(np.asarray(viewer.layers[spec["cells"]].data), corrected)
+    assert viewer.layers[f"{spec['cells']} [2]"].data.shape == field.label_free.shape
     assert fresh_weights_path(tmp_path / "mine") == tmp_path / "mine_3"
 
 
-def test_finetune_can_be_cancelled(make_napari_viewer, qtbot, field, tmp_path):
-    viewer, widget, image_layer = _widget(make_napari_viewer, field)
+def test_finetune_can_be_cancelled(make_napari_viewer, qtbot, field, tmp_path, spec):
+    viewer, widget, image_layer = _widget(make_napari_viewer, field, spec)
     labels = viewer.add_labels(field.nucleus_labels, name="my labels")
     panel = widget.finetune
     panel.image.value = image_layer
@@ -115,10 +141,10 @@ def test_finetune_can_be_cancelled(make_napari_viewer, qtbot, field, tmp_path):
     assert panel.start_button.enabled
 
 
-def test_bad_layers_give_messages_not_tracebacks(make_napari_viewer, qtbot, field):
+def test_bad_layers_give_messages_not_tracebacks(make_napari_viewer, qtbot, field, spec):
     viewer = make_napari_viewer()
-    widget = UNetWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="U-Net (ISL)")
+    widget = spec["cls"](viewer)
+    viewer.window.add_dock_widget(widget, name=spec["name"])
     # No image at all.
     assert widget.run() is None and "No image layer" in widget.status.text()
     assert widget.finetune.start() is None and "No image layer" in widget.finetune.status.text()
@@ -132,7 +158,7 @@ def test_bad_layers_give_messages_not_tracebacks(make_napari_viewer, qtbot, fiel
     widget.image.value = rgb
     assert widget.run() is None and "RGB" in widget.status.text()
     # Fine-tune: no labels layer, then labels of another shape, then empty labels.
-    image = viewer.add_image(field.label_free, name="label-free")
+    image = viewer.add_image(getattr(field, spec["channel"]), name="input")
     panel = widget.finetune
     panel.image.value = image
     assert panel.start() is None and "No labels layer" in panel.status.text()

@@ -1,0 +1,51 @@
+"""The "GoogLeNet FCN" dock widget: segment nuclei or whole cells, fine-tune on a correction.
+
+*Run* shows "FCN probability" (interior probability), "FCN edge probability" (hidden at
+first) and "FCN cells" (threshold + connected components grown back over the edge band).
+Fine-tuning on a corrected labels layer uses the same panel as the U-Net widget.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # napari injects the viewer by this annotation
+    import napari.viewer
+
+from ._segment_widget import SegmentWidget
+
+PROBABILITY_LAYER = "FCN probability"
+EDGE_LAYER = "FCN edge probability"
+CELLS_LAYER = "FCN cells"
+
+#: Bundled weights offered in the model list.
+BUNDLED_CHOICES = (
+    ("nuclei, DAPI-like (bundled)", "bundled:fcn_nuclei"),
+    ("whole cells, membrane stain (bundled)", "bundled:fcn_cells"),
+)
+
+
+def _fcn_finetune(image, labels, *, model, steps, learning_rate, output, device, description):
+    """The FCN's fine-tune generator with the panel's call shape."""
+    from ..engines.fcn import finetune
+
+    return finetune(image, labels, model=model, steps=steps, learning_rate=learning_rate, output=output,
+                    device=device, description=description)
+
+
+class FCNWidget(SegmentWidget):
+    """Dock widget of the GoogLeNet FCN engine."""
+
+    ENGINE = "fcn"
+    PREFIX = "FCN"
+    MODELS = BUNDLED_CHOICES
+    MAPS = {
+        "probability": ("probability", {"colormap": "inferno", "blending": "additive", "visible": True}),
+        "edge": ("edge probability", {"colormap": "green", "blending": "additive", "visible": False}),
+    }
+    HIDDEN_PARAMS = ("batch_size", "edge_weight")
+    FINETUNE = staticmethod(_fcn_finetune)
+    FINETUNE_DEFAULTS = {"name_prefix": "fcn_finetuned", "steps": 100, "learning_rate": 2e-4}
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer)
