@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-# Keep torch from oversubscribing the 2 CI cores when tests run beside Qt threads.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread for the whole run.
+
+    Engines run in a worker thread beside Qt's; with two OpenMP threads on a 2-core
+    machine they spin-wait for each other and small convolutions ran up to 100x slower.
+    """
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

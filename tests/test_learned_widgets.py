@@ -33,18 +33,6 @@ def spec(request):
     return SPECS[request.param]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core CPU, two OpenMP threads spin-wait for each other
-    and small convolutions run up to 100x slower; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def field():
     from napari_kaizen.data import random_params, synthesize

@@ -25,18 +25,6 @@ from napari_kaizen.metrics import evaluate, pcc  # noqa: E402
 TINY = {"base_channels": 4, "depth": 3, "max_channels": 8, "head_channels": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a shared 2-core CPU, two OpenMP threads spin-wait for each other
-    and small convolutions run up to 100x slower; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _disc(shape, cy, cx, r):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 
+from ._finetune import engine_finetune
 from ._segment_widget import SegmentWidget
 
 PROBABILITY_LAYER = "FCN probability"
@@ -25,14 +26,6 @@ BUNDLED_CHOICES = (
 )
 
 
-def _fcn_finetune(image, labels, *, model, steps, learning_rate, output, device, description):
-    """The FCN's fine-tune generator with the panel's call shape."""
-    from ..engines.fcn import finetune
-
-    return finetune(image, labels, model=model, steps=steps, learning_rate=learning_rate, output=output,
-                    device=device, description=description)
-
-
 class FCNWidget(SegmentWidget):
     """Dock widget of the GoogLeNet FCN engine."""
 
@@ -44,7 +37,7 @@ class FCNWidget(SegmentWidget):
         "edge": ("edge probability", {"colormap": "green", "blending": "additive", "visible": False}),
     }
     HIDDEN_PARAMS = ("batch_size", "edge_weight")
-    FINETUNE = staticmethod(_fcn_finetune)
+    FINETUNE = staticmethod(engine_finetune("fcn"))
     FINETUNE_DEFAULTS = {"name_prefix": "fcn_finetuned", "steps": 100, "learning_rate": 2e-4}
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:

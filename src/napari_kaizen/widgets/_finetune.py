@@ -64,6 +64,23 @@ from ._worker import SnapshotRunner
 FinetuneFn = Callable[..., Iterator[Any]]
 
 
+def engine_finetune(engine: str) -> FinetuneFn:
+    """The ``finetune`` generator function of ``napari_kaizen.engines.<engine>``, imported on first call.
+
+    Widgets are imported when napari starts; the engines (and torch) only when a
+    person fine-tunes. Every learned engine's ``finetune`` has the panel's call shape.
+    """
+    def finetune_fn(image, labels, *, model, steps, learning_rate, output, device, description):
+        import importlib
+
+        module = importlib.import_module(f"napari_kaizen.engines.{engine}")
+        return module.finetune(image, labels, model=model, steps=steps, learning_rate=learning_rate,
+                               output=output, device=device, description=description)
+
+    finetune_fn.__name__ = f"{engine}_finetune"
+    return finetune_fn
+
+
 def weights_exist(stem: Path) -> bool:
     """Whether either file of a weights pair (``.safetensors`` / ``.json``) exists."""
     return stem.with_suffix(".safetensors").exists() or stem.with_suffix(".json").exists()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 
+from ._finetune import engine_finetune
 from ._segment_widget import SegmentWidget
 
 FLUORESCENCE_LAYER = "U-Net fluorescence"
@@ -32,14 +33,6 @@ BUNDLED_CHOICES = (
 )
 
 
-def _unet_finetune(image, labels, *, model, steps, learning_rate, output, device, description):
-    """The U-Net's fine-tune generator with the panel's call shape."""
-    from ..engines.unet import finetune
-
-    return finetune(image, labels, model=model, steps=steps, learning_rate=learning_rate, output=output,
-                    device=device, description=description)
-
-
 class UNetWidget(SegmentWidget):
     """Dock widget of the ISL U-Net engine."""
 
@@ -52,7 +45,7 @@ class UNetWidget(SegmentWidget):
         "distance": ("distance", {"colormap": "magma", "blending": "additive", "visible": False}),
     }
     HIDDEN_PARAMS = ("batch_size",)
-    FINETUNE = staticmethod(_unet_finetune)
+    FINETUNE = staticmethod(engine_finetune("unet"))
     FINETUNE_DEFAULTS = {"name_prefix": "unet_finetuned", "steps": 100, "learning_rate": 5e-4}
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
