@@ -14,8 +14,10 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 
-#: Relative scale changes smaller than this are not worth a resampling.
-SCALE_TOLERANCE = 0.08
+#: Scale differences below this are left alone: every model is trained on objects whose
+#: size varies by about +-15 % around its nominal diameter (and the ``'auto'`` estimate is
+#: good to about 10-15 %), so resampling inside that range only adds interpolation blur.
+SCALE_TOLERANCE = 0.2
 
 
 def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
@@ -107,13 +109,34 @@ def estimate_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: i
     return float(d[order][np.searchsorted(cdf, cdf[-1] / 2.0)])
 
 
-def resolve_diameter(image: np.ndarray, diameter: float | str | None) -> float | None:
-    """Turn a ``diameter`` argument into pixels (``'auto'`` estimates, ``None`` stays None)."""
+def resolve_diameter(image: np.ndarray, diameter: float | str | None, *, required: bool = True) -> float | None:
+    """Turn a ``diameter`` argument into pixels (``'auto'`` estimates, ``None`` stays None).
+
+    Parameters
+    ----------
+    image : ndarray
+        Normalised image, for ``'auto'``.
+    diameter : float, str or None
+    required : bool
+        If False, an ``'auto'`` estimate that fails (too few separate objects, e.g. in
+        a tiny crop) gives None -- the model's own scale -- with an
+        :class:`~.normalize.InputWarning`, instead of an error.
+    """
     if diameter is None:
         return None
     if isinstance(diameter, str):
         if diameter.strip().lower() == "auto":
-            return estimate_diameter(image)
+            try:
+                return estimate_diameter(image)
+            except InputError as exc:
+                if required:
+                    raise
+                import warnings
+
+                from .normalize import InputWarning
+
+                warnings.warn(f"{exc}; running at the model's own scale", InputWarning, stacklevel=2)
+                return None
         try:
             diameter = float(diameter)
         except ValueError:

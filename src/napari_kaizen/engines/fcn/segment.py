@@ -15,6 +15,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._common.errors import InputError
 from .._common.normalize import DEFAULT_PERCENTILES, empty_field_message, prepare_image
 from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, relay
@@ -155,7 +156,12 @@ def segment(
         yield SegmentationSnapshot(stage="labels", progress=1.0, message=empty,
                                    labels=np.zeros(img.shape, np.int32), done=True)
         return
-    diameter = resolve_diameter(img, p.diameter)
+    if p.diameter == "auto" and fcn.metadata.get("channel") == "membrane":
+        raise InputError(
+            "diameter 'auto' estimates the size of bright blobs (nuclei) and cannot read a membrane stain: "
+            "give the cell diameter in pixels, or leave it empty to run at the image's own scale"
+        )
+    diameter = resolve_diameter(img, p.diameter, required=False)
     rs = rescale_for_model(img.shape, diameter, fcn.object_diameter)
     x = rs.to_model(img)
     net = fcn.net.eval()

@@ -159,7 +159,7 @@ def segment(
         yield DecompositionSnapshot(stage="labels", progress=1.0, message=empty,
                                     labels=np.zeros(img.shape, np.int32), done=True)
         return
-    d = resolve_diameter(img, p.diameter)
+    d = resolve_diameter(img, p.diameter, required=False)
     rs = rescale_for_model(img.shape, d, km.object_diameter)
     work = rs.to_model(img)
     yield from decompose(work, km, p, rescale=rs, input_image=img)

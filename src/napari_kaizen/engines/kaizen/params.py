@@ -41,8 +41,10 @@ class KaizenParams:
         the patch (paper: 8 mirror + 12 zero for 40-pixel patches).
     diameter : float or 'auto' or None
         Typical object diameter in the input image (pixels). The image is rescaled
-        so objects have the diameter the model was trained on; ``'auto'`` estimates
-        it; ``None`` runs at the input scale.
+        so objects have the diameter the model was trained on; ``'auto'`` (the
+        default: the model knows one nucleus size, a microscope's images may have any)
+        estimates it from the image; ``None`` runs at the input scale. Differences
+        under 20 % are not resampled (the model was trained on that spread).
     batched : bool
         True: each iteration proposes every point whose patch does not overlap
         another proposal's, predicts them in one forward pass and judges them
@@ -97,7 +99,7 @@ class KaizenParams:
     mask_threshold: float = 0.1
     min_size: int = 20
     mirror_pad: int = 8
-    diameter: float | str | None = None
+    diameter: float | str | None = "auto"
     batched: bool = True
     batch_points: int | None = None
     box_size: int | None = None
