@@ -1,7 +1,7 @@
 # The two commands of the README. Both set up what they need first (idempotent).
 VENV ?= .venv
 SAMPLE := src/napari_kaizen/data/samples/nuclei.tif
-ENGINE ?= classical
+ENGINE ?= kaizen
 
 .PHONY: segment test setup clean
 
