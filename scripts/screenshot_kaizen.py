@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     while len(widget.history) < args.iteration and widget.runner.running:
         n = len(widget.history)
         widget.step()
-        wait_until(lambda: len(widget.history) > n or not widget.runner.running)
+        wait_until(lambda n=n: len(widget.history) > n or not widget.runner.running)
     viewer.layers.selection.active = viewer.layers["Kaizen proposals"]
     viewer.reset_view()
     settle(1.0)

@@ -4,6 +4,7 @@ training / fine-tuning generators, and accuracy of the bundled weights."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -70,7 +71,7 @@ def test_engine_protocol():
     assert eng.default_model == "bundled:fcn_nuclei"
     p = eng.params(threshold=0.4)
     assert p.threshold == 0.4 and p.diameter is None
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.threshold = 0.3  # frozen
     for name in ("segment", "load_model", "train", "finetune", "Params", "DEFAULT_MODEL"):
         assert hasattr(fcn, name)

@@ -168,7 +168,7 @@ def test_patch_sampler_refuses_bad_pairs():
 
 def test_greedy_points_sequential_equals_parallel():
     gen = torch.Generator().manual_seed(1)
-    for trial in range(10):
+    for _ in range(10):
         s = torch.randint(0, 4, (40, 50), generator=gen).float()  # many ties on purpose
         s[torch.rand(40, 50, generator=gen) < 0.3] = -float("inf")
         for r in (1, 4, 39):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -57,7 +58,7 @@ def test_engine_protocol_exports():
     assert p.diameter is None and 0 < p.h < 1
     for name in ("segment", "load_model", "finetune", "pretrain"):
         assert callable(getattr(unet, name))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.h = 0.3  # frozen
 
 

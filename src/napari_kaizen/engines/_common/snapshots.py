@@ -99,6 +99,21 @@ class TrainingSnapshot(Snapshot):
 S = TypeVar("S", bound=Snapshot)
 
 
+def empty_field_snapshot(image: np.ndarray, cls: type = SegmentationSnapshot):
+    """The final snapshot (no objects, with the reason) if ``image`` is an empty field, else None.
+
+    For engines that find bright objects (nuclei): see
+    :func:`~napari_kaizen.engines._common.normalize.empty_field_message`. ``cls`` is the
+    engine's snapshot class (a :class:`SegmentationSnapshot` subclass).
+    """
+    from .normalize import empty_field_message
+
+    message = empty_field_message(image)
+    if message is None:
+        return None
+    return cls(stage="labels", progress=1.0, message=message, labels=np.zeros(np.shape(image), np.int32), done=True)
+
+
 def run_to_end(snapshots: Iterable[S]) -> S:
     """Drive a snapshot generator to its end and return the last snapshot.
 

@@ -7,9 +7,9 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.normalize import empty_field_message, prepare_image
+from .._common.normalize import prepare_image
 from .._common.scale import resolve_diameter
-from .._common.snapshots import SegmentationSnapshot
+from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
 
 
@@ -53,10 +53,9 @@ def segment(
 
     p = params or ClassicalParams()
     img = prepare_image(image)
-    empty = empty_field_message(img)
-    if empty:
-        yield SegmentationSnapshot(stage="labels", progress=1.0, message=empty,
-                                   labels=np.zeros(img.shape, np.int32), done=True)
+    empty = empty_field_snapshot(img)
+    if empty is not None:
+        yield empty
         return
     diameter = resolve_diameter(img, "auto" if p.diameter is None else p.diameter)
     radius = diameter / 2.0

@@ -16,9 +16,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._common.errors import InputError
-from .._common.normalize import DEFAULT_PERCENTILES, empty_field_message, prepare_image
+from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model, resolve_diameter
-from .._common.snapshots import SegmentationSnapshot, Snapshot, relay
+from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
 from .params import FCNParams
 
 
@@ -149,12 +149,11 @@ def segment(
     dev = fcn.device
     if fcn.percentiles != tuple(DEFAULT_PERCENTILES):
         img = prepare_image(image, percentiles=fcn.percentiles)
-    empty = empty_field_message(img) if fcn.metadata.get("channel") == "nuclei" else None
-    if empty:
-        # Nuclei models only: a membrane stain's thin outlines can sit close to the
-        # noise and must not be mistaken for an empty field.
-        yield SegmentationSnapshot(stage="labels", progress=1.0, message=empty,
-                                   labels=np.zeros(img.shape, np.int32), done=True)
+    # Nuclei models only: a membrane stain's thin outlines can sit close to the noise
+    # and must not be mistaken for an empty field.
+    empty = empty_field_snapshot(img) if fcn.metadata.get("channel") == "nuclei" else None
+    if empty is not None:
+        yield empty
         return
     if p.diameter == "auto" and fcn.metadata.get("channel") == "membrane":
         raise InputError(

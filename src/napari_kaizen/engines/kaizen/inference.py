@@ -142,8 +142,9 @@ def segment(
     >>> labels.shape, labels.dtype
     ((96, 96), dtype('int32'))
     """
-    from .._common.normalize import empty_field_message, prepare_image
+    from .._common.normalize import prepare_image
     from .._common.scale import rescale_for_model, resolve_diameter
+    from .._common.snapshots import empty_field_snapshot
     from .decompose import check_patch_size, decompose
 
     p = params if params is not None else KaizenParams()
@@ -152,12 +153,11 @@ def segment(
     img = prepare_image(image)
     km = load_model(model, device)
     check_patch_size(km.net, p)
-    empty = empty_field_message(img)
-    if empty:
-        # An empty field: percentile normalisation has stretched its noise to full
-        # range, and the model would reconstruct hundreds of "cells" from it.
-        yield DecompositionSnapshot(stage="labels", progress=1.0, message=empty,
-                                    labels=np.zeros(img.shape, np.int32), done=True)
+    # An empty field: percentile normalisation has stretched its noise to full range,
+    # and the model would reconstruct hundreds of "cells" from it.
+    empty = empty_field_snapshot(img, DecompositionSnapshot)
+    if empty is not None:
+        yield empty
         return
     d = resolve_diameter(img, p.diameter, required=False)
     rs = rescale_for_model(img.shape, d, km.object_diameter)

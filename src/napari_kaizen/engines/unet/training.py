@@ -516,7 +516,6 @@ def finetune(
     OverwriteError
         ``output`` exists and ``overwrite`` is False.
     """
-    import torch
 
     from .._common.device import choose_device
     from .._common.training import seed_everything, train_loop
