@@ -378,10 +378,9 @@ def test_bundled_pretrained_predicts_fluorescence():
     """ISL: PCC of the predicted vs the measured DAPI-like channel on 16 held-out pairs.
 
     Issue 6 asks for PCC >= 0.9 (the paper: 0.95 +- 0.08 on real DAPI). Measured on these
-    fields (benchmarks/isl_pcc.py): 0.896 +- 0.045 overall; phase contrast and bright
-    field 0.919 (eight fields), DIC 0.873 (eight fields). So the target holds for phase and
-    bright field and is missed for DIC; both figures are asserted as they stand, so a
-    regression in either fails.
+    fields (benchmarks/isl_pcc.py, 3000 pretraining steps): 0.913 +- 0.040 overall;
+    phase contrast 0.921, bright field 0.932, DIC 0.898 (eight fields). The 1500-step
+    model (0.896 overall, DIC 0.873) fails the first assertion.
     """
     seeds = tuple(range(10_500, 10_516))
     pairs = synthetic_pairs(seeds, "nuclei")
@@ -389,21 +388,22 @@ def test_bundled_pretrained_predicts_fluorescence():
     model = unet.load_model("bundled:unet_isl_nuclei", device="cpu")
     values = np.array([pcc(run_to_end(unet.segment(x, model=model)).maps["fluorescence"], y) for x, y, _ in pairs])
     dic = np.array([m == "dic" for m in modality])
-    assert values[~dic].mean() >= 0.9, values
-    assert values[dic].mean() >= 0.85, values
+    assert values.mean() >= 0.9, values
+    assert values[dic].mean() >= 0.88, values
 
 
 def test_bundled_finetuned_model_accuracy():
     """AP50 of the bundled fine-tuned model on held-out label-free fields.
 
-    Measured 0.649 on these four fields (0.563 on twelve held-out fields,
-    benchmarks/unet_accuracy.py). The threshold 0.55 fails the same recipe fine-tuned
-    without any DIC image (0.519 here: its DIC field scored 0.04), so it catches a model
-    that does not generalise across the label-free modalities. (The ISL model alone, with
-    a classical watershed of its predicted DAPI, scores 0.650 here: see docs/unet.md.)
+    Measured 0.684 on these four fields (0.644 on twelve held-out fields,
+    benchmarks/unet_accuracy.py; the first bundled model, from 1500 pretraining steps,
+    scored 0.649). The threshold 0.6 fails the same recipe fine-tuned without any DIC
+    image (0.519 here: its DIC field scored 0.04), so it catches a model that does not
+    generalise across the label-free modalities. (The ISL model alone, with a classical
+    watershed of its predicted DAPI, scores 0.676 here: see docs/unet.md.)
     """
     pairs = synthetic_pairs(AP_SEEDS, "nuclei")
     model = unet.load_model(unet.DEFAULT_MODEL, device="cpu")
     preds = [run_to_end(unet.segment(x, model=model)).labels for x, _, _ in pairs]
     ev = evaluate([lab for _, _, lab in pairs], preds)
-    assert ev.ap50 >= 0.55, ev.table()
+    assert ev.ap50 >= 0.6, ev.table()

@@ -189,9 +189,16 @@ def noise_sd(image: np.ndarray) -> float:
 
 
 #: Below this contrast-to-noise ratio a fluorescence image holds no object (see
-#: :func:`contrast_to_noise`). Synthetic empty fields reach at most 5.7, fields with
-#: nuclei at least 15.
-EMPTY_CNR = 8.0
+#: :func:`contrast_to_noise`). Measured on 300 random synthetic fields (96-320 px, every
+#: microscope setting) and their empty twins: empty fields reach 4.2 (1 of 300 above 4),
+#: fields with nuclei go down to 4.1 at 30 photons per pixel (1 of 300 below 5). A field
+#: with visible cells reported empty is the worse error (the person gets nothing), so
+#: the threshold sits at the low end.
+EMPTY_CNR = 4.0
+
+#: Below this side length (pixels) the guard is not applied: the smooth background (an
+#: eighth of the image) cannot be told from a nucleus that fills much of a small crop.
+EMPTY_CHECK_MIN_SIDE = 96
 
 
 def contrast_to_noise(image: np.ndarray) -> float:
@@ -199,7 +206,8 @@ def contrast_to_noise(image: np.ndarray) -> float:
 
     The image is smoothed a little (2 px, so single noisy pixels do not count), a
     smooth background (an eighth of the image size) is subtracted, and the maximum of
-    what is left is divided by :func:`noise_sd`. Scale-invariant, so it can be run on
+    what is left (above its median) is divided by the larger of :func:`noise_sd` and the
+    spread of the residual below its median. Scale-invariant, so it can be run on
     the raw or the normalised image.
     """
     from scipy import ndimage as ndi
@@ -214,7 +222,12 @@ def contrast_to_noise(image: np.ndarray) -> float:
     background = ndi.zoom(coarse, (arr.shape[0] / coarse.shape[0], arr.shape[1] / coarse.shape[1]), order=1)
     background = background[: arr.shape[0], : arr.shape[1]]
     residual = ndi.gaussian_filter(arr, 2.0)[: background.shape[0], : background.shape[1]] - background
-    return float(residual.max() / sd)
+    # What the smooth background leaves unexplained (ripples of an uneven background,
+    # strongest at high photon counts where the pixel noise is small) counts as noise
+    # too. It is measured below the median only, where bright objects never are.
+    median = float(np.median(residual))
+    ripple = (median - float(np.percentile(residual, 5))) / 1.645
+    return float((residual.max() - median) / max(sd, ripple))
 
 
 def empty_field_message(image: np.ndarray, min_cnr: float = EMPTY_CNR) -> str | None:
@@ -222,8 +235,11 @@ def empty_field_message(image: np.ndarray, min_cnr: float = EMPTY_CNR) -> str | 
 
     Engines for bright objects (nuclei) return no objects for such an image instead of
     finding "cells" in the noise, which percentile normalisation would otherwise stretch
-    to full range.
+    to full range. Images with a side under :data:`EMPTY_CHECK_MIN_SIDE` are never
+    called empty (too small to separate background from objects).
     """
+    if min(np.shape(image)[:2]) < EMPTY_CHECK_MIN_SIDE:
+        return None
     cnr = contrast_to_noise(image)
     if cnr >= min_cnr:
         return None

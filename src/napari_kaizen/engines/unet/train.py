@@ -46,7 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tuning start: weights path, bundled:NAME, or 'scratch' for random weights "
                         "(default bundled:unet_isl_nuclei)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimiser steps (default 1500 for --pretrain, 300 for fine-tuning)")
+                        help="optimiser steps (default 3000 for --pretrain, 300 for fine-tuning)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 / 1e-3)")
     parser.add_argument("--batch-size", type=int, default=None, help="crops per step (default 8 / 4)")
     parser.add_argument("--crop", type=int, default=128, help="crop side in pixels, a multiple of 16 (default 128)")
@@ -101,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.pretrain:
         gen = pretrain(
             target=args.pretrain, n_fields=args.fields, field_shape=(args.field_size, args.field_size),
-            steps=args.steps or 1500, batch_size=args.batch_size or 8, crop=args.crop,
+            steps=args.steps or 3000, batch_size=args.batch_size or 8, crop=args.crop,
             learning_rate=args.lr or 2e-3, seed=args.seed, device=args.device, output=args.output,
             overwrite=args.overwrite, reproduce=reproduce,
         )

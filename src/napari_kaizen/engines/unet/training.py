@@ -234,7 +234,7 @@ def pretrain(
     target: str = "nuclei",
     n_fields: int = 160,
     field_shape: tuple[int, int] = (256, 256),
-    steps: int = 1500,
+    steps: int = 3000,
     batch_size: int = 8,
     crop: int = 128,
     learning_rate: float = 2e-3,
