@@ -181,7 +181,13 @@ def test_run_to_the_end_draws_four_layers_and_the_engines_labels(make_napari_vie
     assert widget.scrubber.slider.maximum() == len(direct) - 1 and widget.scrubber.following
 
 
-def test_pause_step_scrub_give_the_generators_labels(make_napari_viewer, qtbot, oracle, field, direct):
+@pytest.mark.parametrize("packed", [False, True], ids=["raw", "packed-history"])
+def test_pause_step_scrub_give_the_generators_labels(make_napari_viewer, qtbot, monkeypatch, oracle, field, direct,
+                                                     packed):
+    if packed:  # as on a large image: every snapshot but the newest is held compressed
+        from napari_kaizen.widgets import _kaizen_history
+
+        monkeypatch.setattr(_kaizen_history, "PACK_MIN_BYTES", 0)
     viewer = make_napari_viewer()
     viewer.add_image(field.nuclei, name="nuclei")
     widget = _dock(viewer, oracle)
@@ -528,3 +534,25 @@ def test_kept_snapshots_do_not_change_when_the_engine_reuses_a_buffer():
     next(gen)
     gen.close()  # cancelling closes the engine's generator too
     assert closed == [True, True]
+
+
+def test_history_packs_large_labels_and_gives_them_back_exactly():
+    from napari_kaizen.data import synthesize
+    from napari_kaizen.engines._common.snapshots import SegmentationSnapshot
+    from napari_kaizen.widgets._kaizen_history import PACK_MIN_BYTES, SnapshotHistory
+
+    labels = synthesize(shape=(1024, 1024), seed=5, density=0.4).nucleus_labels.astype(np.int32)
+    assert labels.nbytes >= PACK_MIN_BYTES
+    steps = [np.where(labels <= k * labels.max() // 5, labels, 0).astype(np.int32) for k in range(1, 6)]
+    history = SnapshotHistory()
+    for k, lab in enumerate(steps):
+        history.append(SegmentationSnapshot(stage="iteration", progress=(k + 1) / 5, labels=lab))
+    # All but the newest are compressed: five raw 4 MB arrays become well under two.
+    assert history.nbytes < 1.5 * labels.nbytes
+    for k in (0, 3, -1, 2, 2):
+        snap = history[k]
+        np.testing.assert_array_equal(snap.labels, steps[k])
+        assert snap.labels.flags.writeable and snap.progress == pytest.approx(((k % 5) + 1) / 5)
+    assert history.last.labels is steps[-1]  # the newest is the engine's own array
+    with pytest.raises(IndexError):
+        history[5]
