@@ -33,7 +33,6 @@ import platform
 import time
 from pathlib import Path
 
-
 DENSE = dict(nucleus_diameter=18.0, density=0.45, touching=0.9, clustering=0.8)
 
 

@@ -50,6 +50,10 @@ EVAL_PARAMS = SynthParams(shape=(384, 384), density=0.45, touching=0.9, clusteri
 EVAL_SEEDS = tuple(range(10_000, 10_006))
 
 
+def _sd(x) -> float:
+    return float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
 def score(fields, preds) -> dict:
     gts = [f.nucleus_labels for f in fields]
     ev = evaluate(gts, preds)
@@ -113,11 +117,10 @@ def summarise(runs: list[dict]) -> dict:
         a = np.array([r["scores"]["ap50"] for r in rs])
         m = np.array([r["scores"]["map"] for r in rs])
         g = np.array([r["scores"]["merged_cells"] for r in rs], float)
-        sd = (lambda x: float(x.std(ddof=1)) if x.size > 1 else 0.0)
         out[arm] = {
             "edge_weight": rs[0]["edge_weight"], "n_seeds": len(rs),
-            "ap50_mean": float(a.mean()), "ap50_sd": sd(a), "map_mean": float(m.mean()), "map_sd": sd(m),
-            "merged_mean": float(g.mean()), "merged_sd": sd(g),
+            "ap50_mean": float(a.mean()), "ap50_sd": _sd(a), "map_mean": float(m.mean()), "map_sd": _sd(m),
+            "merged_mean": float(g.mean()), "merged_sd": _sd(g),
         }
     return out
 

@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("torch")
 
 from napari_kaizen import metrics  # noqa: E402
-from napari_kaizen.widgets._finetune import fresh_weights_path  # noqa: E402
 from napari_kaizen.widgets import _fcn_widget, _unet_widget  # noqa: E402
+from napari_kaizen.widgets._finetune import fresh_weights_path  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

@@ -1,9 +1,9 @@
 """Synthetic micrographs (paired channels + instance labels) and napari sample data."""
 
 from .synthetic import (
-    SynthParams,
     SyntheticField,
     SyntheticStack,
+    SynthParams,
     params_to_dict,
     random_params,
     synthesize,

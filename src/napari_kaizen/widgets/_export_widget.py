@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui import widgets as mw
+
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 

@@ -22,7 +22,6 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..engines._common.errors import KaizenError
 
-
 #: The longest wait between two draws that ``max_busy`` can impose.
 MAX_ADAPTIVE_INTERVAL_MS = 1000
 

@@ -12,7 +12,7 @@ from .errors import DeviceError
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 
-def choose_device(device: "str | object" = "auto"):
+def choose_device(device: str | object = "auto"):
     """Return a :class:`torch.device` for ``device``.
 
     Parameters

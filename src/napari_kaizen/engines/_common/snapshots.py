@@ -123,7 +123,7 @@ def run_to_end(snapshots: Iterable[S]) -> S:
         If the generator yielded nothing.
     """
     last: S | None = None
-    for last in snapshots:
+    for last in snapshots:  # noqa: B007 (keeping the loop variable is the point)
         pass
     if last is None:
         raise RuntimeError("the computation yielded no snapshot")

@@ -47,8 +47,7 @@ def segment(
     (128, 128)
     """
     from skimage.filters import threshold_otsu
-    from skimage.morphology import remove_small_objects
-    from skimage.morphology import h_maxima
+    from skimage.morphology import h_maxima, remove_small_objects
     from skimage.segmentation import watershed
 
     p = params or ClassicalParams()

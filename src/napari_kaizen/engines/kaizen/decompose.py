@@ -56,7 +56,6 @@ from .._common.errors import InputError, WeightsError
 from .params import KaizenParams
 from .snapshots import DecompositionSnapshot, DecompositionTrace, freeze_scores, lazy_maps
 
-
 # --------------------------------------------------------------------------- pieces
 
 

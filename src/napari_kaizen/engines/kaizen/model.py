@@ -108,7 +108,7 @@ class VQVAEConfig:
             raise ValueError(f"decay must be in (0, 1), got {self.decay}")
 
     @classmethod
-    def from_dict(cls, config: dict) -> "VQVAEConfig":
+    def from_dict(cls, config: dict) -> VQVAEConfig:
         """Build from a weights-metadata ``config`` (unknown keys are an error)."""
         return cls(**dict(config))
 

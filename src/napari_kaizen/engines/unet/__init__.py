@@ -16,6 +16,7 @@ Public names
 
 from .model import ARCHITECTURE, ISLUNet, UNet, build_model
 from .params import UNetParams
+from .postprocess import instances
 from .segment import (
     DEFAULT_MODEL,
     PRETRAINED_MEMBRANE,
@@ -25,7 +26,6 @@ from .segment import (
     segment,
 )
 from .targets import balance_lambda, distance_map, segmentation_targets
-from .postprocess import instances
 from .training import finetune, pretrain
 
 TITLE = "U-Net (ISL)"

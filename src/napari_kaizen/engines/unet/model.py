@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 #: ``architecture`` value of every U-Net weights file of this engine.
 ARCHITECTURE = "unet_isl"
@@ -170,7 +170,7 @@ class ISLUNet(nn.Module):
             return fluo
         return torch.cat([fluo, self.head(fluo)], 1)
 
-    def with_head(self, head_channels: int | None = None) -> "ISLUNet":
+    def with_head(self, head_channels: int | None = None) -> ISLUNet:
         """A segmentation model whose trunk is a copy of this one's (head freshly initialised)."""
         cfg = dict(self.config, segmentation=True)
         if head_channels is not None:

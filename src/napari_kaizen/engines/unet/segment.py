@@ -63,7 +63,7 @@ class UNetModel:
         p = self.metadata.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
         return float(p[0]), float(p[1])
 
-    def to(self, device) -> "UNetModel":
+    def to(self, device) -> UNetModel:
         """This model on ``device`` (self if already there)."""
         from .._common.device import choose_device
 
@@ -270,9 +270,9 @@ def _fluorescence_only(net_model: UNetModel, fluo: np.ndarray, fluo_model: np.nd
         )
         return
     # A DAPI-like prediction is a nucleus image: the classical pipeline segments it.
+    from .._common.snapshots import run_to_end
     from ..classical import ClassicalParams
     from ..classical import segment as classical_segment
-    from .._common.snapshots import run_to_end
 
     try:
         last = run_to_end(classical_segment(fluo_model, ClassicalParams(diameter=net_model.object_diameter or "auto")))

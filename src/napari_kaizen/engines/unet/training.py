@@ -246,7 +246,7 @@ def pretrain(
     output: str | Path | None = None,
     overwrite: bool = False,
     reproduce: str | None = None,
-) -> Generator[TrainingSnapshot, None, "Any"]:
+) -> Generator[TrainingSnapshot, None, Any]:
     """Pretrain a U-Net by In-Silico Labelling: label-free -> fluorescence, L1 loss.
 
     Parameters
@@ -462,7 +462,7 @@ def finetune(
     overwrite: bool = False,
     description: str | None = None,
     reproduce: str | None = None,
-) -> Generator[TrainingSnapshot, None, "Any"]:
+) -> Generator[TrainingSnapshot, None, Any]:
     """Fine-tune a U-Net on a few annotated images to a distance map + mask.
 
     Parameters
