@@ -225,8 +225,10 @@ def contrast_to_noise(image: np.ndarray) -> float:
     # What the smooth background leaves unexplained (ripples of an uneven background,
     # strongest at high photon counts where the pixel noise is small) counts as noise
     # too. It is measured below the median only, where bright objects never are.
-    median = float(np.median(residual))
-    ripple = (median - float(np.percentile(residual, 5))) / 1.645
+    step = max(1, int(np.ceil(np.sqrt(residual.size / _PERCENTILE_SAMPLE))))
+    sample = residual[::step, ::step]  # quantiles of a regular sample: same answer, a fraction of the time
+    median = float(np.median(sample))
+    ripple = (median - float(np.percentile(sample, 5))) / 1.645
     return float((residual.max() - median) / max(sd, ripple))
 
 
