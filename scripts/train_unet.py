@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-#: Settings of the bundled models (the metadata records them too).
-PRETRAIN = dict(n_fields=160, field_shape=(256, 256), steps=1500, batch_size=8, crop=128, learning_rate=2e-3,
+#: Settings of the bundled models (the metadata records them too); steps per stage below.
+PRETRAIN = dict(n_fields=160, field_shape=(256, 256), batch_size=8, crop=128, learning_rate=2e-3,
                 seed=0, val_fields=8, validate_every=250)
 #: The membrane model is a second, optional ISL model: fewer steps to spare the CPU budget.
 #: 1500 nucleus steps gave held-out PCC 0.896, 3000 gave 0.913 (validation still rising slowly).

@@ -162,3 +162,19 @@ def test_export_widget_round_trips_an_edited_layer(make_napari_viewer, tmp_path,
     widget.overwrite.value = True
     assert len(widget.export()) == 3
     np.testing.assert_array_equal(read_labels(tmp_path / "cells.tif"), layer.data)
+
+
+def test_image_layer_problem_names_what_is_wrong():
+    """The one check all dock widgets run before starting (napari itself cannot hold a
+    zero-size image layer, so a stand-in layer covers that case)."""
+    from types import SimpleNamespace
+
+    from napari_kaizen.widgets._layers import image_layer_problem
+
+    assert image_layer_problem(None).startswith("No image layer: open an image")
+    assert image_layer_problem(None, missing="do this") == "No image layer: do this."
+    rgb = SimpleNamespace(name="photo", rgb=True, data=np.zeros((4, 4, 3), np.uint8))
+    assert "'photo' is an RGB image" in image_layer_problem(rgb)
+    empty = SimpleNamespace(name="crop", rgb=False, data=np.zeros((0, 40)))
+    assert image_layer_problem(empty) == "'crop' is empty (shape (0, 40)): choose an image with pixels."
+    assert image_layer_problem(SimpleNamespace(name="ok", rgb=False, data=np.ones((8, 8)))) is None

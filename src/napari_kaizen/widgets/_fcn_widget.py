@@ -7,11 +7,6 @@ Fine-tuning on a corrected labels layer uses the same panel as the U-Net widget.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # napari injects the viewer by this annotation
-    import napari.viewer
-
 from ._finetune import engine_finetune
 from ._segment_widget import SegmentWidget
 
@@ -39,6 +34,3 @@ class FCNWidget(SegmentWidget):
     HIDDEN_PARAMS = ("batch_size", "edge_weight")
     FINETUNE = staticmethod(engine_finetune("fcn"))
     FINETUNE_DEFAULTS = {"name_prefix": "fcn_finetuned", "steps": 100, "learning_rate": 2e-4}
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer)

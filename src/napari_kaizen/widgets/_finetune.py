@@ -259,12 +259,11 @@ class FinetunePanel(QGroupBox):
     def _inputs(self):
         """``(image_plane, labels_plane, image_layer, labels_layer)`` or a message."""
         image_layer, labels_layer = self.image.layer, self.labels.layer
-        if image_layer is None:
-            return "No image layer: open the label-free image and choose it as 'image'."
+        problem = _layers.image_layer_problem(image_layer, missing="open the label-free image and choose it as 'image'")
+        if problem:
+            return problem
         if labels_layer is None:
             return "No labels layer: run a segmentation, correct its labels layer, and choose it as 'corrected labels'."
-        if getattr(image_layer, "rgb", False):
-            return f"'{image_layer.name}' is an RGB image: split its channels and choose one."
         image, _ = _layers.current_plane(self.viewer, image_layer)
         labels, _ = _layers.current_plane(self.viewer, labels_layer)
         if labels.shape != image.shape:

@@ -195,15 +195,9 @@ class KaizenWidget(QWidget):
             self.set_status("A run is already in progress: pause, step, resume or cancel it.")
             return None
         layer = self.image.layer
-        if layer is None:
-            self.set_status("No image layer: open an image (or File > Open Sample > napari-kaizen) and choose it above.")
-            return None
-        if getattr(layer, "rgb", False):
-            self.set_status(f"'{layer.name}' is an RGB image: split its channels (right-click > Split RGB) "
-                            "and choose one.")
-            return None
-        if 0 in np.shape(layer.data):
-            self.set_status(f"'{layer.name}' is empty (shape {np.shape(layer.data)}): choose an image with pixels.")
+        problem = _layers.image_layer_problem(layer)
+        if problem:
+            self.set_status(problem)
             return None
         try:
             params = self.form.value()

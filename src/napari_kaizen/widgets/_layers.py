@@ -130,6 +130,21 @@ def set_points(viewer, name: str, coords: np.ndarray, *, owner: str, features: A
     return layer
 
 
+def image_layer_problem(layer, *, missing: str = "open an image (or File > Open Sample > napari-kaizen) and choose it above"
+                        ) -> str | None:
+    """Why ``layer`` cannot be segmented, in one line for the status bar; None if it can.
+
+    ``missing`` finishes the message for no layer at all (what the person should do).
+    """
+    if layer is None:
+        return f"No image layer: {missing}."
+    if getattr(layer, "rgb", False):
+        return f"'{layer.name}' is an RGB image: split its channels (right-click > Split RGB) and choose one."
+    if 0 in np.shape(layer.data):
+        return f"'{layer.name}' is empty (shape {np.shape(layer.data)}): choose an image with pixels."
+    return None
+
+
 def image_layers(viewer) -> list:
     """Image layers of the viewer, in order."""
     from napari.layers import Image

@@ -64,10 +64,7 @@ class SegmentWidget(QWidget):
     Parameters
     ----------
     viewer : napari.Viewer
-    engine : str, optional
-        Engine name; default :attr:`ENGINE`.
-    layer_prefix : str, optional
-        Prefix of the output layer names; default :attr:`PREFIX`.
+        Injected by napari (by this annotation) when the widget is docked.
     """
 
     #: Engine name (see :data:`napari_kaizen.engines.ENGINE_MODULES`).
@@ -90,13 +87,12 @@ class SegmentWidget(QWidget):
     #: Default fine-tune steps and learning rate, and the prefix of new weight files.
     FINETUNE_DEFAULTS: dict[str, Any] = {}
 
-    def __init__(self, viewer: napari.viewer.Viewer, engine: str | None = None, *,
-                 layer_prefix: str | None = None) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
-        self.engine = get_engine(engine or self.ENGINE)
+        self.engine = get_engine(self.ENGINE)
         self.owner = f"{self.engine.name}-widget"
-        self.prefix = layer_prefix or self.PREFIX
+        self.prefix = self.PREFIX
         self.runner = SnapshotRunner(self)
         self._source = None
         self._target: tuple[Any, tuple[int, ...] | None] = (None, None)
@@ -196,11 +192,9 @@ class SegmentWidget(QWidget):
             self.set_status("A run is already in progress.")
             return None
         layer = self.image.layer
-        if layer is None:
-            self.set_status("No image layer: open an image (or File > Open Sample) and choose it above.")
-            return None
-        if getattr(layer, "rgb", False):
-            self.set_status(f"'{layer.name}' is an RGB image: split its channels (right-click > Split RGB) and choose one.")
+        problem = _layers.image_layer_problem(layer)
+        if problem:
+            self.set_status(problem)
             return None
         try:
             params = self.form.value()
@@ -292,6 +286,3 @@ class SegmentWidget(QWidget):
 
 class ClassicalWidget(SegmentWidget):
     """The "Classical" dock widget (Otsu + distance transform + h-maxima + watershed)."""
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer)

@@ -13,11 +13,6 @@ beside a JSON of how they were made, adds them to the model list and re-segments
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # napari injects the viewer by this annotation
-    import napari.viewer
-
 from ._finetune import engine_finetune
 from ._segment_widget import SegmentWidget
 
@@ -47,6 +42,3 @@ class UNetWidget(SegmentWidget):
     HIDDEN_PARAMS = ("batch_size",)
     FINETUNE = staticmethod(engine_finetune("unet"))
     FINETUNE_DEFAULTS = {"name_prefix": "unet_finetuned", "steps": 100, "learning_rate": 5e-4}
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer)
