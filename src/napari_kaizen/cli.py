@@ -81,8 +81,8 @@ def parse_param_overrides(params_class: type, items: list[str]) -> dict[str, Any
                 value: Any = text.lower() in ("1", "true", "yes", "on")
             elif text.lower() == "none":
                 value = None
-            elif isinstance(default, int):
-                value = int(text)
+            elif isinstance(default, int) or (default is None and "int" in hint and "float" not in hint):
+                value = _read_int(text)
             elif isinstance(default, float):
                 value = float(text)
             elif isinstance(default, tuple):
@@ -93,23 +93,67 @@ def parse_param_overrides(params_class: type, items: list[str]) -> dict[str, Any
                 except ValueError:
                     value = text
         except ValueError:
-            raise KaizenError(f"--param {name}: cannot read '{text}' as {type(default).__name__}") from None
+            kind = type(default).__name__ if default is not None else hint.replace("typing.", "")
+            raise KaizenError(f"--param {name}: cannot read '{text}' as {kind}") from None
+        if isinstance(value, float) and not np.isfinite(value):
+            # NaN / inf reach loops and allocations that never end (h=nan hung the
+            # classical reconstruction); no parameter has a meaning for them.
+            raise KaizenError(f"--param {name}={text}: NaN and infinite values are not accepted; give a finite number")
         out[name] = value
     return out
 
 
+def _read_int(text: str) -> int:
+    """An integer from ``'5'`` or ``'5.0'`` (not ``'5.5'``)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError(text) from None
+        return int(value)
+
+
 def _output_paths(inputs: list[Path], output: Path) -> list[Path]:
-    """One output path per input: a file for a single input with a label suffix, else a folder."""
-    if len(inputs) == 1 and output.suffix.lower() in LABEL_OUTPUT_SUFFIXES:
-        output.parent.mkdir(parents=True, exist_ok=True)
+    """One output path per input: a file for a single input with a label suffix, else a folder.
+
+    Nothing is created here: a name with another suffix (``lab.jpg``) is refused
+    rather than silently becoming a folder.
+    """
+    suffix = output.suffix.lower()
+    if suffix and suffix not in LABEL_OUTPUT_SUFFIXES and not output.is_dir():
+        raise KaizenError(f"--output {output}: labels are written as {', '.join(LABEL_OUTPUT_SUFFIXES)} "
+                          "(lossless); give such a file name or a folder")
+    if len(inputs) == 1 and suffix in LABEL_OUTPUT_SUFFIXES:
         return [output]
-    if output.suffix.lower() in LABEL_OUTPUT_SUFFIXES:
+    if suffix in LABEL_OUTPUT_SUFFIXES:
         raise KaizenError(f"--output {output} is a file name but {len(inputs)} images were given: give a folder")
-    output.mkdir(parents=True, exist_ok=True)
     names = [p.stem for p in inputs]
     if len(set(names)) != len(names):
         raise KaizenError("two input images share a file name; their outputs would collide: rename or run separately")
     return [output / f"{p.stem}.tif" for p in inputs]
+
+
+def _check_writable(outputs: list[Path]) -> None:
+    """Create the output folders and refuse an unwritable one before any work is done."""
+    import os
+
+    for folder in sorted({o.parent for o in outputs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KaizenError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise KaizenError(f"the output folder {folder} is not writable: choose another --output")
+
+
+def _parse_plane(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(i) for i in text.split(","))
+    except ValueError:
+        raise KaizenError(f"--plane '{text}': expected a plane index such as 3, or 0,3 for (t, z)") from None
 
 
 # --------------------------------------------------------------------------- segment
@@ -129,15 +173,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
         params = engine.params_class(**overrides)
     except (TypeError, ValueError) as exc:
         raise KaizenError(f"invalid parameters for the {engine.name} engine: {exc}") from None
+    plane = _parse_plane(args.plane)
+    if args.plane is not None and args.all_planes:
+        raise KaizenError("--plane picks one plane and --all-planes runs every plane: give one of them")
+    load = getattr(engine.module, "load_model", None)
+    if load is None and args.model:
+        raise KaizenError(f"the {engine.name} engine uses no model; --model applies to the learned engines "
+                          f"({', '.join(n for n in ENGINE_MODULES if n != engine.name and n != 'classical')})")
+    if load is None and args.device not in ("auto", "cpu"):
+        raise KaizenError(f"the {engine.name} engine runs on the CPU only; --device applies to the learned engines")
     inputs = find_images(args.images)
     outputs = _output_paths(inputs, Path(args.output))
-    if not args.overwrite:
+    if args.skip_existing and args.overwrite:
+        raise KaizenError("--skip-existing keeps existing outputs and --overwrite replaces them: give one of them")
+    if args.skip_existing:
+        done = [o for o in outputs if o.exists()]
+        if done:
+            print(f"skipping {len(done)} image(s) whose labels already exist (--skip-existing)")
+        keep = [i for i, o in enumerate(outputs) if not o.exists()]
+        inputs, outputs = [inputs[i] for i in keep], [outputs[i] for i in keep]
+    elif not args.overwrite:
         clash = [o for o in outputs if o.exists()]
         if clash:
-            raise KaizenError(f"{clash[0]} already exists; not overwriting it (pass --overwrite)")
+            raise KaizenError(f"{clash[0]} already exists; not overwriting it (pass --overwrite, or --skip-existing "
+                              "to resume a run)")
+    _check_writable(outputs)
     model = None
-    load = getattr(engine.module, "load_model", None)
-    if load is not None and (args.model or engine.default_model):
+    if load is not None and inputs and (args.model or engine.default_model):
         model = load(args.model or engine.default_model, device=args.device)
     failures = 0
     for src, dest in zip(inputs, outputs):
@@ -149,7 +211,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     image = to_plane(image, channel=args.channel) if image.ndim == 3 else image[..., args.channel]
                 gen = segment_planes(engine.segment, image, params, model=model, device=args.device)
             else:
-                plane = None if args.plane is None else tuple(int(i) for i in args.plane.split(","))
+                if plane is not None and image.ndim == 2:
+                    raise KaizenError(f"--plane {args.plane} was given but the image is 2-D; leave --plane out")
                 image = to_plane(image, channel=args.channel, plane=plane)
                 gen = engine.segment(image, params, model=model, device=args.device)
             last = drive(gen, src.name, progress=not args.quiet)
@@ -170,7 +233,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
             n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
             took = time.perf_counter() - start
             also = f" (+ {', '.join(extra)})" if extra else ""
-            print(f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}")
+            # No objects is a result, but never a silent one: say the engine's reason.
+            why = f" ({last.message})" if n == 0 and last.message else ""
+            print(f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}{why}")
         except (KaizenError, OSError) as exc:
             failures += 1
             _fail(f"{src.name}: {exc}")
@@ -228,14 +293,23 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- evaluate
 
 
+def _strip_labels(stem: str) -> str:
+    return stem[: -len("_labels")] if stem.lower().endswith("_labels") else stem
+
+
 def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
     from .io import IMAGE_SUFFIXES
 
     if gt.is_file() and pred.is_file():
         return [(gt, pred)]
     if gt.is_dir() and pred.is_dir():
-        gts = {p.stem: p for p in gt.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        preds = {p.stem: p for p in pred.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        # 'X_labels' (ground truth as `kaizen synth` writes it) pairs with 'X' (what
+        # `kaizen segment` writes for image X), so the folder round trip works.
+        # A GT folder that holds images beside their '_labels' files: only the latter.
+        gt_files = [p for p in gt.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        gt_files = [p for p in gt_files if p.stem.lower().endswith("_labels")] or gt_files
+        gts = {_strip_labels(p.stem): p for p in gt_files}
+        preds = {_strip_labels(p.stem): p for p in pred.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
         common = sorted(set(gts) & set(preds))
         if not common:
             raise KaizenError(f"no file names in common between {gt} and {pred}")
@@ -282,8 +356,12 @@ def cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_parsers(sub) -> None:
+def _add_train_parsers(sub, *, load: bool = True) -> None:
     train = sub.add_parser("train", help="train or fine-tune an engine's model")
+    if not load:
+        # The engines' training modules import torch (seconds); only `kaizen train` needs them.
+        train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
     engines = train.add_subparsers(dest="train_engine", metavar="ENGINE")
     engines.required = True
     for name, module_name in ENGINE_MODULES.items():
@@ -301,7 +379,8 @@ def _add_train_parsers(sub) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
+    """The ``kaizen`` parser; ``train=False`` leaves the training sub-commands unloaded."""
     parser = argparse.ArgumentParser(prog="kaizen", description="Find every nucleus and cell in a micrograph.")
     parser.add_argument("--version", action="version", version=f"napari-kaizen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -323,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--measurements", action="store_true", help="also write NAME_measurements.csv")
     seg.add_argument("--rois", action="store_true", help="also write an ImageJ ROI set NAME_rois.zip")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--skip-existing", action="store_true",
+                     help="leave images whose labels file already exists (resume an interrupted run)")
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 
@@ -355,23 +436,47 @@ def build_parser() -> argparse.ArgumentParser:
     eng = sub.add_parser("engines", help="list engines and bundled models")
     eng.set_defaults(func=cmd_engines)
 
-    _add_train_parsers(sub)
+    _add_train_parsers(sub, load=train)
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised as an exception so every ``finally`` (temporary files) runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    import signal
+    import threading
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(train=command == "train")
+    args = parser.parse_args(words)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # A killed batch (a scheduler's time limit, `kill`) unwinds like Ctrl-C: files
+        # being written are removed, finished ones stay, and --skip-existing resumes.
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except _Terminated:
+        _fail("terminated (SIGTERM); files finished before it are kept, rerun with --skip-existing to resume")
+        return 143
     except (KaizenError, OSError) as exc:
         if args.debug:
             raise
         _fail(str(exc))
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

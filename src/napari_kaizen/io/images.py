@@ -42,8 +42,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"cannot read '{src.name}': {exc.__class__.__name__}: {exc}") from None
 
 
+#: File-name ending of label images, left out when a folder is expanded.
+LABELS_SUFFIX = "_labels"
+
+
 def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into a sorted list of image files.
+
+    In a folder, label images (``*_labels.*``, as ``kaizen synth`` and ``kaizen
+    segment`` write them) are left out: segmenting a folder of images and their
+    ground truth segments the images. A label file named explicitly is kept.
 
     Raises
     ------
@@ -54,7 +62,8 @@ def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.stem.lower().endswith(LABELS_SUFFIX))
             if not files:
                 raise InputError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             found.extend(files)

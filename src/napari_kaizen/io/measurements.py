@@ -67,8 +67,19 @@ def measurements_table(
         if img.dtype.kind not in "biuf":
             raise InputError(f"intensity image has dtype {img.dtype}: expected numbers")
         props += list(INTENSITY_PROPERTIES)
-    table = regionprops_table(lab.astype(np.int64, copy=False), intensity_image=img, properties=props)
+    import warnings
+
+    with warnings.catch_warnings():
+        # qhull complains about flat objects (one plane of a stack, a 1-px line);
+        # their solidity is undefined and becomes NaN below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        table = regionprops_table(lab.astype(np.int64, copy=False), intensity_image=img, properties=props)
     table = {k: np.asarray(v) for k, v in table.items()}
+    if "solidity" in table:
+        sol = table["solidity"].astype(float)
+        sol[~np.isfinite(sol) | (sol > 1.0 + 1e-6)] = np.nan  # undefined, not infinitely solid
+        table["solidity"] = sol
     for name, values in (extra or {}).items():
         table[name] = np.array([values.get(int(i), np.nan) for i in table["label"]], dtype=float)
     return table

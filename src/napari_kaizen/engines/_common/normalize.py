@@ -144,6 +144,25 @@ def as_float(image: np.ndarray) -> np.ndarray:
         raise InputError(f"image is complex-valued ({describe(arr)}): pass its magnitude or phase as a real image")
     if arr.dtype.kind not in "biuf":
         raise InputError(f"image has dtype {arr.dtype}: expected integer, float or bool pixels")
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize >= 4 and arr.size:
+        # float32 keeps 24 bits: int32 / int64 pixels on a large offset (a camera's
+        # +1e9 pedestal, a -1e12 signed background) would be quantised or read as
+        # constant. Subtracting the minimum, exactly, first keeps the contrast;
+        # the percentile normalisation that follows ignores offsets anyway.
+        low = arr.min()
+        out = (arr.astype(np.float64) - float(low)).astype(np.float32)
+        if arr.dtype.itemsize == 8 and int(arr.max()) - int(low) > 2**53:
+            warnings.warn("the image's integer range exceeds 2**53; faint differences are rounded", InputWarning,
+                          stacklevel=2)
+        return out
+    if arr.dtype.kind == "f" and arr.size:
+        # Finite values near float32's limit (+-3e38) overflow to inf in any
+        # subtraction; bring them down by a power of two (exact, and percentile
+        # normalisation is scale-invariant).
+        with np.errstate(invalid="ignore", over="ignore"):
+            peak = float(np.nanmax(np.abs(np.where(np.isfinite(arr), arr, 0)))) if arr.size else 0.0
+        if peak > 2.0**100:
+            arr = arr.astype(np.float64) * 2.0 ** -int(np.ceil(np.log2(peak)))
     out = arr.astype(np.float32, copy=True)
     if arr.dtype.kind == "f":
         finite = np.isfinite(out)
@@ -286,8 +305,14 @@ def normalize_percentile(
         lo, hi = vmin, vmax
     if min_contrast_sd > 0:
         hi = max(hi, lo + min_contrast_sd * noise_sd(arr))
-    out = (arr - lo) / (hi - lo)
-    return out.astype(np.float32, copy=False)
+    out = ((arr - lo) / (hi - lo)).astype(np.float32, copy=False)
+    # The one place every engine's input passes: whatever the dtype and range, what
+    # leaves here is finite (a non-finite value would crash or hang the morphology
+    # downstream, e.g. h-maxima).
+    if not np.isfinite(out).all() or not np.isfinite(hi - lo):
+        raise InputError(f"image values ({describe(image)}) cannot be normalised to a finite range: "
+                         "expected finite pixel values of a real-valued image")
+    return out
 
 
 def prepare_image(

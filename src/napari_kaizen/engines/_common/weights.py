@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise WeightsError(f"metadata file {json_path} lacks {', '.join(missing)}: it was not written by napari-kaizen")
+    version = meta["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise WeightsError(f"{json_path.name}: format_version must be a whole number, got {version!r}: "
+                           "the file was edited or not written by napari-kaizen")
+    diameter = meta.get("object_diameter")
+    if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                 or not math.isfinite(diameter) or not 1.0 <= diameter <= 1000.0):
+        raise WeightsError(f"{json_path.name}: object_diameter must be a number of pixels in [1, 1000], got "
+                           f"{diameter!r}: the file was edited or damaged")
     if int(meta["format_version"]) > FORMAT_VERSION:
         raise WeightsError(
             f"{json_path} has format version {meta['format_version']}; this napari-kaizen reads up to "
@@ -207,10 +217,15 @@ def load_model(
         In eval mode, on ``device``.
     metadata : dict
     """
+    import torch
+
     state, meta = load_weights(path, architecture=architecture)
     try:
-        model = build(meta["config"])
-    except (TypeError, ValueError, KeyError) as exc:
+        # Built first on the 'meta' device (no memory): a config edited to huge channel
+        # counts is caught by the shape check below instead of allocating gigabytes.
+        with torch.device("meta"):
+            model = build(meta["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise WeightsError(f"the 'config' in {weights_paths(path)[1].name} cannot build a model: {exc}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -222,6 +237,7 @@ def load_model(
             f"{weights_paths(path)[0].name} does not fit its architecture: {len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(bad_shape)} mis-shaped tensors (first: {first})"
         )
+    model = build(meta["config"])  # the shapes match the file: its size bounds this allocation
     model.load_state_dict(state, strict=True)
     model.to(device)
     model.eval()

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from .._common.errors import InputError
+
+#: Accepted range of each fraction / scale parameter (inclusive low, exclusive high).
+_RANGES = {
+    "smoothing": (0.0, 1.0),
+    "background_radius": (0.0, 20.0),
+    "threshold_scale": (1e-3, 100.0),
+    "h": (0.0, 10.0),
+    "min_size": (0.0, 10.0),
+}
 
 
 @dataclass(frozen=True)
@@ -37,3 +49,11 @@ class ClassicalParams:
     threshold_scale: float = 1.0
     h: float = 0.1
     min_size: float = 0.15
+
+    def __post_init__(self) -> None:
+        # Checked here, not in segment(): a NaN h made the grey reconstruction loop
+        # forever, a huge background radius allocated gigabytes.
+        for name, (lo, hi) in _RANGES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v < hi:
+                raise InputError(f"ClassicalParams.{name} must be a finite number in [{lo:g}, {hi:g}), got {v!r}")

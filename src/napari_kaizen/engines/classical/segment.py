@@ -7,10 +7,14 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._common.errors import InputError
 from .._common.normalize import prepare_image
 from .._common.scale import resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
+
+#: Smallest object diameter the engine accepts (pixels): below it no seed is a nucleus.
+MIN_DIAMETER = 2.0
 
 
 def segment(
@@ -57,11 +61,15 @@ def segment(
         yield empty
         return
     diameter = resolve_diameter(img, "auto" if p.diameter is None else p.diameter)
+    if not MIN_DIAMETER <= diameter <= max(img.shape):
+        raise InputError(f"diameter {diameter:g} px is out of range for this {img.shape[0]}x{img.shape[1]} image: "
+                         f"give a diameter between {MIN_DIAMETER:g} px and the image's side ({max(img.shape)} px)")
     radius = diameter / 2.0
     smooth = ndi.gaussian_filter(img, max(0.5, p.smoothing * diameter))
     if p.background_radius > 0:
         # Remove smooth illumination: a large-scale grey opening keeps objects, drops the floor.
-        size = max(3, int(2 * p.background_radius * diameter) | 1)
+        # An opening wider than the image is a constant floor: cap it (and its cost).
+        size = max(3, min(int(2 * p.background_radius * diameter), 2 * max(img.shape)) | 1)
         small = max(1, size // 8)
         floor = ndi.grey_opening(smooth[::small, ::small], size=max(3, size // small))
         floor = ndi.gaussian_filter(floor, max(1.0, size / small / 4))
