@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     models = {t: load_model(f"bundled:unet_isl_{t}", device="cpu") for t in ("nuclei", "membrane")}
     rows = []
     for s in seeds:
-        p = random_params(np.random.default_rng(s), shape=(256, 256), hard=0.5)
+        p = random_params(np.random.default_rng(s), shape=(256, 256), hard=0.5, real_world=False)
         f = synthesize(p, seed=s)
         row = {"seed": s, "label_free": p.label_free, "label_free_contrast": round(p.label_free_contrast, 3),
                "photons": round(p.photons, 1)}

@@ -70,7 +70,8 @@ def test_engine_protocol():
     assert eng.title == "GoogLeNet FCN" == fcn.TITLE
     assert eng.default_model == "bundled:fcn_nuclei"
     p = eng.params(threshold=0.4)
-    assert p.threshold == 0.4 and p.diameter is None
+    # Object size estimated by default; post-processing from the model's calibration.
+    assert p.threshold == 0.4 and p.diameter == "auto" and p.foreground is None and p.min_size is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.threshold = 0.3  # frozen
     for name in ("segment", "load_model", "train", "finetune", "Params", "DEFAULT_MODEL"):
@@ -101,8 +102,10 @@ def test_model_is_googlenet_like():
     assert transposed == [net.head] and net.head.stride == (8, 8)
     assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())
     assert count_parameters(net) < 1_000_000  # a few MB at most
+    fine = GoogLeNetFCN(stride=4, width=0.25)  # the bundled nucleus model's stride
+    assert fine.head.stride == (4, 4) and fine(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
     with pytest.raises(ValueError):
-        GoogLeNetFCN(stride=4)
+        GoogLeNetFCN(stride=2)
 
 
 # --------------------------------------------------------------------------- targets
@@ -321,7 +324,8 @@ def test_bundled_metadata(name, channel):
     assert meta["normalization"] == {"percentiles": [1.0, 99.8]}
     assert 5 < meta["object_diameter"] < 80
     assert "scripts/train_fcn.py" in meta["training"]["reproduce"]
-    assert meta["training"]["n_images"] == 7
+    # fcn_nuclei: the 33 real annotated images + 24 synthetic fields; fcn_cells: 7 synthetic.
+    assert meta["training"]["n_images"] == (57 if name == "fcn_nuclei" else 7)
     assert weights_paths(f"bundled:{name}")[0].stat().st_size < 3_000_000
 
 
@@ -378,7 +382,7 @@ def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     meta = fcn.load_model(tmp_path / "ft", "cpu").metadata
     assert meta["training"]["finetuned_from"] == "bundled:fcn_nuclei"
     assert meta["object_diameter"] == nuclei_model.object_diameter
-    assert meta["training"]["base_training"]["n_images"] == 7
+    assert meta["training"]["base_training"]["n_images"] == 57
     assert meta["training"]["data"].startswith("image layer") and meta["training"]["lr"] == 1e-4
     # Objects twice the model's size: images and labels are brought to its scale.
     big = np.kron(img, np.ones((2, 2), img.dtype)), np.kron(lab, np.ones((2, 2), lab.dtype))

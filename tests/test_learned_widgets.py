@@ -38,7 +38,7 @@ def field():
     from napari_kaizen.data import random_params, synthesize
 
     # Held-out style field (evaluation seeds >= 10 000), label-free phase contrast.
-    p = random_params(np.random.default_rng(10_700), shape=(160, 160), hard=0.3)
+    p = random_params(np.random.default_rng(10_700), shape=(160, 160), hard=0.3, real_world=False)  # U-Net: 0.1.0 fields
     return synthesize(p, seed=10_700)
 
 

@@ -44,7 +44,9 @@ def test_empty_fields_are_recognised():
     called_empty = []
     for k in range(8):
         p = random_params(rng, shape=(128, 128))
-        empty = synthesize(SynthParams(**{**p.__dict__, "density": 0.0}), seed=10_900 + k)
+        # Empty: no nuclei, and none of the unlabelled debris / micronuclei either.
+        empty = synthesize(SynthParams(**{**p.__dict__, "density": 0.0, "debris": 0.0, "micronuclei": 0.0}),
+                           seed=10_900 + k)
         full = synthesize(p, seed=10_900 + k)
         message = empty_field_message(prepare_image(empty.nuclei))
         called_empty.append(message is not None and message.startswith("no objects"))

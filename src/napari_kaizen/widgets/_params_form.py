@@ -44,6 +44,21 @@ def _optional_int(hint: Any) -> bool:
     return int in args and type(None) in args and str not in args
 
 
+def _optional_float(hint: Any) -> bool:
+    """Whether a type hint is ``float | None`` (a text field: empty means the model's value)."""
+    args = set(typing.get_args(hint))
+    return float in args and type(None) in args and str not in args
+
+
+def _parse_optional_float(name: str, text: str) -> float | None:
+    if text.lower() in ("", "none", "auto"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{_label(name)} '{text}' is not a number (leave it empty for the model's value)") from None
+
+
 def _parse_optional_int(name: str, text: str) -> int | None:
     # An empty field means "derive it" (the dataclass' None), as the tooltip says.
     if text.lower() in ("", "none", "auto"):
@@ -123,6 +138,8 @@ class ParamsForm(mw.Container):
                             raise ValueError(f"diameter '{text}' is not a number of pixels, 'auto' or empty") from None
                 elif _optional_int(self._hints.get(name)):
                     v = _parse_optional_int(name, text)
+                elif _optional_float(self._hints.get(name)):
+                    v = _parse_optional_float(name, text)
                 else:
                     v = text
             kwargs[name] = v

@@ -147,6 +147,49 @@ def resolve_diameter(image: np.ndarray, diameter: float | str | None, *, require
     return d
 
 
+def resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample a label image to ``shape``, each object smoothly (ids unchanged).
+
+    Every object's mask is resampled bilinearly inside its box and kept where it covers
+    at least half a pixel; a pixel two objects claim goes to the one covering more of
+    it. Outlines so follow the objects instead of a staircase of the coarser grid. An
+    object smaller than half a new pixel disappears.
+    """
+    lab = np.asarray(labels)
+    mh, mw = lab.shape
+    h, w = int(shape[0]), int(shape[1])
+    out = np.zeros((h, w), lab.dtype)
+    best = np.zeros((h, w), np.float32)
+    sy, sx = mh / h, mw / w  # source pixels per output pixel
+    for i, sl in enumerate(ndi.find_objects(lab.astype(np.int64, copy=False)), start=1):
+        if sl is None:
+            continue
+        y0, y1 = max(0, sl[0].start - 1), min(mh, sl[0].stop + 1)
+        x0, x1 = max(0, sl[1].start - 1), min(mw, sl[1].stop + 1)
+        # Output pixels whose centres fall inside the (padded) source box.
+        Y0, Y1 = max(0, int(np.floor(y0 / sy))), min(h, int(np.ceil(y1 / sy)))
+        X0, X1 = max(0, int(np.floor(x0 / sx))), min(w, int(np.ceil(x1 / sx)))
+        if Y1 <= Y0 or X1 <= X0:
+            continue
+        yy = (np.arange(Y0, Y1) + 0.5) * sy - 0.5 - y0
+        xx = (np.arange(X0, X1) + 0.5) * sx - 0.5 - x0
+        own = (lab[y0:y1, x0:x1] == i).astype(np.float32)
+        cover = ndi.map_coordinates(own, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+        box = (slice(Y0, Y1), slice(X0, X1))
+        take = (cover >= 0.5) & (cover > best[box])
+        out[box][take] = i
+        best[box][take] = cover[take]
+    return out
+
+
+def rescale_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its labels resampled by ``factor`` (anti-aliased when shrinking)."""
+    if abs(np.log(factor)) < 1e-3:
+        return np.asarray(image, np.float32), np.asarray(labels)
+    shape = tuple(max(1, int(round(s * factor))) for s in np.shape(labels))
+    return Rescale(factor, tuple(np.shape(labels))).to_model(np.asarray(image, np.float32)), resample_labels(labels, shape)
+
+
 @dataclass(frozen=True)
 class Rescale:
     """Resampling between the input grid and the grid a model works on.
@@ -190,15 +233,35 @@ class Rescale:
             np.float32
         )
 
-    def labels_to_input(self, labels: np.ndarray) -> np.ndarray:
-        """Map model-grid labels to the input grid by nearest neighbour (ids unchanged)."""
+    def labels_to_input(self, labels: np.ndarray, *, smooth: bool = True) -> np.ndarray:
+        """Map model-grid labels to the input grid (ids unchanged).
+
+        Parameters
+        ----------
+        labels : ndarray of int, shape ``model_shape``
+        smooth : bool
+            True: every object's mask is resampled bilinearly inside its box and kept
+            where it covers at least half a pixel, so an outline enlarged from a coarser
+            grid follows the object instead of a staircase of model pixels (a staircase
+            costs about a pixel of outline, which is the difference between AP75 and
+            AP90 on a 25-pixel nucleus); see :func:`resample_labels`. False: nearest
+            neighbour (fast; for previews).
+        """
         if self.identity:
             return labels
         h, w = self.input_shape
         mh, mw = labels.shape
-        yi = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
-        xi = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
-        return labels[np.ix_(yi, xi)]
+        if not smooth:
+            yi = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
+            xi = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
+            return labels[np.ix_(yi, xi)]
+        return resample_labels(labels, (h, w))
+
+
+#: Largest zoom in either direction between the image and a model's object size.
+MAX_RESCALE = 8.0
+#: Largest image a rescale may make (pixels): 1 GiB as float32.
+MAX_MODEL_PIXELS = 2.5e8
 
 
 def rescale_for_model(
@@ -215,6 +278,18 @@ def rescale_for_model(
     if not diameter or not model_diameter:
         return Rescale(1.0, tuple(input_shape))
     factor = float(model_diameter) / float(diameter)
+    if not MAX_RESCALE ** -1 <= factor <= MAX_RESCALE:
+        # Beyond 8x the model sees mush (objects < 3 px) or a few pixels blown up to
+        # tens of thousands, and the buffers grow as factor**2 (a 1e-3 px diameter
+        # asked for terabytes): refuse before allocating.
+        lo, hi = float(model_diameter) / MAX_RESCALE, float(model_diameter) * MAX_RESCALE
+        raise InputError(f"diameter {float(diameter):g} px is out of range for this model (trained at "
+                         f"{float(model_diameter):g} px): give a diameter between {lo:.3g} and {hi:.3g} px")
+    model_pixels = float(np.prod(input_shape)) * factor**2
+    if model_pixels > MAX_MODEL_PIXELS:
+        raise InputError(f"diameter {float(diameter):g} px would enlarge this {input_shape[0]}x{input_shape[1]} image "
+                         f"to {model_pixels / 1e6:.0f} megapixels (limit {MAX_MODEL_PIXELS / 1e6:.0f}): "
+                         "check the diameter, or crop the image")
     if abs(np.log(factor)) < np.log1p(tolerance):
         factor = 1.0
     return Rescale(factor, tuple(input_shape))

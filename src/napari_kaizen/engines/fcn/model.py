@@ -105,8 +105,8 @@ class GoogLeNetFCN(nn.Module):
 
     def __init__(self, in_channels: int = 1, n_classes: int = 3, width: float = 1.0, stride: int = 8) -> None:
         super().__init__()
-        if stride not in (8, 16):
-            raise ValueError(f"stride must be 8 or 16, got {stride}")
+        if stride not in (4, 8, 16):
+            raise ValueError(f"stride must be 4, 8 or 16, got {stride}")
         if n_classes < 2 or in_channels < 1 or not width > 0:
             raise ValueError("n_classes >= 2, in_channels >= 1 and width > 0 are required")
         self.config = {"in_channels": int(in_channels), "n_classes": int(n_classes), "width": float(width),
@@ -115,14 +115,16 @@ class GoogLeNetFCN(nn.Module):
         s1, s2, s3 = _w(16, width), _w(32, width), _w(64, width)
         # GoogLeNet's stem: strided conv, max pool, 1x1, 3x3, max pool (7x7 first conv
         # made 3x3: objects here are ~20 px, not ImageNet-sized).
-        self.stem = nn.Sequential(
+        stem: list[nn.Module] = [
             ConvBN(in_channels, s1, 3, stride=2),
             ConvBN(s1, s2, 3),
             nn.MaxPool2d(3, stride=2, padding=1),
             ConvBN(s2, s2, 1),
             ConvBN(s2, s3, 3),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
+        ]
+        if stride >= 8:
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
         layers: list[nn.Module] = []
         cin = s3
         for name, widths in _INCEPTION_WIDTHS.items():
@@ -222,6 +224,28 @@ class FCNModel:
     def percentiles(self) -> tuple[float, float]:
         lo, hi = self.metadata.get("normalization", {}).get("percentiles", (1.0, 99.8))
         return float(lo), float(hi)
+
+    def calibrated(self, name: str, override: float | None = None) -> float:
+        """A post-processing value: ``override``, else the model's calibrated one, else the default.
+
+        ``name`` is ``'threshold'``, ``'foreground'`` (defaults 0.5) or ``'min_size'``
+        (default 0.1); calibrated values are in the metadata's ``thresholds``, chosen
+        on the model's training images.
+        """
+        default = {"threshold": 0.5, "foreground": 0.5, "min_size": 0.1}[name]
+        if override is not None:
+            return float(override)
+        value = self.metadata.get("thresholds", {}).get(name)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return default
+        upper = 10.0 if name == "min_size" else 1.0
+        return value if 0.0 <= value < upper and (name == "min_size" or value > 0) else default
+
+    def foreground(self, override: float | None = None) -> float:
+        """The outline threshold (see :meth:`calibrated`)."""
+        return self.calibrated("foreground", override)
 
     def to(self, device) -> FCNModel:
         """Move the network to ``device`` (in place) and return self."""

@@ -16,18 +16,24 @@ class FCNParams:
     diameter : float or 'auto' or None
         Typical object diameter in the image, pixels. The image is rescaled so objects
         have the diameter the model was trained at (its metadata's
-        ``object_diameter``). ``None`` runs at the image's own scale (the post's
-        practice: train and segment at one magnification); ``'auto'`` estimates it.
-    threshold : float
+        ``object_diameter``). ``'auto'`` (default) estimates it from a nucleus image;
+        a membrane model cannot read cell size from its stain and runs at the image's
+        own scale then. ``None`` always runs at the image's own scale (the post's
+        practice: train and segment at one magnification).
+    threshold : float or None
         Interior probability above which a pixel seeds a cell. The post found plain
-        thresholding of the class probability a good classifier; 0.5 is the class
-        boundary of a calibrated softmax.
-    foreground : float
+        thresholding of the class probability a good classifier. ``None`` (default):
+        the model's calibrated value (metadata ``thresholds.threshold``), else 0.5,
+        the class boundary of a calibrated softmax.
+    foreground : float or None
         Interior + edge probability above which a pixel belongs to some cell; seeds
-        grow over these pixels (their edge band) so cells are not shrunk.
-    min_size : float
+        grow over these pixels (their edge band) so cells are not shrunk. ``None``
+        (default): the model's calibrated value (metadata ``thresholds.foreground``,
+        chosen on its training images), else 0.5.
+    min_size : float or None
         Objects smaller than this fraction of a typical object's area (from the
-        model's ``object_diameter``) are removed.
+        model's ``object_diameter``) are removed. ``None`` (default): the model's
+        calibrated value, else 0.1.
     tile : int
         Tile side (pixels, model grid). Larger images are cut into overlapping tiles
         whose outputs are averaged (weighted to their centres); 1024 keeps a 1024 x
@@ -41,10 +47,10 @@ class FCNParams:
         the post's over-weighting of edge errors).
     """
 
-    diameter: float | str | None = None
-    threshold: float = 0.5
-    foreground: float = 0.5
-    min_size: float = 0.1
+    diameter: float | str | None = "auto"
+    threshold: float | None = None
+    foreground: float | None = None
+    min_size: float | None = None
     tile: int = 1024
     overlap: int = 64
     batch_size: int = 1
@@ -54,9 +60,12 @@ class FCNParams:
         """Raise a one-line :class:`InputError` for out-of-range values; return self."""
         for name in ("threshold", "foreground"):
             v = getattr(self, name)
+            if v is None:
+                continue
             if not isinstance(v, (int, float)) or not 0.0 < float(v) < 1.0:
                 raise InputError(f"{name} must be a probability strictly between 0 and 1, got {v!r}")
-        if not isinstance(self.min_size, (int, float)) or not 0.0 <= self.min_size < 10:
+        if self.min_size is not None and (not isinstance(self.min_size, (int, float))
+                                          or not 0.0 <= self.min_size < 10):
             raise InputError(f"min_size must be a fraction of a typical object's area in [0, 10), got {self.min_size!r}")
         if not isinstance(self.tile, int) or self.tile < 32:
             raise InputError(f"tile must be an integer of at least 32 pixels, got {self.tile!r}")

@@ -15,7 +15,6 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.errors import InputError
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
@@ -155,12 +154,11 @@ def segment(
     if empty is not None:
         yield empty
         return
-    if p.diameter == "auto" and fcn.metadata.get("channel") == "membrane":
-        raise InputError(
-            "diameter 'auto' estimates the size of bright blobs (nuclei) and cannot read a membrane stain: "
-            "give the cell diameter in pixels, or leave it empty to run at the image's own scale"
-        )
-    diameter = resolve_diameter(img, p.diameter, required=False)
+    auto = isinstance(p.diameter, str) and p.diameter.strip().lower() == "auto"
+    # 'auto' measures bright blobs (nuclei); a membrane stain's cells cannot be measured
+    # that way, so a membrane model runs at the image's own scale unless told a size.
+    diameter = None if auto and fcn.metadata.get("channel") == "membrane" else resolve_diameter(
+        img, p.diameter, required=False)
     rs = rescale_for_model(img.shape, diameter, fcn.object_diameter)
     x = rs.to_model(img)
     net = fcn.net.eval()
@@ -177,17 +175,16 @@ def segment(
         0.0,
         0.8,
     )
-    p_int, p_edge = probs[0], probs[1]
-    maps = {"probability": rs.to_input(p_int), "edge": rs.to_input(p_edge)}
+    maps = {"probability": rs.to_input(probs[0]), "edge": rs.to_input(probs[1])}
     yield SegmentationSnapshot(stage="probability", progress=0.85, message="class probabilities", maps=maps)
-    min_area = min_area_pixels(p.min_size, fcn.object_diameter)
+    # Instances on the input grid, from the resampled probabilities: outlines then have
+    # the input's resolution, not the staircase of a coarser model grid.
+    min_area = min_area_pixels(fcn.calibrated("min_size", p.min_size),
+                               fcn.object_diameter / rs.factor if fcn.object_diameter else None)
     labels = instances_from_probabilities(
-        p_int, p_edge, threshold=p.threshold, foreground=p.foreground, min_area=min_area
+        maps["probability"], maps["edge"], threshold=fcn.calibrated("threshold", p.threshold),
+        foreground=fcn.calibrated("foreground", p.foreground), min_area=min_area,
     )
-    if not rs.identity:
-        from skimage.segmentation import relabel_sequential
-
-        labels = relabel_sequential(rs.labels_to_input(labels))[0].astype(np.int32)
     n = int(labels.max())
     yield SegmentationSnapshot(
         stage="labels", progress=1.0, message=f"{n} objects", labels=labels, maps=maps, done=True

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .._common.augment import AugmentParams, augment
+from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
 from .._common.errors import InputError, KaizenError, OverwriteError
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
-from .._common.scale import equivalent_diameters, rescale_for_model, resolve_diameter
+from .._common.scale import equivalent_diameters, rescale_for_model, rescale_pair, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
 from .targets import check_labels, fcn_targets, pixel_weights
 
@@ -110,12 +110,14 @@ def synthetic_training_set(
     hard: float = 1.0,
     first_seed: int = 0,
     nucleus_diameter: float = 18.0,
+    real_world: bool = True,
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
     """Synthetic images + labels for training: seeds ``first_seed ..``, varied fields.
 
     Each field's settings come from ``random_params(np.random.default_rng(seed), ...)``
     with the same seed; ``channel='nuclei'`` pairs the DAPI-like channel with
     ``nucleus_labels``, ``'membrane'`` the CellMask-like channel with ``cell_labels``.
+    ``real_world=False`` draws the napari-kaizen 0.1.0 fields (see ``random_params``).
 
     Returns
     -------
@@ -132,14 +134,15 @@ def synthetic_training_set(
     images, labels = [], []
     seeds = list(range(int(first_seed), int(first_seed) + int(n_images)))
     for s in seeds:
-        prm = random_params(np.random.default_rng(s), shape=tuple(shape), nucleus_diameter=nucleus_diameter, hard=hard)
+        prm = random_params(np.random.default_rng(s), shape=tuple(shape), nucleus_diameter=nucleus_diameter, hard=hard,
+                            real_world=real_world)
         f = synthesize(prm, seed=s)
         images.append(f.nuclei if channel == "nuclei" else f.membrane)
         labels.append(f.nucleus_labels if channel == "nuclei" else f.cell_labels)
     desc = {
         "source": "napari_kaizen.data.synthesize",
         "params": f"random_params(np.random.default_rng(seed), shape={tuple(shape)}, "
-        f"nucleus_diameter={nucleus_diameter}, hard={hard})",
+        f"nucleus_diameter={nucleus_diameter}, hard={hard}" + ("" if real_world else ", real_world=False") + ")",
         "seeds": seeds,
         "channel": channel,
         "labels": "nucleus_labels" if channel == "nuclei" else "cell_labels",
@@ -156,30 +159,36 @@ def iter_batches(
     edge_width: float,
     edge_weight: float,
     augment_params: AugmentParams = FCN_AUGMENT,
+    weights: Sequence[float] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Endless ``(images (B,1,c,c), classes (B,c,c), weights (B,c,c))`` training batches.
 
     A sample is a random ``crop x crop`` window of a random image (chosen in proportion
-    to its area). With ``augment_params.roll`` the window wraps around the image edges,
-    which is cropping a circularly rolled image, as the post did; flips, rotations,
+    to its area, times ``weights`` when given). With ``augment_params.roll`` the window
+    wraps around the image edges, which is cropping a circularly rolled image, as the
+    post did; with a ``scale_range`` the window is zoomed about its centre
+    (:func:`~napari_kaizen.engines._common.augment.draw_zoom`); flips, rotations,
     elastic and intensity changes follow, and the three-class targets are computed
-    from the augmented labels (so bands keep their width under rotation).
+    from the augmented labels (so bands keep their width under rotation and zoom).
     """
     areas = np.array([img.size for img, _ in pairs], np.float64)
+    if weights is not None:
+        areas = areas * np.asarray(weights, np.float64)
     prob = areas / areas.sum()
-    geo = replace(augment_params, roll=False)
+    geo = replace(augment_params, roll=False, scale_range=(1.0, 1.0), scale_spread=0.0)
     while True:
         xs, cs, ws = [], [], []
         for _ in range(batch_size):
             img, lab = pairs[int(rng.choice(len(pairs), p=prob))]
             h, w = img.shape
+            zoom = draw_zoom(rng, augment_params)
+            reach = int(np.ceil(crop / zoom))
             if augment_params.roll:
-                rows = (int(rng.integers(h)) + np.arange(crop)) % h
-                cols = (int(rng.integers(w)) + np.arange(crop)) % w
+                centre = (int(rng.integers(h)), int(rng.integers(w)))
             else:
-                rows = int(rng.integers(h - crop + 1)) + np.arange(crop)
-                cols = int(rng.integers(w - crop + 1)) + np.arange(crop)
-            sub_img, sub_lab = img[np.ix_(rows, cols)], lab[np.ix_(rows, cols)]
+                centre = (int(rng.integers(max(1, h - reach + 1))) + min(h, reach) // 2,
+                          int(rng.integers(max(1, w - reach + 1))) + min(w, reach) // 2)
+            sub_img, sub_lab = zoom_window(img, lab, centre, crop, zoom, wrap=augment_params.roll)
             a_img, (a_lab,) = augment(sub_img, [sub_lab], rng=rng, params=geo, label_targets=(True,))
             cls = fcn_targets(a_lab, edge_width)
             xs.append(a_img)
@@ -246,8 +255,8 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
             probs = tiled_predict(lambda b: torch.softmax(net(b), 1), img, tile=p.tile, overlap=p.overlap,
                                   multiple_of=net.stride, device=dev)
             pred = instances_from_probabilities(
-                probs[1], probs[2], threshold=p.threshold, foreground=p.foreground,
-                min_area=min_area_pixels(p.min_size, object_diameter),
+                probs[1], probs[2], threshold=0.5, foreground=0.5,
+                min_area=min_area_pixels(0.1, object_diameter),
             )
             gts.append(lab)
             preds.append(pred)
@@ -274,6 +283,7 @@ def _fit(
     validate=None,
     validate_every: int = 0,
     report_every: int = 10,
+    weights: Sequence[float] | None = None,
 ) -> Generator[TrainingSnapshot, None, dict[str, Any]]:
     import torch
 
@@ -283,7 +293,7 @@ def _fit(
     rng = seed_everything(seed)
     batches = iter_batches(
         pairs, rng, crop=crop, batch_size=batch_size, edge_width=edge_width, edge_weight=edge_weight,
-        augment_params=augment_params,
+        augment_params=augment_params, weights=weights,
     )
     # RMSprop with a cosine-annealed learning rate (the post: "RMSprop with an annealed
     # learning rate"); eps 1e-6 keeps early steps of rarely-updated weights bounded.
@@ -305,6 +315,56 @@ def _fit(
             report_every=report_every, validate=validate, validate_every=validate_every, clip_grad_norm=5.0,
         )
     )
+
+
+#: Post-processing values searched by :func:`calibrate_thresholds` (a full grid).
+CALIBRATION_GRID = {
+    "threshold": (0.3, 0.4, 0.5, 0.6),
+    "foreground": (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9),
+    "min_size": (0.1, 0.25),
+}
+
+
+def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mapping[str, Sequence[float]] | None = None
+                         ) -> dict:
+    """The seed ``threshold``, ``foreground`` and ``min_size`` with the best mAP on ``pairs``.
+
+    The probabilities are predicted once per image (model grid); every combination of
+    ``grid`` (default :data:`CALIBRATION_GRID`) is then scored. The images are the
+    model's own training images: nothing held out is looked at.
+
+    Returns ``{'threshold', 'foreground', 'min_size', 'chosen_on', 'map'}`` for the
+    metadata (``map`` holds the best score per foreground value, for the record).
+    """
+    import itertools
+
+    import torch
+
+    from ...metrics import evaluate
+    from .._common.tiling import tiled_predict
+    from .params import FCNParams
+    from .segment import instances_from_probabilities, min_area_pixels
+
+    grid = dict(grid or CALIBRATION_GRID)
+    p = FCNParams()
+    dev = next(net.parameters()).device
+    net.eval()
+    probs = []
+    with torch.no_grad():
+        for img, _ in pairs:
+            probs.append(tiled_predict(lambda b: torch.softmax(net(b), 1), img, tile=p.tile, overlap=p.overlap,
+                                       multiple_of=net.stride, device=dev))
+    truth = [lab for _, lab in pairs]
+    scores: dict[tuple[float, float, float], float] = {}
+    for thr, fg, ms in itertools.product(grid["threshold"], grid["foreground"], grid["min_size"]):
+        min_area = min_area_pixels(ms, object_diameter)
+        preds = [instances_from_probabilities(pr[1], pr[2], threshold=thr, foreground=fg, min_area=min_area)
+                 for pr in probs]
+        scores[(float(thr), float(fg), float(ms))] = round(evaluate(truth, preds).map, 4)
+    thr, fg, ms = max(scores, key=scores.get)
+    by_fg = {f: max(v for k, v in scores.items() if k[1] == f) for f in sorted({k[1] for k in scores})}
+    return {"threshold": thr, "foreground": fg, "min_size": ms,
+            "chosen_on": f"{len(pairs)} training images (mAP, grid {grid})", "map": by_fg}
 
 
 def _save(net, path: Path, metadata: Mapping[str, Any], overwrite: bool) -> Path:
@@ -337,6 +397,9 @@ def train(
     overwrite: bool = False,
     report_every: int = 10,
     learning_rate: float | None = None,
+    object_diameter: float | None = None,
+    weights: Sequence[float] | None = None,
+    calibrate: int = 0,
 ) -> Generator[TrainingSnapshot, None, None]:
     """Train a GoogLeNet FCN from scratch on annotated images.
 
@@ -375,6 +438,19 @@ def train(
     report_every : int
     learning_rate : float, optional
         Another name for ``lr`` (the name the other engines use); wins when given.
+    object_diameter : float, optional
+        Bring every image to this median object diameter (pixels, from its labels)
+        before training, so the model learns one object scale whatever the
+        magnification of its training images; inference rescales to it too. Default:
+        the images as they are (their median diameter is recorded).
+    weights : sequence of float, optional
+        Relative sampling weight of each image (default: in proportion to its area),
+        e.g. to balance real against synthetic images.
+    calibrate : int
+        Choose the ``foreground`` threshold (where an outline is drawn) on this many of
+        the training images, by mAP, and store it in the metadata; 0 keeps 0.5. The
+        edge weighting shifts where the summed cell probability crosses one half, so a
+        model's own threshold draws outlines closer to its annotators'.
 
     Yields
     ------
@@ -396,6 +472,10 @@ def train(
     _check_number("edge_width", edge_width, 0.5)
     path = _check_output(output, overwrite)
     pairs = prepare_pairs(images, labels)
+    if object_diameter is not None:
+        _check_number("object_diameter", object_diameter, 1)
+        pairs = [rescale_pair(img, lab, float(object_diameter) / training_diameter([(img, lab)])) if lab.any()
+                 else (img, lab) for img, lab in pairs]
     val_pairs = prepare_pairs(*validation) if validation is not None else []
     dev = choose_device(device)
     try:
@@ -403,15 +483,20 @@ def train(
     except ValueError as exc:
         raise InputError(f"cannot build the network: {exc}") from None
     crop = _fit_crop(pairs, crop, net.stride)
-    diameter = training_diameter(pairs)
+    diameter = float(object_diameter) if object_diameter is not None else training_diameter(pairs)
     torch.manual_seed(seed)
     net = GoogLeNetFCN(**net.config).to(dev)
     result = yield from _fit(
         net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
         edge_weight=edge_weight, seed=seed, dev=dev, augment_params=augment_params,
         validate=_validation_fn(val_pairs, diameter, edge_width), validate_every=validate_every,
-        report_every=report_every,
+        report_every=report_every, weights=weights,
     )
+    thresholds = {}
+    if calibrate:
+        yield TrainingSnapshot(stage="calibrating", progress=1.0, message="calibrating the post-processing thresholds",
+                               step=steps, total_steps=steps)
+        thresholds = calibrate_thresholds(net, pairs[: int(calibrate)], diameter)
     meta = {
         "architecture": ARCHITECTURE,
         "config": dict(net.config),
@@ -420,10 +505,12 @@ def train(
         "normalization": {"percentiles": list(DEFAULT_PERCENTILES)},
         "channel": channel,
         "targets": {"edge_width": float(edge_width), "edge_weight": float(edge_weight)},
+        **({"thresholds": thresholds} if thresholds else {}),
         "training": {
             "data": dict(data_description or {"images": len(pairs)}),
             "n_images": len(pairs),
             "image_shapes": [list(img.shape) for img, _ in pairs],
+            "sampling_weights": [round(float(w), 6) for w in weights] if weights is not None else None,
             "steps": int(steps),
             "batch_size": int(batch_size),
             "crop": int(crop),

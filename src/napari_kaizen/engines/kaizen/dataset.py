@@ -18,7 +18,15 @@ sampler makes every patch count (all switchable, see :class:`PatchSampler`):
   because later passes of the decomposition predict on the error image, which looks
   like that;
 * lossless flips and 90-degree rotations about the centre pixel, and a random gain
-  applied to input and target alike (the target stays "input times mask").
+  applied to input and target alike (the target stays "input times mask");
+* with ``augment`` (real micrographs): a random zoom about the centre pixel, and the
+  changes of :data:`~napari_kaizen.engines._common.augment.REAL_WORLD` (blur, gamma,
+  contrast, offset) applied before the target is cut, so the target is still "input
+  times mask"; shot / read noise and quantisation follow on the input only, so the
+  model reconstructs a cell, not its noise;
+* a share of the empty patches is centred on bright pixels that no label claims
+  (debris, micronuclei, out-of-focus blobs in real images), which the model must learn
+  to leave empty.
 
 The image is padded exactly as the decomposition pads it (mirror, then zeros, half a
 patch in all), so cells cut by the border are learnt the way they are seen later.
@@ -31,6 +39,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._common.augment import draw_zoom, noise, photometric, zoom_window
 from .._common.errors import InputError
 
 
@@ -74,6 +83,14 @@ class PatchSampler:
         Random flips and 90-degree rotations about the centre pixel.
     gain_range : (float, float)
         Random gain (log-uniform) applied to input and target.
+    augment : AugmentParams, optional
+        Zoom (``scale_range``) and photometric changes; see the module docstring.
+    bright_fraction : float
+        Fraction of the empty patches centred on bright unlabelled pixels (where there
+        are any).
+    image_weights : sequence of float, optional
+        Relative weight of each image's cells (default: every cell equally likely),
+        e.g. to balance a few real images against many synthetic ones.
 
     Raises
     ------
@@ -94,6 +111,9 @@ class PatchSampler:
         residual_prob: float = 0.3,
         flips: bool = True,
         gain_range: tuple[float, float] = (0.75, 1.33),
+        augment=None,
+        bright_fraction: float = 0.0,
+        image_weights: Sequence[float] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise InputError(f"{len(images)} images but {len(labels)} label images: they must pair up one to one")
@@ -108,6 +128,9 @@ class PatchSampler:
         self.residual_prob = float(residual_prob)
         self.flips = bool(flips)
         self.gain_range = gain_range
+        self.augment = augment
+        self.bright_fraction = float(bright_fraction)
+        self._bright: list[np.ndarray] = []
         self._images: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._cells: list[list[np.ndarray]] = []  # per field, per cell: flat indices (image grid)
@@ -136,6 +159,15 @@ class PatchSampler:
                 near = bg[dist[bg] <= max(2.0, 0.5 * d)]
             else:
                 near = bg
+            if self.bright_fraction > 0 and bg.size:
+                # Bright and not within two pixels of a labelled object: not a cell, but
+                # something a model could take for one.
+                clear = ~ndi.binary_dilation(lab > 0, iterations=2).ravel()
+                level = np.percentile(img, 50) + 0.3 * (np.percentile(img, 99.5) - np.percentile(img, 50))
+                bright = bg[clear[bg] & (img.ravel()[bg] > level)]
+            else:
+                bright = np.zeros(0, np.intp)
+            self._bright.append(bright)
             self._shapes.append(lab.shape)
             self._images.append(pad_like_inference(img, self.patch_size, mirror_pad))
             self._labels.append(pad_like_inference(lab, self.patch_size, mirror_pad, labels=True))
@@ -145,6 +177,10 @@ class PatchSampler:
         counts = np.array([len(c) for c in self._cells], np.float64)
         if counts.sum() == 0:
             raise InputError("the training labels hold no cells: every label image is empty")
+        if image_weights is not None:
+            if len(image_weights) != len(counts):
+                raise InputError(f"{len(image_weights)} image weights for {len(counts)} images")
+            counts = counts * np.asarray(image_weights, np.float64)
         self._cell_weights = counts / counts.sum()
         bg_counts = np.array([b.size for b in self._background], np.float64)
         self._bg_weights = bg_counts / bg_counts.sum() if bg_counts.sum() else None
@@ -158,7 +194,11 @@ class PatchSampler:
             flat = int(cell[int(rng.integers(cell.size))])
         else:
             f = int(rng.choice(len(self._background), p=self._bg_weights))
-            pool = self._near[f] if rng.random() < self.near_fraction else self._background[f]
+            u = rng.random()
+            if u < self.bright_fraction and self._bright[f].size:
+                pool = self._bright[f]
+            else:
+                pool = self._near[f] if rng.random() < self.near_fraction else self._background[f]
             flat = int(pool[int(rng.integers(pool.size))])
         h, w = self._shapes[f]
         y, x = divmod(flat, w)
@@ -168,13 +208,24 @@ class PatchSampler:
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """One ``(input, target, has_cell)``; patches are ``(P, P)`` float32."""
+        win, target, mask = self.sample_with_mask()
+        return win, target, bool(mask.any())
+
+    def sample_with_mask(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One ``(input, target, mask)``: the mask of the centre cell (empty if none)."""
         rng = self.rng
         p = self.patch_size
         positive = rng.random() < self.positive_fraction
         f, y, x, cid = self._centre(positive)
         # A (P+1)-window centred on the pixel, so flips keep the centre at index P/2.
-        win = self._images[f][y : y + p + 1, x : x + p + 1].copy()
-        lab = self._labels[f][y : y + p + 1, x : x + p + 1]
+        aug = self.augment
+        zoom = draw_zoom(rng, aug) if aug is not None else 1.0
+        if zoom != 1.0:
+            half = p // 2
+            win, lab = zoom_window(self._images[f], self._labels[f], (y + half, x + half), p + 1, zoom)
+        else:
+            win = self._images[f][y : y + p + 1, x : x + p + 1].copy()
+            lab = self._labels[f][y : y + p + 1, x : x + p + 1]
         if self.residual_prob and rng.random() < self.residual_prob:
             others = np.unique(lab)
             others = others[(others > 0) & (others != cid)]
@@ -187,18 +238,22 @@ class PatchSampler:
                     if blur > 0.2:
                         part = ndi.gaussian_filter(part, blur)
                     win = win - part * float(rng.uniform(0.8, 1.1))
+        if aug is not None:
+            win = photometric(win, rng, aug, with_noise=False)
         mask = (lab == cid) if cid > 0 else np.zeros(lab.shape, bool)
         target = win * mask
+        if aug is not None:
+            win = noise(win, rng, aug)
         if self.flips:
             k = int(rng.integers(4))
             if rng.random() < 0.5:
-                win, target = win[::-1], target[::-1]
-            win, target = np.rot90(win, k), np.rot90(target, k)
+                win, target, mask = win[::-1], target[::-1], mask[::-1]
+            win, target, mask = np.rot90(win, k), np.rot90(target, k), np.rot90(mask, k)
         lo, hi = self.gain_range
         gain = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else 1.0
         win = np.ascontiguousarray(win[:p, :p], dtype=np.float32) * gain
         target = np.ascontiguousarray(target[:p, :p], dtype=np.float32) * gain
-        return win, target, cid > 0
+        return win, target, np.ascontiguousarray(mask[:p, :p])
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(inputs, targets)``, each ``(size, 1, P, P)`` float32."""

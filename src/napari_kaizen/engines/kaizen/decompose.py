@@ -197,8 +197,8 @@ def judge(error_patches, cells, threshold: float, min_size: int, *, sequential: 
         The error image under each patch (before this iteration's cells).
     cells : Tensor, shape (K, P, P)
         Predicted cell images (non-negative).
-    threshold : float
-        Mask threshold: a cell's mask is ``cell > threshold``.
+    threshold : float or Tensor of shape (K, 1)
+        Mask threshold: a cell's mask is ``cell > threshold`` (one for all, or per cell).
     min_size : int
         A cell needs at least this many mask pixels.
     sequential : bool
@@ -299,13 +299,13 @@ def assign_labels(
     ----------
     owner : Tensor of int32, flat canvas
     best : Tensor of float32, flat canvas
-        Brightness of the owning cell at each pixel.
+        Brightness of the owning cell at each pixel, over that cell's threshold.
     index : Tensor of int64, shape (A, P*P)
         Flat canvas indices of the kept cells' patches; **they must not overlap**
         (call once per cell otherwise).
     cells : Tensor, shape (A, P*P)
-    threshold : float
-        Mask threshold.
+    threshold : float or Tensor of shape (A, 1)
+        Mask threshold (one for all, or one per cell).
     merge_overlap : float
         Share of a cell's mask lying on (or near) earlier cells from which on it is
         a correction (> 1 disables corrections).
@@ -351,9 +351,12 @@ def assign_labels(
     ids_px = ids[:, None].expand_as(own)
     # Corrections paint nothing: their pixels are faint rims and leftovers, and
     # painting them grew masks past the true outlines (mAP fell on the dev set).
-    paint = (~merged)[:, None] & mask & (cells > best[index])
+    # Ownership compares brightness relative to each cell's own threshold: with per-cell
+    # thresholds a bright cell's faint flank must not take a dim neighbour's pixels.
+    level = cells / threshold.clamp_min(1e-12) if torch.is_tensor(threshold) else cells / max(float(threshold), 1e-12)
+    paint = (~merged)[:, None] & mask & (level > best[index])
     owner[index[paint]] = ids_px[paint]
-    best[index[paint]] = cells[paint]
+    best[index[paint]] = level[paint]
     return ids
 
 
@@ -378,6 +381,21 @@ def grown_owner(owner, radius: int):
         return owner
     grown = _max_filter(owner, radius)
     return torch.where(owner > 0, owner, grown)
+
+
+def cell_thresholds(cells, floor: float, fraction: float | None):
+    """Mask threshold of every predicted cell, shape ``(K, 1)``.
+
+    ``fraction`` None: the paper's rule, one threshold (``floor``) for all. Otherwise
+    each cell's own rule: ``fraction`` of its peak, never below ``floor`` (so an almost
+    empty prediction keeps an almost empty mask and is rejected by ``min_size``).
+    """
+    import torch
+
+    k = cells.shape[0]
+    if fraction is None:
+        return torch.full((k, 1), float(floor), dtype=cells.dtype, device=cells.device)
+    return (cells.amax(1, keepdim=True) * float(fraction)).clamp_min(float(floor))
 
 
 def _labels_now(state: _State, min_size: int):
@@ -424,11 +442,22 @@ def finalize_labels(labels: np.ndarray, scores: dict, min_size: int) -> tuple[np
     return out, new_scores
 
 
+def _renumber(labels: np.ndarray, scores: dict) -> tuple[np.ndarray, dict]:
+    """Ids 1..N in their order (an object can vanish when labels are shrunk), scores kept."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0 or ids[-1] == ids.size:
+        return labels, scores
+    lut = np.zeros(int(ids[-1]) + 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels], {int(lut[i]): scores[int(i)] for i in ids if int(i) in scores}
+
+
 # --------------------------------------------------------------------------- the loop
 
 
 def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius: int, limit, tabu_r: int,
-               threshold: float) -> dict:
+               threshold: float, mask_fraction: float | None) -> dict:
     """One iteration on the device; returns what the snapshot needs, on the host."""
     import torch
 
@@ -455,11 +484,12 @@ def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius
     inputs = st.pass_input.reshape(-1)[index].view(k, 1, patch, patch)
     cells = torch.cat([net.predict(inputs[i : i + p.batch_size]) for i in range(0, k, p.batch_size)])
     cells = cells.reshape(k, -1).clamp_min_(0.0)  # a cell emits light; negative output is noise
+    thr = cell_thresholds(cells, threshold, mask_fraction)
     if p.batched:
-        accepted, gains = judge(flat_err[index], cells, threshold, p.min_size, sequential=False)
+        accepted, gains = judge(flat_err[index], cells, thr, p.min_size, sequential=False)
         flat_err.index_put_((index[accepted].reshape(-1),), -cells[accepted].reshape(-1), accumulate=True)
     else:
-        accepted, gains = judge(None, cells, threshold, p.min_size, sequential=True, index=index, error=flat_err)
+        accepted, gains = judge(None, cells, thr, p.min_size, sequential=True, index=index, error=flat_err)
     acc_idx = torch.nonzero(accepted).squeeze(1)
     ids = torch.zeros(k, dtype=torch.int32, device=dev)
     if acc_idx.numel():
@@ -467,7 +497,7 @@ def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius
         grow = max(1, patch // 20)  # rims left by a slightly small reconstruction are 1-3 px wide
         if p.batched:  # disjoint patches: one call
             near = grown_owner(st.owner, grow).view(-1)
-            got = assign_labels(flat_owner, flat_best, index[acc_idx], cells[acc_idx], threshold,
+            got = assign_labels(flat_owner, flat_best, index[acc_idx], cells[acc_idx], thr[acc_idx],
                                 p.merge_overlap, st.next_id, near)
             st.next_id = max(st.next_id, int(got.max()) + 1)
         else:  # patches may overlap: one cell after the other, in proposal order
@@ -476,7 +506,7 @@ def _iteration(st: _State, net, p: KaizenParams, *, patch: int, box: int, radius
                 # The grown owner map is needed only inside this patch: compute it on
                 # the patch's neighbourhood, not on the whole canvas for every cell.
                 near = grown_owner_patch(st.owner, int(pts[i, 0]), int(pts[i, 1]), patch, grow)
-                one = assign_labels(flat_owner, flat_best, index[i : i + 1], cells[i : i + 1], threshold,
+                one = assign_labels(flat_owner, flat_best, index[i : i + 1], cells[i : i + 1], thr[i : i + 1],
                                     p.merge_overlap, st.next_id, near_values=near[None])
                 st.next_id = max(st.next_id, int(one[0]) + 1)
                 got_list.append(one)
@@ -576,6 +606,7 @@ def decompose(
         patch=patch, box=box, radius=patch - 1 if p.batched else supp, tabu_r=tabu_r,
         limit=p.batch_points if p.batched else p.points_per_iteration,
         threshold=float(p.mask_threshold) * max(float(img.mean()), 0.0),
+        mask_fraction=p.cell_mask_fraction(getattr(model, "metadata", None)),
     )
     lo, hi = progress_range
     canvas = torch.from_numpy(np.ascontiguousarray(pad_like_inference(img, patch, p.mirror_pad))).to(dev)
@@ -595,8 +626,10 @@ def decompose(
     else:
         sy = sx = 1.0
 
-    def to_input(lab: np.ndarray) -> np.ndarray:
-        return lab if rescale is None or rescale.identity else rescale.labels_to_input(lab)
+    def to_input(lab: np.ndarray, smooth: bool = False) -> np.ndarray:
+        # Live snapshots take the fast nearest-neighbour map; the final labels the
+        # smooth one (outlines at the input's resolution, see Rescale.labels_to_input).
+        return lab if rescale is None or rescale.identity else rescale.labels_to_input(lab, smooth=smooth)
 
     n_iter = 0
     pass_index = 0
@@ -664,11 +697,23 @@ def decompose(
         if kept_in_pass == 0:
             break
     final, final_scores = finalize_labels(labels, scores, p.min_size)
+    final, final_scores = _renumber(to_input(final, smooth=True), final_scores)
+    outline = p.outline_constants(getattr(model, "metadata", None))
+    if outline is not None and final.any():
+        from .outlines import image_outlines
+
+        seen = input_image if input_image is not None else img
+        final, lut = image_outlines(final, seen, **outline)
+        merged: dict[int, float] = {}
+        for old_id, new_id in enumerate(lut[1:], start=1):
+            if new_id and int(new_id) not in merged and old_id in final_scores:
+                merged[int(new_id)] = final_scores[old_id]  # a merged cell keeps its first part's score
+        final_scores = merged
     snap = DecompositionSnapshot(
         stage="labels",
         progress=hi,
         message=f"{int(final.max())} cells in {n_iter} iterations, {pass_index + 1} passes",
-        labels=to_input(final),
+        labels=final,
         maps=lazy_maps(trace, len(trace)),
         changed=tuple(range(1, int(final.max()) + 1)),
         done=True,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .._common.errors import InputError
+
+#: The ``'cell'`` mask rule's level for a model whose metadata does not calibrate one.
+DEFAULT_MASK_FRACTION = 0.25
+#: The ``'image'`` outline's constants for a model whose metadata does not calibrate them.
+DEFAULT_OUTLINES = {"edge_level": 0.2, "valley": 0.9, "min_area_fraction": 0.25}
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,32 @@ class KaizenParams:
     max_passes : int
         Passes at most (each later pass predicts on the error image left by the
         previous ones); the run also ends at the first pass that accepts nothing.
+    mask_rule : {'cell', 'image'}
+        How a predicted cell image becomes a mask. ``'cell'`` (default): where the
+        cell is brighter than ``mask_fraction`` of its own peak, a level calibrated on
+        the model's annotated training cells, so each outline follows its own cell
+        whatever the rest of the field holds. ``'image'``: the paper's rule, brighter
+        than ``mask_threshold`` times the mean of the whole input image; on sparse
+        fields the mean is low and masks grow past the nuclei.
+    mask_fraction : float or None
+        The ``'cell'`` rule's level; ``None`` takes the model's calibrated value
+        (its metadata's ``mask_fraction``; 0.25 for a model without one).
     mask_threshold : float
-        A predicted cell becomes a mask where it is brighter than this fraction of
-        the mean of the input image (paper: 10 %).
+        The ``'image'`` rule's fraction of the input's mean (paper: 10 %). Under the
+        ``'cell'`` rule it is a floor, so an almost empty prediction stays empty.
+    outline : {'image', 'model'}
+        Where the final outlines come from. ``'image'`` (default): each cell found is
+        redrawn where its own brightness in the input falls to ``edge_level`` of its
+        peak above the local background, touching cells without a dark valley
+        between them are one cell, and pieces under ``min_area_fraction`` of the
+        median cell are dropped (:mod:`~napari_kaizen.engines.kaizen.outlines`);
+        the model's reconstruction is smooth and coarse, people outline the visible
+        edge. ``'model'``: the masks of the reconstructions (the paper's). Live
+        snapshots always show the model's masks.
+    edge_level, valley, min_area_fraction : float or None
+        The ``'image'`` outline's constants; ``None`` (default) takes the model's
+        calibrated values (its metadata's ``outlines``, chosen on annotated training
+        images), else 0.2, 0.9 and 0.25.
     min_size : int
         Masks with fewer pixels (on the model's grid) are dropped (paper: 20).
     mirror_pad : int
@@ -96,7 +125,13 @@ class KaizenParams:
     points_per_iteration: int = 10
     max_iterations: int = 30
     max_passes: int = 10
+    mask_rule: str = "cell"
+    mask_fraction: float | None = None
     mask_threshold: float = 0.1
+    outline: str = "image"
+    edge_level: float | None = None
+    valley: float | None = None
+    min_area_fraction: float | None = None
     min_size: int = 20
     mirror_pad: int = 8
     diameter: float | str | None = "auto"
@@ -137,10 +172,54 @@ class KaizenParams:
             raise InputError(f"KaizenParams.proposal_threshold must be >= 0, got {self.proposal_threshold!r}")
         if not (isinstance(self.mask_threshold, (int, float)) and 0.0 <= float(self.mask_threshold) < 10.0):
             raise InputError(f"KaizenParams.mask_threshold must be a fraction of the image mean in [0, 10), got {self.mask_threshold!r}")
+        if self.mask_rule not in ("cell", "image"):
+            raise InputError(f"KaizenParams.mask_rule must be 'cell' or 'image', got {self.mask_rule!r}")
+        if self.mask_fraction is not None and not (
+            isinstance(self.mask_fraction, (int, float)) and 0.0 < float(self.mask_fraction) < 1.0
+        ):
+            raise InputError(f"KaizenParams.mask_fraction must be a fraction in (0, 1) or None, got {self.mask_fraction!r}")
+        if self.outline not in ("image", "model"):
+            raise InputError(f"KaizenParams.outline must be 'image' or 'model', got {self.outline!r}")
+        for name, hi in (("edge_level", 1.0), ("valley", 2.0), ("min_area_fraction", 1.0)):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < hi):
+                raise InputError(f"KaizenParams.{name} must be a number in (0, {hi:g}) or None, got {v!r}")
         if not (isinstance(self.min_unexplained, (int, float)) and 0.0 <= float(self.min_unexplained) <= 1.0):
             raise InputError(f"KaizenParams.min_unexplained must be a fraction in [0, 1], got {self.min_unexplained!r}")
         if not (isinstance(self.merge_overlap, (int, float)) and float(self.merge_overlap) > 0.0):
             raise InputError(f"KaizenParams.merge_overlap must be a positive fraction (above 1 disables it), got {self.merge_overlap!r}")
+
+    def cell_mask_fraction(self, metadata: dict | None) -> float | None:
+        """The per-cell mask level to use (``None`` under the paper's ``'image'`` rule)."""
+        if self.mask_rule == "image":
+            return None
+        if self.mask_fraction is not None:
+            return float(self.mask_fraction)
+        value = (metadata or {}).get("mask_fraction")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return DEFAULT_MASK_FRACTION
+        return value if 0.0 < value < 1.0 else DEFAULT_MASK_FRACTION
+
+    def outline_constants(self, metadata: dict | None) -> dict[str, float] | None:
+        """``{edge_level, valley, min_area_fraction}`` of the ``'image'`` outline (None: ``'model'``)."""
+        if self.outline == "model":
+            return None
+        calibrated = (metadata or {}).get("outlines") or {}
+        out = {}
+        for name, default in DEFAULT_OUTLINES.items():
+            value = getattr(self, name)
+            if value is None:
+                value = calibrated.get(name, default)
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    value = default
+                if not (math.isfinite(value) and value > 0):
+                    value = default
+            out[name] = float(value)
+        return out
 
     def windows(self, patch: int) -> tuple[int, int, int]:
         """``(box_size, suppression_radius, tabu_radius)`` for a model's patch size."""

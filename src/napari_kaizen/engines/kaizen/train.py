@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 from collections.abc import Generator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,13 @@ def train(
     reproduce: str | None = None,
     sampler_options: dict | None = None,
     checkpoint_every: int = 0,
+    init: Any = None,
+    object_diameter: float | None = None,
+    augment: Any = None,
+    real_share: float | None = None,
+    synthetic_options: dict | None = None,
+    data_description: dict | None = None,
+    calibrate_mask: bool = True,
 ) -> Generator[TrainingSnapshot, None, Path]:
     """Train a Kaizen VQ-VAE and write its weights; yields progress.
 
@@ -144,6 +152,30 @@ def train(
         Keyword arguments of :class:`~napari_kaizen.engines.kaizen.dataset.PatchSampler`.
     checkpoint_every : int
         Also write ``<output>_stepN`` weights every this many steps (0: never).
+    init : str or path, optional
+        Start from these weights (``'bundled:NAME'`` or a path) instead of random
+        ones; their architecture and patch size are kept.
+    object_diameter : float, optional
+        Bring every annotated image to this median object diameter (pixels) before
+        cutting patches, so the model learns one object scale whatever the
+        magnification of its training images (inference rescales to it too). Default:
+        ``init``'s, else the images are used as they are.
+    augment : AugmentParams, optional
+        Zoom and photometric augmentation of the patches (see
+        :class:`~napari_kaizen.engines.kaizen.dataset.PatchSampler`).
+    real_share : float, optional
+        With both annotated images and ``synthetic`` fields: the share of patches cut
+        from the annotated images (default: in proportion to their cells).
+    synthetic_options : dict, optional
+        Keyword arguments of :func:`~napari_kaizen.engines.kaizen.dataset.synthetic_training_set`
+        (e.g. ``first_seed``, ``shape``, ``nucleus_diameter``).
+    data_description : dict, optional
+        Where the annotated images come from (stored in the metadata).
+    calibrate_mask : bool
+        Measure, after training, which fraction of a reconstructed cell's peak best
+        outlines the annotated cells (the ``'cell'`` mask rule of
+        :class:`~napari_kaizen.engines.kaizen.params.KaizenParams`), and store it as
+        ``mask_fraction`` in the metadata.
 
     Yields
     ------
@@ -182,19 +214,45 @@ def train(
     dev = choose_device(device)
     rng = seed_everything(seed)
 
+    start_net = None
+    if init is not None:
+        from .inference import load_model
+
+        km = load_model(init, dev)
+        start_net = km.net
+        patch_size = km.patch_size
+        if object_diameter is None:
+            object_diameter = km.object_diameter
+
     yield TrainingSnapshot(stage="data", progress=0.0, message="preparing training data", total_steps=steps)
     imgs, labs = _prepare_pairs(images, labels)
+    if object_diameter is not None and imgs:
+        from .._common.scale import median_diameter, rescale_pair
+
+        pairs = [rescale_pair(i, lab, float(object_diameter) / median_diameter(lab)) if lab.any() else (i, lab)
+                 for i, lab in zip(imgs, labs)]
+        imgs, labs = [p[0] for p in pairs], [p[1].astype(np.int32) for p in pairs]
+    n_real = len(imgs)
     synth_params: list[dict] = []
+    synth_opts = dict(synthetic_options or {})
     if synthetic:
-        s_imgs, s_labs, synth_params = synthetic_training_set(int(synthetic))
+        s_imgs, s_labs, synth_params = synthetic_training_set(int(synthetic), **synth_opts)
         imgs += s_imgs
         labs += s_labs
     if not imgs:
         raise InputError("no training data: give images and labels, or synthetic fields (--synthetic N)")
     options = dict(sampler_options or {})
+    if real_share is not None and n_real and synthetic:
+        cells = np.array([len(np.unique(lab)) - 1 for lab in labs], np.float64).clip(min=1)
+        share = np.where(np.arange(len(labs)) < n_real, real_share / cells[:n_real].sum(),
+                         (1.0 - real_share) / cells[n_real:].sum())
+        options["image_weights"] = list(share)
+    if augment is not None:
+        options["augment"] = augment
     sampler = PatchSampler(imgs, labs, patch_size=patch_size, rng=rng, **options)
     if synthetic:
-        v_imgs, v_labs, _ = synthetic_training_set(4, first_seed=VALIDATION_SEED)
+        v_opts = {k: v for k, v in synth_opts.items() if k != "first_seed"}
+        v_imgs, v_labs, _ = synthetic_training_set(4, first_seed=VALIDATION_SEED, **v_opts)
     else:
         v_imgs, v_labs = imgs, labs
     val_sampler = PatchSampler(v_imgs, v_labs, patch_size=patch_size, rng=np.random.default_rng(seed + 1),
@@ -204,9 +262,14 @@ def train(
     val_x_t = torch.from_numpy(val_x).to(dev)
     val_t_t = torch.from_numpy(val_t).to(dev)
 
-    cfg = dict(config or {})
-    cfg["patch_size"] = int(patch_size)
-    model = KaizenVQVAE(cfg).to(dev)
+    if start_net is not None:
+        # The codebook comes with it (its ``initialized`` buffer is set), so it is
+        # refined by the EMA updates, not re-drawn.
+        model = start_net.to(dev)
+    else:
+        cfg = dict(config or {})
+        cfg["patch_size"] = int(patch_size)
+        model = KaizenVQVAE(cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
 
     def lr_factor(step: int) -> float:
@@ -232,6 +295,7 @@ def train(
         return {"val_l1": float(err.mean()), "val_l1_cells": float(err[val_has].mean()) if val_has.any() else 0.0,
                 "val_l1_empty": float(err[~val_has].mean()) if (~val_has).any() else 0.0, "codes_used": used}
 
+    mask_fraction: float | None = None
     start = time.perf_counter()
     if reproduce is None:
         reproduce = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
@@ -241,17 +305,24 @@ def train(
             "architecture": ARCHITECTURE,
             "config": model.config.to_dict(),
             "patch_size": int(patch_size),
-            "object_diameter": _object_diameter(labs),
+            "object_diameter": float(object_diameter) if object_diameter is not None else _object_diameter(labs),
+            **({"mask_fraction": mask_fraction} if mask_fraction is not None else {}),
             "normalization": {"percentiles": [1.0, 99.8]},
             "description": "Kaizen VQ-VAE: reconstructs the one cell touching the centre of a patch",
             "training": {
+                "init": str(init) if init is not None else None,
                 "data": {
-                    "n_images": len(imgs) - len(synth_params),
+                    "n_images": n_real,
+                    "images": dict(data_description) if data_description else None,
+                    "rescaled_to_diameter": float(object_diameter) if object_diameter is not None and n_real else None,
+                    "real_share": real_share,
                     "n_synthetic_fields": len(synth_params),
                     "synthetic": (
-                        "napari_kaizen.engines.kaizen.dataset.synthetic_training_set: field k uses seed k in "
-                        "random_params(np.random.default_rng(k), shape=(256, 256), nucleus_diameter=18, "
-                        "hard=(0.4, 0.6, 0.8, 1.0)[k % 4]) and synthesize(params, seed=k); channel 'nuclei'"
+                        "napari_kaizen.engines.kaizen.dataset.synthetic_training_set("
+                        + ", ".join(f"{k}={v!r}" for k, v in {"n_fields": len(synth_params), **synth_opts}.items())
+                        + "): field k uses seed first_seed + k in random_params(np.random.default_rng(seed), "
+                        "shape, nucleus_diameter, hard=(0.4, 0.6, 0.8, 1.0)[k % 4]) and synthesize(params, seed=seed); "
+                        "channel 'nuclei'"
                     ) if synth_params else None,
                     "n_cells": int(sum(len(np.unique(lab)) - (lab == 0).any() for lab in labs)),
                     "validation": f"256 patches from synthetic seeds {VALIDATION_SEED}..{VALIDATION_SEED + 3}"
@@ -259,7 +330,8 @@ def train(
                 },
                 "sampler": {"positive_fraction": sampler.positive_fraction, "near_fraction": sampler.near_fraction,
                             "residual_prob": sampler.residual_prob, "flips": sampler.flips,
-                            "gain_range": list(sampler.gain_range)},
+                            "gain_range": list(sampler.gain_range), "bright_fraction": sampler.bright_fraction},
+                "augment": _jsonable(asdict(augment)) if augment is not None else None,
                 "loss": "L1(reconstruction, input x mask of the centre cell) + 0.25 commitment (EMA codebook)",
                 "optimizer": "Adam",
                 "learning_rate": learning_rate,
@@ -298,6 +370,11 @@ def train(
             save_weights(ckpt, model.state_dict(), metadata(snap.step, {"final_loss": snap.loss, "validation": last_val}),
                          overwrite=True)
             model.train()
+    if calibrate_mask:
+        yield TrainingSnapshot(stage="calibrating", progress=1.0, message="calibrating the cell mask level",
+                               step=steps, total_steps=steps)
+        cal_imgs, cal_labs = (imgs[:n_real], labs[:n_real]) if n_real else (imgs, labs)
+        mask_fraction, _ = calibrate_mask_fraction(model, cal_imgs, cal_labs, patch_size=patch_size, seed=seed)
     meta = metadata(steps, summary)
     path = save_weights(out_path, model.state_dict(), meta, overwrite=overwrite)
     yield TrainingSnapshot(
@@ -306,6 +383,61 @@ def train(
         weights_path=path, done=True,
     )
     return path
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def calibrate_mask_fraction(
+    net,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    patch_size: int,
+    n_patches: int = 512,
+    seed: int = 0,
+    fractions: Sequence[float] = tuple(np.round(np.arange(0.05, 0.625, 0.025), 3)),
+) -> tuple[float, dict[float, float]]:
+    """The fraction of a reconstructed cell's peak that best outlines annotated cells.
+
+    Patches centred on annotated cells (no augmentation) are reconstructed; for every
+    candidate fraction ``f`` the mask ``cell > f * max(cell)`` is compared with the
+    annotated mask of the centre cell, and the fraction with the highest mean IoU wins.
+    This is the level the ``'cell'`` mask rule of the decomposition uses, so a model
+    draws outlines where its annotators drew them.
+
+    Returns
+    -------
+    fraction : float
+    mean_iou : dict
+        Mean IoU for every candidate fraction.
+    """
+    import torch
+
+    sampler = PatchSampler(images, labels, patch_size=patch_size, rng=np.random.default_rng(seed + 7),
+                           positive_fraction=1.0, residual_prob=0.0, flips=False, gain_range=(1.0, 1.0))
+    xs, masks = [], []
+    for _ in range(int(n_patches)):
+        x, _, m = sampler.sample_with_mask()
+        xs.append(x)
+        masks.append(m)
+    dev = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        rec = net.predict(torch.from_numpy(np.stack(xs)[:, None]).to(dev)).clamp_min(0.0).cpu().numpy()[:, 0]
+    net.train(was_training)
+    gt = np.stack(masks)
+    peak = rec.reshape(len(rec), -1).max(1)[:, None, None]
+    scores = {}
+    for f in fractions:
+        pred = rec > float(f) * peak
+        inter = (pred & gt).sum((1, 2))
+        union = (pred | gt).sum((1, 2))
+        scores[float(f)] = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    best = max(scores, key=scores.get)
+    return float(best), scores
 
 
 # --------------------------------------------------------------------------- CLI hook

@@ -111,7 +111,9 @@ def synthetic_pairs(
         raise InputError(f"unknown ISL target '{target}': choose one of {', '.join(TARGETS)}")
     out = []
     for s in seeds:
-        p = random_params(np.random.default_rng(int(s)), shape=shape, hard=hard, nucleus_diameter=nucleus_diameter)
+        # real_world=False: the 0.1.0 fields the bundled U-Nets were trained on.
+        p = random_params(np.random.default_rng(int(s)), shape=shape, hard=hard, nucleus_diameter=nucleus_diameter,
+                          real_world=False)
         if label_free is not None:
             p = replace(p, label_free=label_free)
         f = synthesize(p, seed=int(s))

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Calibrate the Kaizen model's image-outline constants on real annotated nuclei.
+
+Kaizen's ``outline='image'`` step (:mod:`napari_kaizen.engines.kaizen.outlines`)
+redraws every cell the decomposition found at ``edge_level`` of its own contrast,
+merges touching cells with no valley darker than ``valley`` of their peaks, and drops
+pieces under ``min_area_fraction`` of the median cell. This script runs the
+decomposition once per real training image (``scripts/real_nuclei.py``, every dataset
+folder but ``--exclude``), scores every combination of :data:`GRID` by mAP against
+the manual outlines (mean over dataset folders of each folder's mean), and writes
+the model's weights again with the best combination in its metadata
+(``outlines``); the tensors are unchanged.
+
+``--lodo DIR`` also writes, for every dataset folder D, ``DIR/kaizen_<D>`` calibrated
+on the other folders only (for ``benchmarks/real_nuclei.py``); the decompositions are
+shared, so this costs one pass over the images. Usage::
+
+    python scripts/calibrate_kaizen_outlines.py --init bundled:kaizen_nuclei \\
+        --output src/napari_kaizen/weights/kaizen_nuclei --lodo runs/real_lodo --overwrite
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+#: Constants searched (a full grid); valley 1.5 turns merging off.
+GRID = {
+    "edge_level": (0.2, 0.25, 0.3),
+    "valley": (0.6, 0.7, 0.8, 0.9, 1.5),
+    "min_area_fraction": (0.25, 0.35, 0.45),
+}
+
+
+def choose(table: dict, folders: list[str]) -> tuple[tuple, float]:
+    """The grid point with the best mean over ``folders`` of the folder mean mAP."""
+    best, best_score = None, -1.0
+    for combo, per_folder in table.items():
+        score = float(np.mean([np.mean(per_folder[f]) for f in folders]))
+        if score > best_score:
+            best, best_score = combo, score
+    return best, best_score
+
+
+def write(init: str, output: str, combo: tuple, score: float, folders: list[str], overwrite: bool,
+          command: str) -> Path:
+    from napari_kaizen.engines._common.weights import load_weights, save_weights
+
+    state, meta = load_weights(init)
+    meta = {k: v for k, v in meta.items() if k not in ("sha256", "weights_file", "created", "format_version")}
+    meta["outlines"] = {
+        **dict(zip(GRID, combo)),
+        "chosen_on": f"real annotated nuclei of scripts/real_nuclei.py, folders {', '.join(folders)} "
+                     f"(mean folder mAP {score:.4f}; grid {GRID})",
+        "reproduce": command,
+    }
+    return save_weights(output, state, meta, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--init", default="bundled:kaizen_nuclei", help="the Kaizen weights to calibrate")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--exclude", action="append", default=[], metavar="DATASET")
+    parser.add_argument("--lodo", default=None, help="also write DIR/kaizen_<DATASET> for every folder")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", default=None,
+                        help="keep each image's decomposition here (keyed by the weights' checksum) for reruns")
+    parser.add_argument("--report", default=None, help="write every grid point's folder scores here (JSON)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+    from real_nuclei import load_real_nuclei
+
+    from napari_kaizen import metrics
+    from napari_kaizen.engines import get_engine
+    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen.engines._common.normalize import prepare_image
+    from napari_kaizen.engines.kaizen.outlines import image_outlines
+
+    torch.set_num_threads(args.threads)
+    command = "python scripts/calibrate_kaizen_outlines.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    data = [x for x in load_real_nuclei() if x.dataset not in set(args.exclude)]
+    engine = get_engine("kaizen")
+    model = engine.module.load_model(args.init, "cpu")
+    start = time.perf_counter()
+    table: dict[tuple, dict[str, list[float]]] = {c: {} for c in itertools.product(*GRID.values())}
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    key = str(model.metadata.get("sha256", "unknown"))[:16]
+    for k, x in enumerate(data):
+        cached = cache / f"{key}_{x.dataset}_{x.name}.npy" if cache is not None else None
+        if cached is not None and cached.exists():
+            raw = np.load(cached)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = run_to_end(engine.segment(x.image, engine.params(outline="model"), model=model)).labels
+            if cached is not None:
+                np.save(cached, raw)
+        img = prepare_image(x.image)
+        for combo in table:
+            lab, _ = image_outlines(raw, img, **dict(zip(GRID, combo)))
+            table[combo].setdefault(x.dataset, []).append(metrics.mean_average_precision(x.labels, lab))
+        print(f"{time.perf_counter() - start:6.0f}s  {k + 1}/{len(data)} {x.dataset}/{x.name}", flush=True)
+    folders = sorted({x.dataset for x in data})
+    combo, score = choose(table, folders)
+    print(f"all folders: {dict(zip(GRID, combo))} mean folder mAP {score:.4f}", flush=True)
+    print(f"wrote {write(args.init, args.output, combo, score, folders, args.overwrite, command)}")
+    if args.lodo:
+        Path(args.lodo).mkdir(parents=True, exist_ok=True)
+        for held in folders:
+            rest = [f for f in folders if f != held]
+            c, s = choose(table, rest)
+            path = write(args.init, str(Path(args.lodo) / f"kaizen_{held}"), c, s, rest, args.overwrite,
+                         command + f"  # fold: calibrated without {held}")
+            print(f"without {held}: {dict(zip(GRID, c))} (mAP on the rest {s:.4f}) -> {path}", flush=True)
+    if args.report:
+        Path(args.report).write_text(json.dumps(
+        {"grid": GRID, "scores": {json.dumps(dict(zip(GRID, c))): {f: float(np.mean(v)) for f, v in t.items()}
+                                      for c, t in table.items()}}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
