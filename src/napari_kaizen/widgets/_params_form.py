@@ -38,35 +38,24 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return out
 
 
-def _optional_int(hint: Any) -> bool:
-    """Whether a type hint is ``int | None`` (shown as a text field: empty means None)."""
+def _optional_number(hint: Any) -> type | None:
+    """``int`` or ``float`` for a hint ``int | None`` / ``float | None`` (a text field), else None."""
     args = set(typing.get_args(hint))
-    return int in args and type(None) in args and str not in args
+    if type(None) not in args or str in args:
+        return None
+    return int if int in args else float if float in args else None
 
 
-def _optional_float(hint: Any) -> bool:
-    """Whether a type hint is ``float | None`` (a text field: empty means the model's value)."""
-    args = set(typing.get_args(hint))
-    return float in args and type(None) in args and str not in args
-
-
-def _parse_optional_float(name: str, text: str) -> float | None:
+def _parse_optional_number(name: str, text: str, kind: type) -> int | float | None:
+    # An empty field means "derive it" (the dataclass' None: a default or the model's
+    # calibrated value), as the tooltip says.
     if text.lower() in ("", "none", "auto"):
         return None
     try:
-        return float(text)
+        return kind(text)
     except ValueError:
-        raise ValueError(f"{_label(name)} '{text}' is not a number (leave it empty for the model's value)") from None
-
-
-def _parse_optional_int(name: str, text: str) -> int | None:
-    # An empty field means "derive it" (the dataclass' None), as the tooltip says.
-    if text.lower() in ("", "none", "auto"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{_label(name)} '{text}' is not a whole number (leave it empty for the default)") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{_label(name)} '{text}' is not {what} (leave it empty for the default)") from None
 
 
 def _label(name: str) -> str:
@@ -136,10 +125,8 @@ class ParamsForm(mw.Container):
                             v = float(text)
                         except ValueError:
                             raise ValueError(f"diameter '{text}' is not a number of pixels, 'auto' or empty") from None
-                elif _optional_int(self._hints.get(name)):
-                    v = _parse_optional_int(name, text)
-                elif _optional_float(self._hints.get(name)):
-                    v = _parse_optional_float(name, text)
+                elif _optional_number(self._hints.get(name)) is not None:
+                    v = _parse_optional_number(name, text, _optional_number(self._hints.get(name)))
                 else:
                     v = text
             kwargs[name] = v
