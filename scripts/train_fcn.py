@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: the recipe's (0)")
     parser.add_argument("--edge-weight", type=float, default=None, help="default: the recipe's (5)")
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="nuclei: only choose the post-processing thresholds again for the weights at --output")
     args = parser.parse_args(argv)
 
     import torch
@@ -120,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                    for i in range(len(area))]
         desc = {"real": provenance_summary(real, excluded=args.exclude), "synthetic": s_desc,
                 "real_share_of_crops": r["real_share"]}
+        if args.recalibrate:
+            from napari_kaizen.engines.fcn.train import recalibrate
+
+            chosen = recalibrate(output, images, labels, object_diameter=r["object_diameter"], calibrate=r["calibrate"],
+                                 device=args.device)
+            print(f"recalibrated {output}: " + ", ".join(f"{k} {chosen[k]}" for k in
+                                                         ("threshold", "foreground", "min_size", "min_contrast")))
+            return 0
         gen = train(
             images, labels, output=output, edge_weight=r["edge_weight"], edge_width=r["edge_width"], steps=r["steps"],
             lr=r["lr"], batch_size=r["batch_size"], crop=r["crop"], stride=r["stride"], seed=r["seed"],

@@ -71,6 +71,8 @@ CLI_REFUSALS = [
     (["--engine", "kaizen", "--param", "batch_points=5.5"], "cannot read '5.5'"),
     (["--param", "background_radius=1e6"], "background_radius must be"),
     (["--param", "h=-1"], "h must be"),
+    (["--engine", "fcn", "--param", "min_contrast=1.5"], "min_contrast must be"),
+    (["--engine", "kaizen", "--param", "min_contrast=-0.1"], "min_contrast must be"),
     *[(["--engine", e, "--diameter", d], "out of range")
       for e in ("classical", "kaizen", "unet", "fcn") for d in ("1e-3", "100000")],
 ]

@@ -68,3 +68,20 @@ def test_merge_table_is_identity_without_contacts():
     lab[2:6, 2:6] = 1
     lab[10:14, 10:14] = 2
     assert list(merge_without_valley(lab, lab.astype(np.float32))) == [0, 1, 2]
+
+
+def test_dim_objects_are_dropped_relative_to_the_typical_object():
+    from napari_kaizen.engines._common.instances import dim_objects, drop_dim_objects
+
+    lab = np.zeros((40, 60), np.int32)
+    img = np.zeros((40, 60), np.float32)
+    for i, x in enumerate((2, 12, 22, 32, 42), start=1):
+        lab[5:15, x : x + 8] = i
+        img[5:15, x : x + 8] = 1.0 if i != 3 else 0.1  # object 3: faint haze
+    assert list(np.flatnonzero(dim_objects(lab, img, 0.25))) == [3]
+    assert not dim_objects(lab, img, 0.0).any()  # 0: off
+    out = drop_dim_objects(lab, img, 0.25)
+    assert out.max() == 4 and not out[5:15, 22:30].any()
+    # With image outlines: the dim cell goes, ids stay in order.
+    refined, lut = image_outlines(lab, img, min_contrast=0.25)
+    assert lut[3] == 0 and sorted(set(lut[[1, 2, 4, 5]])) == [1, 2, 3, 4]

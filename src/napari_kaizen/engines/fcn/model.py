@@ -228,11 +228,11 @@ class FCNModel:
     def calibrated(self, name: str, override: float | None = None) -> float:
         """A post-processing value: ``override``, else the model's calibrated one, else the default.
 
-        ``name`` is ``'threshold'``, ``'foreground'`` (defaults 0.5) or ``'min_size'``
-        (default 0.1); calibrated values are in the metadata's ``thresholds``, chosen
+        ``name`` is ``'threshold'``, ``'foreground'`` (defaults 0.5), ``'min_size'``
+        (default 0.1) or ``'min_contrast'`` (default 0, off); calibrated values are in the metadata's ``thresholds``, chosen
         on the model's training images.
         """
-        default = {"threshold": 0.5, "foreground": 0.5, "min_size": 0.1}[name]
+        default = {"threshold": 0.5, "foreground": 0.5, "min_size": 0.1, "min_contrast": 0.0}[name]
         if override is not None:
             return float(override)
         value = self.metadata.get("thresholds", {}).get(name)
@@ -241,7 +241,8 @@ class FCNModel:
         except (TypeError, ValueError):
             return default
         upper = 10.0 if name == "min_size" else 1.0
-        return value if 0.0 <= value < upper and (name == "min_size" or value > 0) else default
+        lowest_ok = name in ("min_size", "min_contrast")  # 0 turns these off
+        return value if 0.0 <= value < upper and (lowest_ok or value > 0) else default
 
     def foreground(self, override: float | None = None) -> float:
         """The outline threshold (see :meth:`calibrated`)."""

@@ -34,6 +34,11 @@ class FCNParams:
         Objects smaller than this fraction of a typical object's area (from the
         model's ``object_diameter``) are removed. ``None`` (default): the model's
         calibrated value, else 0.1.
+    min_contrast : float or None
+        Objects whose brightness above the background is under this fraction of the
+        field's typical object are removed (faint cytoplasm taken for a nucleus on a
+        dark, sparse field). ``None`` (default): the model's calibrated value, else 0
+        (off).
     tile : int
         Tile side (pixels, model grid). Larger images are cut into overlapping tiles
         whose outputs are averaged (weighted to their centres); 1024 keeps a 1024 x
@@ -51,6 +56,7 @@ class FCNParams:
     threshold: float | None = None
     foreground: float | None = None
     min_size: float | None = None
+    min_contrast: float | None = None
     tile: int = 1024
     overlap: int = 64
     batch_size: int = 1
@@ -67,6 +73,9 @@ class FCNParams:
         if self.min_size is not None and (not isinstance(self.min_size, (int, float))
                                           or not 0.0 <= self.min_size < 10):
             raise InputError(f"min_size must be a fraction of a typical object's area in [0, 10), got {self.min_size!r}")
+        if self.min_contrast is not None and (not isinstance(self.min_contrast, (int, float))
+                                              or not 0.0 <= self.min_contrast < 1.0):
+            raise InputError(f"min_contrast must be a fraction in [0, 1), got {self.min_contrast!r}")
         if not isinstance(self.tile, int) or self.tile < 32:
             raise InputError(f"tile must be an integer of at least 32 pixels, got {self.tile!r}")
         if not isinstance(self.overlap, int) or not 0 <= self.overlap < self.tile // 2 + 1:

@@ -15,6 +15,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._common.instances import drop_dim_objects
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
@@ -185,6 +186,7 @@ def segment(
         maps["probability"], maps["edge"], threshold=fcn.calibrated("threshold", p.threshold),
         foreground=fcn.calibrated("foreground", p.foreground), min_area=min_area,
     )
+    labels = drop_dim_objects(labels, img, fcn.calibrated("min_contrast", p.min_contrast))
     n = int(labels.max())
     yield SegmentationSnapshot(
         stage="labels", progress=1.0, message=f"{n} objects", labels=labels, maps=maps, done=True

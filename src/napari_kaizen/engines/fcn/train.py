@@ -317,6 +317,9 @@ def _fit(
     )
 
 
+#: Dim-object filter levels searched after the grid (see ``segment.drop_dim_objects``).
+MIN_CONTRAST_GRID = (0.0, 0.15, 0.25, 0.35, 0.5)
+
 #: Post-processing values searched by :func:`calibrate_thresholds` (a full grid).
 CALIBRATION_GRID = {
     "threshold": (0.3, 0.4, 0.5, 0.6),
@@ -341,6 +344,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     import torch
 
     from ...metrics import evaluate
+    from .._common.instances import drop_dim_objects
     from .._common.tiling import tiled_predict
     from .params import FCNParams
     from .segment import instances_from_probabilities, min_area_pixels
@@ -363,8 +367,46 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
         scores[(float(thr), float(fg), float(ms))] = round(evaluate(truth, preds).map, 4)
     thr, fg, ms = max(scores, key=scores.get)
     by_fg = {f: max(v for k, v in scores.items() if k[1] == f) for f in sorted({k[1] for k in scores})}
-    return {"threshold": thr, "foreground": fg, "min_size": ms,
-            "chosen_on": f"{len(pairs)} training images (mAP, grid {grid})", "map": by_fg}
+    # Then, with those, the dim-object filter (a fourth axis would quadruple the grid).
+    min_area = min_area_pixels(ms, object_diameter)
+    base = [instances_from_probabilities(pr[1], pr[2], threshold=thr, foreground=fg, min_area=min_area)
+            for pr in probs]
+    by_contrast = {float(c): round(evaluate(truth, [drop_dim_objects(b, img, c) for b, (img, _) in zip(base, pairs)]).map, 4)
+                   for c in MIN_CONTRAST_GRID}
+    contrast = max(by_contrast, key=by_contrast.get)
+    return {"threshold": thr, "foreground": fg, "min_size": ms, "min_contrast": contrast,
+            "chosen_on": f"{len(pairs)} training images (mAP, grid {grid}, then min_contrast {MIN_CONTRAST_GRID})",
+            "map": by_fg, "map_by_min_contrast": by_contrast}
+
+
+def recalibrate(path: str | Path, images: Any, labels: Any, *, object_diameter: float | None, calibrate: int = 12,
+                device: Any = "cpu") -> dict:
+    """Run :func:`calibrate_thresholds` again for a trained model and rewrite its JSON.
+
+    ``images`` / ``labels`` (and ``object_diameter``) must be those given to
+    :func:`train`, in the same order: the first ``calibrate`` are prepared and rescaled
+    exactly as training did. The tensors are not touched.
+    """
+    import json
+
+    from ..._files import atomic_write
+    from .._common.weights import sha256, weights_paths
+    from .model import load_model
+
+    pairs = prepare_pairs(images, labels)[: int(calibrate)]
+    if object_diameter is not None:
+        pairs = [rescale_pair(img, lab, float(object_diameter) / training_diameter([(img, lab)])) if lab.any()
+                 else (img, lab) for img, lab in pairs]
+    fcn = load_model(path, device)
+    thresholds = calibrate_thresholds(fcn.net, pairs, fcn.object_diameter)
+    tensor_path, json_path = weights_paths(path)
+    meta = json.loads(json_path.read_text())
+    if meta.get("sha256") and meta["sha256"] != sha256(tensor_path):
+        raise InputError(f"{json_path.name} does not describe {tensor_path.name}; not rewriting it")
+    meta["thresholds"] = thresholds
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(json_path, lambda tmp: tmp.write_text(text), overwrite=True)
+    return thresholds
 
 
 def _save(net, path: Path, metadata: Mapping[str, Any], overwrite: bool) -> Path:

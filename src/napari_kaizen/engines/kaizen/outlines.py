@@ -18,14 +18,17 @@ smoothed image seeded with the (eroded) Kaizen masks, so touching nuclei meet al
 the dark valley between them. Two cells that touch with no such valley (two
 predictions inside one nucleus) become one (:func:`merge_without_valley`), and a cell
 left with less than ``min_area_fraction`` of the median cell area (a rim fragment, a
-micronucleus) is dropped. The three constants are calibrated per model on annotated
-real nuclei (``scripts/calibrate_kaizen_outlines.py``) and stored in its metadata.
+micronucleus) is dropped, as is a cell much dimmer than the typical one
+(``min_contrast``). The constants are calibrated per model on annotated real nuclei
+(``scripts/calibrate_kaizen_outlines.py``) and stored in its metadata.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .._common.instances import dim_objects
 
 
 def image_outlines(
@@ -36,6 +39,7 @@ def image_outlines(
     margin: float = 0.25,
     min_area_fraction: float = 0.25,
     valley: float = 0.9,
+    min_contrast: float = 0.0,
 ) -> np.ndarray:
     """Redraw every cell of ``labels`` at ``edge_level`` of its own contrast in ``image``.
 
@@ -54,6 +58,9 @@ def image_outlines(
     valley : float
         Touching cells whose shared border is brighter than this fraction of the
         dimmer cell's peak are one cell (see :func:`merge_without_valley`).
+    min_contrast : float
+        Cells dimmer than this fraction of the typical cell's contrast are dropped
+        (:func:`~napari_kaizen.engines._common.instances.dim_objects`); 0 keeps all.
 
     Returns
     -------
@@ -108,6 +115,8 @@ def image_outlines(
     min_area = min_area_fraction * float(np.median(kept))
     keep = np.zeros(n + 1, bool)
     keep[1:] = out_areas >= max(1.0, min_area)
+    dim = dim_objects(out, img, min_contrast)  # ids up to out.max(), which may be below n
+    keep[: dim.size] &= ~dim
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[out], lut[root]

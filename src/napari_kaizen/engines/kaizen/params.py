@@ -10,7 +10,7 @@ from .._common.errors import InputError
 #: The ``'cell'`` mask rule's level for a model whose metadata does not calibrate one.
 DEFAULT_MASK_FRACTION = 0.25
 #: The ``'image'`` outline's constants for a model whose metadata does not calibrate them.
-DEFAULT_OUTLINES = {"edge_level": 0.2, "valley": 0.9, "min_area_fraction": 0.25}
+DEFAULT_OUTLINES = {"edge_level": 0.2, "valley": 0.9, "min_area_fraction": 0.25, "min_contrast": 0.0}
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ class KaizenParams:
         the model's reconstruction is smooth and coarse, people outline the visible
         edge. ``'model'``: the masks of the reconstructions (the paper's). Live
         snapshots always show the model's masks.
-    edge_level, valley, min_area_fraction : float or None
+    edge_level, valley, min_area_fraction, min_contrast : float or None
         The ``'image'`` outline's constants; ``None`` (default) takes the model's
         calibrated values (its metadata's ``outlines``, chosen on annotated training
-        images), else 0.2, 0.9 and 0.25.
+        images), else 0.2, 0.9, 0.25 and 0 (``min_contrast``: cells dimmer than this
+        fraction of the typical cell are dropped; 0 keeps all).
     min_size : int
         Masks with fewer pixels (on the model's grid) are dropped (paper: 20).
     mirror_pad : int
@@ -132,6 +133,7 @@ class KaizenParams:
     edge_level: float | None = None
     valley: float | None = None
     min_area_fraction: float | None = None
+    min_contrast: float | None = None
     min_size: int = 20
     mirror_pad: int = 8
     diameter: float | str | None = "auto"
@@ -180,10 +182,13 @@ class KaizenParams:
             raise InputError(f"KaizenParams.mask_fraction must be a fraction in (0, 1) or None, got {self.mask_fraction!r}")
         if self.outline not in ("image", "model"):
             raise InputError(f"KaizenParams.outline must be 'image' or 'model', got {self.outline!r}")
-        for name, hi in (("edge_level", 1.0), ("valley", 2.0), ("min_area_fraction", 1.0)):
+        for name, hi in (("edge_level", 1.0), ("valley", 2.0), ("min_area_fraction", 1.0), ("min_contrast", 1.0)):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < hi):
-                raise InputError(f"KaizenParams.{name} must be a number in (0, {hi:g}) or None, got {v!r}")
+            zero_ok = name == "min_contrast"  # 0 turns the dim-cell filter off
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not (0.0 < float(v) or (zero_ok and float(v) == 0.0)) or not float(v) < hi):
+                interval = f"[0, {hi:g})" if zero_ok else f"(0, {hi:g})"
+                raise InputError(f"KaizenParams.{name} must be a number in {interval} or None, got {v!r}")
         if not (isinstance(self.min_unexplained, (int, float)) and 0.0 <= float(self.min_unexplained) <= 1.0):
             raise InputError(f"KaizenParams.min_unexplained must be a fraction in [0, 1], got {self.min_unexplained!r}")
         if not (isinstance(self.merge_overlap, (int, float)) and float(self.merge_overlap) > 0.0):
@@ -216,7 +221,7 @@ class KaizenParams:
                     value = float(value)
                 except (TypeError, ValueError):
                     value = default
-                if not (math.isfinite(value) and value > 0):
+                if not (math.isfinite(value) and (value > 0 or (name == "min_contrast" and value == 0))):
                     value = default
             out[name] = float(value)
         return out
