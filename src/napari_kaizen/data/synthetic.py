@@ -286,6 +286,19 @@ def _rho(nuc: Nucleus, yy: np.ndarray, xx: np.ndarray, scale: float = 1.0) -> np
     return np.sqrt(u * u + v * v) / np.maximum(bump, 0.3)
 
 
+def _rho_in_box(nuc: Nucleus, shape: tuple[int, int]):
+    """``(box, rho)``: the nucleus's bounding box in the field and its normalised radius there.
+
+    ``None`` when the box lies outside the field.
+    """
+    box = _bbox(nuc, shape)
+    if box is None:
+        return None
+    y0, y1, x0, x1 = box
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    return box, _rho(nuc, yy, xx)
+
+
 def _bbox(nuc: Nucleus, shape: tuple[int, int], scale: float = 1.0):
     e = nuc.extent() * scale
     y0, y1 = int(np.floor(nuc.y - e)), int(np.ceil(nuc.y + e)) + 1
@@ -327,12 +340,10 @@ def place_nuclei(rng: np.random.Generator, p: SynthParams) -> list[Nucleus]:
         else:
             y, x = rng.uniform(-margin, h + margin), rng.uniform(-margin, w + margin)
         nuc = _draw_nucleus(rng, float(y), float(x), p)
-        box = _bbox(nuc, (h, w))
-        if box is None:
+        found = _rho_in_box(nuc, (h, w))
+        if found is None:
             continue
-        y0, y1, x0, x1 = box
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        rho = _rho(nuc, yy, xx)
+        (y0, y1, x0, x1), rho = found
         inside = rho < 1.0
         n_in = int(inside.sum())
         if n_in < 0.25 * np.pi * nuc.radius**2 / nuc.aspect:
@@ -466,12 +477,10 @@ def _blob_signal(
     free = ~ndi.binary_dilation(occupied, iterations=2)
 
     def draw(target: np.ndarray, blob: Nucleus) -> None:
-        box = _bbox(blob, shape)
-        if box is None:
+        found = _rho_in_box(blob, shape)
+        if found is None:
             return
-        y0, y1, x0, x1 = box
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        r = _rho(blob, yy, xx)
+        (y0, y1, x0, x1), r = found
         inside = r < 1.0
         if not inside.any() or not free[y0:y1, x0:x1][inside].all():
             return
