@@ -135,15 +135,15 @@ def zoom_window(
     h, w = img.shape
     offs = (np.arange(size, dtype=np.float64) - size // 2) / float(zoom)
     ys, xs = centre[0] + offs, centre[1] + offs
-    if zoom == 1.0:
-        yi, xi = centre[0] + np.arange(size) - size // 2, centre[1] + np.arange(size) - size // 2
-        yi, xi = (yi % h, xi % w) if wrap else (np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1))
-        return img[np.ix_(yi, xi)], np.asarray(labels)[np.ix_(yi, xi)]
-    grid = np.meshgrid(ys, xs, indexing="ij")
-    out = ndi.map_coordinates(img, grid, order=1, mode="grid-wrap" if wrap else "nearest", prefilter=False)
+    # Nearest pixels (the labels'; at zoom 1 the image's too, exactly).
     yi, xi = np.rint(ys).astype(np.intp), np.rint(xs).astype(np.intp)
     yi, xi = (yi % h, xi % w) if wrap else (np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1))
-    return out.astype(np.float32), np.asarray(labels)[np.ix_(yi, xi)]
+    lab = np.asarray(labels)[np.ix_(yi, xi)]
+    if zoom == 1.0:
+        return img[np.ix_(yi, xi)], lab
+    grid = np.meshgrid(ys, xs, indexing="ij")
+    out = ndi.map_coordinates(img, grid, order=1, mode="grid-wrap" if wrap else "nearest", prefilter=False)
+    return out.astype(np.float32), lab
 
 
 def _coordinates(shape: tuple[int, int], rng: np.random.Generator, p: AugmentParams) -> np.ndarray | None:

@@ -190,6 +190,16 @@ def rescale_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[
     return Rescale(factor, tuple(np.shape(labels))).to_model(np.asarray(image, np.float32)), resample_labels(labels, shape)
 
 
+def rescale_to_diameter(pairs, diameter: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every ``(image, labels)`` pair resampled so its objects' median diameter is ``diameter``.
+
+    Training sets mix magnifications; a model learns one object scale (inference
+    rescales to it as well). Pairs without objects are kept as they are.
+    """
+    return [rescale_pair(img, lab, float(diameter) / median_diameter(lab)) if np.any(lab) else (img, lab)
+            for img, lab in pairs]
+
+
 @dataclass(frozen=True)
 class Rescale:
     """Resampling between the input grid and the grid a model works on.

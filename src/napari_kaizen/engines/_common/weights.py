@@ -114,9 +114,16 @@ def save_weights(
         weights_file=tensor_path.name,
         sha256=sha256(tensor_path),
     )
-    text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-    atomic_write(json_path, lambda tmp: tmp.write_text(text + "\n"), overwrite=overwrite)
+    write_metadata(json_path, meta, overwrite=overwrite)
     return tensor_path
+
+
+def write_metadata(json_path: str | Path, metadata: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+    """Write a weights JSON (sorted keys, 2-space indent), atomically."""
+    from ..._files import atomic_write
+
+    text = json.dumps(dict(metadata), indent=2, sort_keys=True, default=str)
+    return atomic_write(Path(json_path), lambda tmp: tmp.write_text(text + "\n"), overwrite=overwrite)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

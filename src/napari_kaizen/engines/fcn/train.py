@@ -29,7 +29,7 @@ import numpy as np
 from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
 from .._common.errors import InputError, KaizenError, OverwriteError
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
-from .._common.scale import equivalent_diameters, rescale_for_model, rescale_pair, resolve_diameter
+from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
 from .targets import check_labels, fcn_targets, pixel_weights
 
@@ -317,7 +317,7 @@ def _fit(
     )
 
 
-#: Dim-object filter levels searched after the grid (see ``segment.drop_dim_objects``).
+#: Dim-object filter levels searched after the grid (see ``_common.instances.dim_objects``).
 MIN_CONTRAST_GRID = (0.0, 0.15, 0.25, 0.35, 0.5)
 
 #: Post-processing values searched by :func:`calibrate_thresholds` (a full grid).
@@ -330,14 +330,16 @@ CALIBRATION_GRID = {
 
 def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mapping[str, Sequence[float]] | None = None
                          ) -> dict:
-    """The seed ``threshold``, ``foreground`` and ``min_size`` with the best mAP on ``pairs``.
+    """The seed ``threshold``, ``foreground``, ``min_size`` and ``min_contrast`` with the best mAP on ``pairs``.
 
     The probabilities are predicted once per image (model grid); every combination of
-    ``grid`` (default :data:`CALIBRATION_GRID`) is then scored. The images are the
-    model's own training images: nothing held out is looked at.
+    ``grid`` (default :data:`CALIBRATION_GRID`) is then scored, and with the best of
+    them every level of :data:`MIN_CONTRAST_GRID`. The images are the model's own
+    training images: nothing held out is looked at.
 
-    Returns ``{'threshold', 'foreground', 'min_size', 'chosen_on', 'map'}`` for the
-    metadata (``map`` holds the best score per foreground value, for the record).
+    Returns ``{'threshold', 'foreground', 'min_size', 'min_contrast', 'chosen_on', 'map',
+    'map_by_min_contrast'}`` for the metadata (``map``: the best score per foreground
+    value, for the record).
     """
     import itertools
 
@@ -387,25 +389,20 @@ def recalibrate(path: str | Path, images: Any, labels: Any, *, object_diameter: 
     :func:`train`, in the same order: the first ``calibrate`` are prepared and rescaled
     exactly as training did. The tensors are not touched.
     """
-    import json
-
-    from ..._files import atomic_write
-    from .._common.weights import sha256, weights_paths
+    from .._common.weights import read_metadata, sha256, weights_paths, write_metadata
     from .model import load_model
 
     pairs = prepare_pairs(images, labels)[: int(calibrate)]
     if object_diameter is not None:
-        pairs = [rescale_pair(img, lab, float(object_diameter) / training_diameter([(img, lab)])) if lab.any()
-                 else (img, lab) for img, lab in pairs]
+        pairs = rescale_to_diameter(pairs, object_diameter)
     fcn = load_model(path, device)
     thresholds = calibrate_thresholds(fcn.net, pairs, fcn.object_diameter)
     tensor_path, json_path = weights_paths(path)
-    meta = json.loads(json_path.read_text())
+    meta = read_metadata(path)
     if meta.get("sha256") and meta["sha256"] != sha256(tensor_path):
         raise InputError(f"{json_path.name} does not describe {tensor_path.name}; not rewriting it")
     meta["thresholds"] = thresholds
-    text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(json_path, lambda tmp: tmp.write_text(text), overwrite=True)
+    write_metadata(json_path, meta, overwrite=True)
     return thresholds
 
 
@@ -489,10 +486,12 @@ def train(
         Relative sampling weight of each image (default: in proportion to its area),
         e.g. to balance real against synthetic images.
     calibrate : int
-        Choose the ``foreground`` threshold (where an outline is drawn) on this many of
-        the training images, by mAP, and store it in the metadata; 0 keeps 0.5. The
-        edge weighting shifts where the summed cell probability crosses one half, so a
-        model's own threshold draws outlines closer to its annotators'.
+        Choose the post-processing constants (:func:`calibrate_thresholds`: seed and
+        outline thresholds, smallest object, dim-object filter) on this many of the
+        training images, by mAP, and store them in the metadata (``thresholds``); 0
+        keeps the defaults. The edge weighting shifts where the summed cell probability
+        crosses one half, so a model's own thresholds draw outlines closer to its
+        annotators'.
 
     Yields
     ------
@@ -516,8 +515,7 @@ def train(
     pairs = prepare_pairs(images, labels)
     if object_diameter is not None:
         _check_number("object_diameter", object_diameter, 1)
-        pairs = [rescale_pair(img, lab, float(object_diameter) / training_diameter([(img, lab)])) if lab.any()
-                 else (img, lab) for img, lab in pairs]
+        pairs = rescale_to_diameter(pairs, object_diameter)
     val_pairs = prepare_pairs(*validation) if validation is not None else []
     dev = choose_device(device)
     try:

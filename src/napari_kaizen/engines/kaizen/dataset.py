@@ -194,8 +194,9 @@ class PatchSampler:
             flat = int(cell[int(rng.integers(cell.size))])
         else:
             f = int(rng.choice(len(self._background), p=self._bg_weights))
-            u = rng.random()
-            if u < self.bright_fraction and self._bright[f].size:
+            # Drawn only when asked for, so a sampler without hard negatives keeps the
+            # random stream (and the weights) of the training runs before them.
+            if self.bright_fraction > 0 and rng.random() < self.bright_fraction and self._bright[f].size:
                 pool = self._bright[f]
             else:
                 pool = self._near[f] if rng.random() < self.near_fraction else self._background[f]

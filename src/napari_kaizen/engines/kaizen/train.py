@@ -227,10 +227,9 @@ def train(
     yield TrainingSnapshot(stage="data", progress=0.0, message="preparing training data", total_steps=steps)
     imgs, labs = _prepare_pairs(images, labels)
     if object_diameter is not None and imgs:
-        from .._common.scale import median_diameter, rescale_pair
+        from .._common.scale import rescale_to_diameter
 
-        pairs = [rescale_pair(i, lab, float(object_diameter) / median_diameter(lab)) if lab.any() else (i, lab)
-                 for i, lab in zip(imgs, labs)]
+        pairs = rescale_to_diameter(zip(imgs, labs), object_diameter)
         imgs, labs = [p[0] for p in pairs], [p[1].astype(np.int32) for p in pairs]
     n_real = len(imgs)
     synth_params: list[dict] = []
@@ -331,7 +330,7 @@ def train(
                 "sampler": {"positive_fraction": sampler.positive_fraction, "near_fraction": sampler.near_fraction,
                             "residual_prob": sampler.residual_prob, "flips": sampler.flips,
                             "gain_range": list(sampler.gain_range), "bright_fraction": sampler.bright_fraction},
-                "augment": _jsonable(asdict(augment)) if augment is not None else None,
+                "augment": asdict(augment) if augment is not None else None,  # JSON writes tuples as lists
                 "loss": "L1(reconstruction, input x mask of the centre cell) + 0.25 commitment (EMA codebook)",
                 "optimizer": "Adam",
                 "learning_rate": learning_rate,
@@ -383,10 +382,6 @@ def train(
         weights_path=path, done=True,
     )
     return path
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def calibrate_mask_fraction(
