@@ -40,7 +40,7 @@ from napari_kaizen.data import SynthParams, params_to_dict, synthesize  # noqa: 
 from napari_kaizen.engines import classical, fcn  # noqa: E402
 from napari_kaizen.engines._common import run_to_end  # noqa: E402
 from napari_kaizen.engines.fcn.segment import instances_from_probabilities, min_area_pixels  # noqa: E402
-from napari_kaizen.engines.fcn.train import RECIPES, synthetic_training_set, train  # noqa: E402
+from napari_kaizen.engines.fcn.training import RECIPES, synthetic_training_set, train  # noqa: E402
 
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 from napari_kaizen.metrics import count_merges, evaluate  # noqa: E402

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from napari_kaizen.data import SynthParams, random_params, synthesize  # noqa: E402
 from napari_kaizen.engines._common.augment import REAL_WORLD  # noqa: E402
-from napari_kaizen.engines.fcn.train import BUNDLED_NAMES, FCN_AUGMENT, RECIPES, synthetic_training_set, train  # noqa: E402
+from napari_kaizen.engines.fcn.training import BUNDLED_NAMES, FCN_AUGMENT, RECIPES, synthetic_training_set, train  # noqa: E402
 
 #: Validation fields for the log: dense, touching, clustered; seeds outside training
 #: (0..) and evaluation (>= 10_000).
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         desc = {"real": provenance_summary(real, excluded=args.exclude), "synthetic": s_desc,
                 "real_share_of_crops": r["real_share"]}
         if args.recalibrate:
-            from napari_kaizen.engines.fcn.train import recalibrate
+            from napari_kaizen.engines.fcn.training import recalibrate
 
             chosen = recalibrate(output, images, labels, object_diameter=r["object_diameter"], calibrate=r["calibrate"],
                                  device=args.device)

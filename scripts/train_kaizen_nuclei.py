@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from napari_kaizen.engines._common.augment import REAL_WORLD
-    from napari_kaizen.engines.kaizen.train import train
+    from napari_kaizen.engines.kaizen.training import train
 
     command = "python scripts/train_kaizen_nuclei.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

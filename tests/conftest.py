@@ -24,6 +24,21 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_model_folder(tmp_path_factory):
+    """Fine-tuned models of the tests go to a temporary folder, never the user's own."""
+    import os
+
+    folder = tmp_path_factory.mktemp("user-models")
+    before = os.environ.get("NAPARI_KAIZEN_MODELS")
+    os.environ["NAPARI_KAIZEN_MODELS"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("NAPARI_KAIZEN_MODELS", None)
+    else:
+        os.environ["NAPARI_KAIZEN_MODELS"] = before
+
+
 @pytest.fixture(scope="session")
 def small_field():
     """A 128x128 synthetic field (nuclei, membrane, label-free, labels)."""

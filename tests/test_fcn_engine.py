@@ -15,17 +15,17 @@ torch = pytest.importorskip("torch")
 from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines import classical, fcn, get_engine  # noqa: E402
 from napari_kaizen.engines._common import run_to_end  # noqa: E402
-from napari_kaizen.engines._common.errors import (  # noqa: E402
-    DeviceError,
-    InputError,
-    OverwriteError,
-    WeightsError,
-)
 from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, TrainingSnapshot  # noqa: E402
 from napari_kaizen.engines._common.weights import save_weights, weights_paths  # noqa: E402
 from napari_kaizen.engines.fcn.model import GoogLeNetFCN  # noqa: E402
 from napari_kaizen.engines.fcn.segment import instances_from_probabilities  # noqa: E402
 from napari_kaizen.engines.fcn.targets import BACKGROUND, EDGE, INTERIOR, fcn_targets, pixel_weights  # noqa: E402
+from napari_kaizen.errors import (  # noqa: E402
+    DeviceError,
+    InputError,
+    OverwriteError,
+    WeightsError,
+)
 from napari_kaizen.metrics import evaluate  # noqa: E402
 
 #: Held-out dense field for the accuracy checks: an evaluation seed (>= 10_000) and

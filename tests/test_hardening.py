@@ -148,8 +148,8 @@ def test_tampered_weights_json_is_refused_without_allocating(tmp_path, engine, n
     import resource
     import shutil
 
-    from napari_kaizen.engines._common.errors import WeightsError
     from napari_kaizen.engines._common.weights import bundled_dir
+    from napari_kaizen.errors import WeightsError
 
     shutil.copy(bundled_dir() / f"{name}.safetensors", tmp_path / "m.safetensors")
     meta = json.loads((bundled_dir() / f"{name}.json").read_text())
@@ -172,14 +172,25 @@ def test_flat_3d_objects_have_undefined_not_infinite_solidity():
     assert np.isnan(sol[0]) and sol[1] == pytest.approx(1.0)
 
 
-def test_cli_says_why_it_found_nothing(tmp_path, capsys):
-    """A fluorescence-only model finds no instances: exit 0, and the reason is printed."""
+def test_cli_refuses_a_model_that_finds_no_objects(tmp_path, capsys):
+    """A fluorescence-only (ISL) model cannot give labels: one line naming what to choose, nothing written."""
     src = tmp_path / "lf.tif"
     tifffile.imwrite(src, synthesize(seed=5, shape=(96, 96)).label_free)
     assert main(["segment", str(src), "-o", str(tmp_path / "o.tif"), "-q", "--engine", "unet",
-                 "--model", "bundled:unet_isl_membrane"]) == 0
+                 "--model", "bundled:unet_isl_membrane"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "fluorescence image only" in err and "segmentation model" in err and err.count("\n") == 0
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_cli_says_why_it_found_nothing(tmp_path, capsys):
+    """An empty field: 0 objects, exit 0, and the engine's reason on the result line."""
+    src = tmp_path / "empty.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src, (100 + rng.normal(0, 3, (96, 96))).astype(np.uint16))
+    assert main(["segment", str(src), "-o", str(tmp_path / "o.tif"), "-q", "--engine", "fcn"]) == 0
     out = capsys.readouterr().out
-    assert "0 objects" in out and "fine-tune" in out
+    assert "0 objects" in out and "(" in out.split("->")[-1]
 
 
 def test_sigterm_mid_write_leaves_no_partial_or_hidden_file(tmp_path, capsys, field, monkeypatch):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from napari_kaizen.engines._common.errors import InputError, OverwriteError
+from napari_kaizen.errors import InputError, OverwriteError
 from napari_kaizen.io import (
     label_dtype,
     measurements_table,

@@ -35,6 +35,7 @@ from napari_kaizen.engines.kaizen import (  # noqa: E402
 )
 from napari_kaizen.engines.kaizen.decompose import greedy_points, judge, patch_index  # noqa: E402
 from napari_kaizen.engines.kaizen.model import EMACodebook  # noqa: E402
+from napari_kaizen.errors import OverwriteError  # noqa: E402
 from napari_kaizen.metrics import evaluate  # noqa: E402
 
 #: The held-out dense set: settings training never drew, seeds >= 10,000.
@@ -383,7 +384,7 @@ def test_train_writes_loadable_weights_and_cli_hook(tmp_path, capsys):
                               "--output", str(tmp_path / "cli"), "--steps", "2", "--batch-size", "2"])
     assert run_train(args) == 0
     assert (tmp_path / "cli.safetensors").exists() and "wrote" in capsys.readouterr().out
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(OverwriteError, match="already exists"):
         run_train(args)
 
 

@@ -1,6 +1,6 @@
 """The learned engines' dock widgets ("U-Net (ISL)", "GoogLeNet FCN") and the shared
 fine-tune panel, in a real napari viewer. Every test runs for both widgets: they are one
-class (:class:`~napari_kaizen.widgets._segment_widget.SegmentWidget`) configured twice."""
+class (:class:`~napari_kaizen.widgets._engine_widget.EngineWidget`) configured twice."""
 
 from __future__ import annotations
 
@@ -159,5 +159,4 @@ def test_bad_layers_give_messages_not_tracebacks(make_napari_viewer, qtbot, fiel
     # Weights that do not exist.
     widget.image.value = image
     widget.add_model("/no/such/weights.safetensors")
-    _run(widget, qtbot)
-    assert widget.status.text().startswith("Error:") and "not found" in widget.status.text()
+    assert widget.run() is None and "not found" in widget.status.text()  # refused before any work

@@ -16,8 +16,8 @@ from napari_kaizen.engines._common import (
     resolve_diameter,
 )
 from napari_kaizen.engines._common.device import choose_device
-from napari_kaizen.engines._common.errors import DeviceError
 from napari_kaizen.engines._common.weights import load_model, load_weights, read_metadata, save_weights
+from napari_kaizen.errors import DeviceError
 
 
 @pytest.mark.parametrize("diameter", [12.0, 24.0, 40.0])

@@ -14,12 +14,12 @@ torch = pytest.importorskip("torch")
 from napari_kaizen.data import random_params  # noqa: E402
 from napari_kaizen.engines import get_engine, unet  # noqa: E402
 from napari_kaizen.engines._common import run_to_end  # noqa: E402
-from napari_kaizen.engines._common.errors import InputError, OverwriteError, WeightsError  # noqa: E402
 from napari_kaizen.engines._common.weights import bundled_dir  # noqa: E402
 from napari_kaizen.engines.unet.model import build_model  # noqa: E402
 from napari_kaizen.engines.unet.postprocess import instances  # noqa: E402
 from napari_kaizen.engines.unet.targets import balance_lambda, distance_map, segmentation_targets  # noqa: E402
 from napari_kaizen.engines.unet.training import initial_lambda, segmentation_batches, synthetic_pairs  # noqa: E402
+from napari_kaizen.errors import InputError, OverwriteError, WeightsError  # noqa: E402
 from napari_kaizen.metrics import evaluate, pcc  # noqa: E402
 
 TINY = {"base_channels": 4, "depth": 3, "max_channels": 8, "head_channels": 4}
@@ -231,7 +231,7 @@ def test_bad_params_and_devices():
         unet.Params(tile=64, overlap=64)
     with pytest.raises(InputError, match="params must be UNetParams"):
         run_to_end(unet.segment(np.random.default_rng(0).random((32, 32)), {"h": 0.1}))
-    from napari_kaizen.engines._common.errors import DeviceError
+    from napari_kaizen.errors import DeviceError
 
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="CUDA"):

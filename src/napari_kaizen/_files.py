@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .engines._common.errors import OverwriteError
+from .errors import OverwriteError
 
 
 def _default_mode() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .engines import ENGINE_MODULES
-from .engines._common.errors import KaizenError
+from .errors import KaizenError
 
 LABEL_OUTPUT_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 
@@ -160,9 +159,10 @@ def _parse_plane(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .engines import get_engine
+    from .engines import get_engine, learned_engines
     from .engines._common.normalize import to_plane
     from .engines._common.planes import segment_planes
+    from .engines.registry import input_warning
     from .io import find_images, read_image, write_labels, write_measurements_csv, write_roi_zip
 
     engine = get_engine(args.engine)
@@ -176,11 +176,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     plane = _parse_plane(args.plane)
     if args.plane is not None and args.all_planes:
         raise KaizenError("--plane picks one plane and --all-planes runs every plane: give one of them")
-    load = getattr(engine.module, "load_model", None)
-    if load is None and args.model:
+    if not engine.learned and args.model:
         raise KaizenError(f"the {engine.name} engine uses no model; --model applies to the learned engines "
-                          f"({', '.join(n for n in ENGINE_MODULES if n != engine.name and n != 'classical')})")
-    if load is None and args.device not in ("auto", "cpu"):
+                          f"({', '.join(learned_engines())})")
+    if not engine.learned and args.device not in ("auto", "cpu"):
         raise KaizenError(f"the {engine.name} engine runs on the CPU only; --device applies to the learned engines")
     inputs = find_images(args.images)
     outputs = _output_paths(inputs, Path(args.output))
@@ -198,9 +197,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise KaizenError(f"{clash[0]} already exists; not overwriting it (pass --overwrite, or --skip-existing "
                               "to resume a run)")
     _check_writable(outputs)
-    model = None
-    if load is not None and inputs and (args.model or engine.default_model):
-        model = load(args.model or engine.default_model, device=args.device)
+    model = entry = None
+    if engine.learned and inputs:
+        entry = _model_entry(engine, args.model or engine.default_model)
+        model = engine.load_model(entry.spec if entry else args.model, device=args.device)
     failures = 0
     for src, dest in zip(inputs, outputs):
         start = time.perf_counter()
@@ -236,10 +236,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
             # No objects is a result, but never a silent one: say the engine's reason.
             why = f" ({last.message})" if n == 0 and last.message else ""
             print(f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}{why}")
+            # After the result, not before: an error must stay the only line of a failure.
+            warning = input_warning(entry, image) if entry is not None and image.ndim == 2 else None
+            if warning:
+                print(f"warning: {src.name}: {warning}", file=sys.stderr)
         except (KaizenError, OSError) as exc:
             failures += 1
             _fail(f"{src.name}: {exc}")
     return 1 if failures else 0
+
+
+def _model_entry(engine, spec: str):
+    """The registry entry of ``spec`` for ``engine`` (None for a file it cannot describe).
+
+    A model of another engine is refused here, in one line, instead of failing inside
+    the network; a model that finds no objects too.
+    """
+    from .engines.registry import model_entry
+    from .errors import WeightsError
+
+    try:
+        entry = model_entry(spec)
+    except WeightsError:
+        return None  # load_model gives the precise reason
+    if entry.engine != engine.name:
+        raise KaizenError(f"--model {spec} is a {entry.engine} model; the {engine.name} engine needs one of its own "
+                          f"(see `kaizen engines`)")
+    if not entry.segments:
+        raise KaizenError(f"--model {spec} predicts a fluorescence image only (no objects); choose a segmentation "
+                          "model (see `kaizen engines`)")
+    return entry
 
 
 def _scores(snapshot) -> dict[str, dict[int, float]]:
@@ -343,16 +369,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_engines(args: argparse.Namespace) -> int:
     from .engines import get_engine
-    from .engines._common.errors import EngineNotAvailableError
-    from .engines._common.weights import list_bundled
+    from .engines._common.loaded import INPUT_KINDS
+    from .engines.registry import OUTPUT_KINDS, list_models, user_model_dir
+    from .errors import EngineNotAvailableError
 
+    models = list_models()
     for name in ENGINE_MODULES:
         try:
             eng = get_engine(name)
-            print(f"{name:10s} {eng.title}  (default model: {eng.default_model or 'none needed'})")
         except EngineNotAvailableError as exc:
             print(f"{name:10s} not available: {exc}")
-    print("bundled models: " + (", ".join(list_bundled()) or "none"))
+            continue
+        print(f"{name:10s} {eng.title}")
+        if not eng.learned:
+            print(f"{'':10s}   no model; expects {INPUT_KINDS[eng.input_kind]}")
+        for m in (m for m in models if m.engine == name):
+            default = "  [default]" if m.spec == eng.default_model else ""
+            print(f"{'':10s}   {m.spec}{default}\n{'':10s}      finds {OUTPUT_KINDS[m.output_kind]}; expects {INPUT_KINDS[m.input_kind]}"
+                  + (f"; {m.description}" if m.source == "user" and m.description else ""))
+    print(f"fine-tuned models are kept in {user_model_dir()} (set NAPARI_KAIZEN_MODELS to move them)")
     return 0
 
 
@@ -362,18 +397,15 @@ def _add_train_parsers(sub, *, load: bool = True) -> None:
         # The engines' training modules import torch (seconds); only `kaizen train` needs them.
         train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         return
+    from .engines import get_engine, learned_engines
+
     engines = train.add_subparsers(dest="train_engine", metavar="ENGINE")
     engines.required = True
-    for name, module_name in ENGINE_MODULES.items():
-        try:
-            module = importlib.import_module(f"{module_name}.train")
-        except ModuleNotFoundError:
-            continue
-        if not hasattr(module, "add_train_arguments") or not hasattr(module, "run_train"):
-            continue
-        p = engines.add_parser(name, help=f"train the {name} engine")
-        module.add_train_arguments(p)
-        p.set_defaults(func=module.run_train)
+    for name in learned_engines():
+        engine = get_engine(name)
+        p = engines.add_parser(name, help=f"train or fine-tune the {name} engine")
+        engine.add_train_arguments(p)
+        p.set_defaults(func=engine.run_train)
 
 
 # --------------------------------------------------------------------------- main

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines._common.errors import InputError
+from ..errors import InputError
 
 #: Suffixes :func:`read_image` understands.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_write
-from ..engines._common.errors import InputError
+from ..errors import InputError
 
 #: Suffixes the label reader and writer understand.
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".npy")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_write
-from ..engines._common.errors import InputError
+from ..errors import InputError
 
 #: Shape properties measured for every object (2-D); 3-D drops the ones undefined there.
 SHAPE_PROPERTIES_2D = (

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._files import atomic_write
-from ..engines._common.errors import InputError
+from ..errors import InputError
 
 
 def labels_to_rois(labels: np.ndarray, *, position: int | None = None) -> list:

@@ -17,9 +17,9 @@ if TYPE_CHECKING:  # napari injects the viewer by this annotation
 
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from ..engines._common.errors import KaizenError
+from ..errors import KaizenError
 from ..io import write_labels, write_measurements_csv, write_roi_zip
-from ._segment_widget import LayerChoice
+from ._engine_widget import LayerChoice
 
 
 def features_columns(layer) -> dict[str, dict[int, float]]:

@@ -6,50 +6,17 @@ labels in a worker thread (live loss plot, progress bar, *Cancel*), the new weig
 written next to a JSON of how they were made (never over an existing file), and the
 host widget re-segments with them.
 
-The panel knows nothing about any engine. An engine plugs in with one generator
-function and two callbacks:
-
-``finetune_fn(image, labels, *, model, steps, learning_rate, output, device, description)``
-    Called **in the worker thread**. ``image`` is the chosen image layer's current 2-D
-    plane (layer data as is; the engine normalises it), ``labels`` the chosen labels
-    layer's matching plane (integer ids, 0 background), ``model`` whatever
-    ``base_model()`` returned (a ``'bundled:NAME'``, a path, or a loaded model),
-    ``steps`` / ``learning_rate`` from the panel, ``output`` a :class:`~pathlib.Path`
-    that does not exist yet (the engine writes ``output.with_suffix('.safetensors')``
-    and ``.json`` with :func:`~napari_kaizen.engines._common.weights.save_weights`),
-    ``device`` a device name and ``description`` a line saying which layers the
-    training data came from (for the JSON). It returns a generator of
-    :class:`~napari_kaizen.engines._common.snapshots.TrainingSnapshot`; the panel plots
-    ``loss`` against ``step``, shows ``progress`` and ``message``, and reads
-    ``weights_path`` from the last snapshot (``done=True``). Raising a
-    :class:`~napari_kaizen.engines._common.errors.KaizenError` shows its message.
-    ``napari_kaizen.engines.unet.finetune`` has exactly this shape.
-``base_model()``
-    Called on the GUI thread when *Fine-tune* is pressed: the model to start from
-    (usually the host widget's current model choice).
-``on_finished(weights_path, image_layer)``
-    Called on the GUI thread after the weights were written: the host adds them to its
-    model choices and re-segments ``image_layer`` with them.
-
-Example (the GoogLeNet-FCN widget)::
-
-    from ._finetune import FinetunePanel
-    from ..engines import fcn
-
-    self.finetune = FinetunePanel(
-        viewer, fcn.finetune,
-        base_model=lambda: self.model.value,
-        on_finished=self._use_weights,
-        name_prefix="fcn_finetuned",
-        device=lambda: self.device.value,
-    )
-    layout.addWidget(self.finetune)
+The panel drives any learned engine through its ``finetune`` generator (the engine
+contract, :mod:`napari_kaizen.engines`): ``finetune(images, labels, *, model, steps,
+learning_rate, output, device, description)``. New weights go to the user model folder
+(:func:`~napari_kaizen.engines.registry.user_model_dir`) under a name no file has yet,
+and every widget's model list is refreshed (:func:`~._models.models_changed`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +26,6 @@ from qtpy.QtWidgets import QGroupBox, QLabel, QProgressBar, QVBoxLayout
 
 from . import _layers
 from ._worker import SnapshotRunner
-
-#: The engine-provided generator function (see the module docstring).
-FinetuneFn = Callable[..., Iterator[Any]]
-
-
-def engine_finetune(engine: str) -> FinetuneFn:
-    """The ``finetune`` generator function of ``napari_kaizen.engines.<engine>``, imported on first call.
-
-    Widgets are imported when napari starts; the engines (and torch) only when a
-    person fine-tunes. Every learned engine's ``finetune`` has the panel's call shape.
-    """
-    def finetune_fn(image, labels, *, model, steps, learning_rate, output, device, description):
-        import importlib
-
-        module = importlib.import_module(f"napari_kaizen.engines.{engine}")
-        return module.finetune(image, labels, model=model, steps=steps, learning_rate=learning_rate,
-                               output=output, device=device, description=description)
-
-    finetune_fn.__name__ = f"{engine}_finetune"
-    return finetune_fn
 
 
 def weights_exist(stem: Path) -> bool:
@@ -100,16 +47,6 @@ def fresh_weights_path(path: str | Path) -> Path:
     while weights_exist(stem.with_name(f"{stem.name}_{k}")):
         k += 1
     return stem.with_name(f"{stem.name}_{k}")
-
-
-def default_folder(layer) -> Path:
-    """Folder for new weights: beside the image file if it has one, else ~/napari-kaizen-models."""
-    src = getattr(getattr(layer, "source", None), "path", None)
-    if src:
-        folder = Path(src).expanduser().parent
-        if folder.is_dir():
-            return folder
-    return Path.home() / "napari-kaizen-models"
 
 
 class LossPlot(QLabel):
@@ -163,8 +100,8 @@ class FinetunePanel(QGroupBox):
     Parameters
     ----------
     viewer : napari.Viewer
-    finetune_fn : callable
-        The engine's fine-tune generator function (see the module docstring).
+    engine : str
+        The learned engine whose ``finetune`` runs.
     base_model : callable
         ``base_model() -> model`` to start from, read when *Fine-tune* is pressed.
     on_finished : callable, optional
@@ -172,7 +109,8 @@ class FinetunePanel(QGroupBox):
     device : callable or str
         Device name, or a callable returning it (e.g. the host widget's device box).
     name_prefix : str
-        File name of the new weights (``prefix``, ``prefix_2``, ... never overwritten).
+        File name of the new weights in the user model folder (``prefix``, ``prefix_2``,
+        ... never overwritten); default ``'<engine>_finetuned'``.
     steps, learning_rate : int, float
         Defaults shown in the panel.
     title : str
@@ -182,25 +120,26 @@ class FinetunePanel(QGroupBox):
     def __init__(
         self,
         viewer,
-        finetune_fn: FinetuneFn,
+        engine: str,
         *,
         base_model: Callable[[], Any],
         on_finished: Callable[[Path, Any], None] | None = None,
         device: Callable[[], str] | str = "auto",
-        name_prefix: str = "finetuned",
+        name_prefix: str | None = None,
         steps: int = 100,
         learning_rate: float = 5e-4,
         title: str = "Fine-tune on a correction",
     ) -> None:
         super().__init__(title)
-        from ._segment_widget import LayerChoice
+        from ..engines import get_engine
+        from ._engine_widget import LayerChoice
 
         self.viewer = viewer
-        self.finetune_fn = finetune_fn
+        self.engine = get_engine(engine)
         self.base_model = base_model
         self.on_finished = on_finished
         self._device = device
-        self.name_prefix = name_prefix
+        self.name_prefix = name_prefix or f"{engine}_finetuned"
         self.runner = SnapshotRunner(self, min_interval_ms=150)
 
         self.image = LayerChoice(viewer, "image", label="image")
@@ -211,11 +150,24 @@ class FinetunePanel(QGroupBox):
                                              label="learning rate", tooltip="Peak learning rate (Adam)")
         self.learning_rate.native.setDecimals(6)
         self.output = mw.FileEdit(mode="w", label="save as", value="",
-                                  tooltip="Weights file to write (.safetensors + .json); "
-                                  "an existing name gets _2, _3, ...")
+                                  tooltip="Weights file to write (.safetensors + .json); empty: the user model "
+                                  "folder, where every widget lists it. An existing name gets _2, _3, ...")
+        self.region = mw.ComboBox(
+            label="checked", choices=self._region_choices, value="all",
+            tooltip="Where the labels are complete: only there the model learns. 'The cells I changed' "
+                    "takes every cell you painted, erased or filled, plus a margin; a shapes layer marks "
+                    "a corrected area")
+        self.apply_to = mw.ComboBox(
+            label="then apply to", value="image",
+            choices=[("this image", "image"), ("every plane / frame of it", "planes"),
+                     ("every open image", "all")],
+            tooltip="What to re-segment with the fine-tuned model when it is saved")
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(lambda e=None: self.region.reset_choices())
         self.start_button = mw.PushButton(text="Fine-tune")
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
-        form = mw.Container(widgets=[self.image, self.labels, self.steps, self.learning_rate, self.output])
+        form = mw.Container(widgets=[self.image, self.labels, self.region, self.steps, self.learning_rate,
+                                     self.output, self.apply_to])
         buttons = mw.Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -249,11 +201,34 @@ class FinetunePanel(QGroupBox):
     def reset_choices(self, event=None) -> None:
         self.image.reset_choices()
         self.labels.reset_choices()
+        self.region.reset_choices()
+
+    def _region_choices(self, widget=None):
+        return [("the whole image", "all"), ("the cells I changed (+ margin)", "changed"),
+                *[(f"inside shapes '{layer.name}'", layer) for layer in _layers.shapes_layers(self.viewer)]]
+
+    def _region(self, image_layer, labels_layer, shape, plane):
+        """The checked mask of the plane (None: everywhere), or a message."""
+        choice = self.region.value
+        if choice == "all":
+            return None
+        if choice == "changed":
+            mask = _layers.changed_region(labels_layer, plane)
+            if mask is None:
+                return (f"'{labels_layer.name}' has no change against the result written into it: correct some "
+                        "cells first, or choose 'the whole image'")
+            return mask
+        mask = _layers.shapes_region(choice, shape, image_layer)
+        if mask is None:
+            return f"shapes layer '{choice.name}' covers no pixel of '{image_layer.name}': draw a rectangle or polygon"
+        return mask
 
     def _output_stem(self, layer) -> Path:
+        from ..engines.registry import new_model_path
+
         text = str(self.output.value or "").strip()
         if text in ("", "."):
-            return fresh_weights_path(default_folder(layer) / self.name_prefix)
+            return new_model_path(self.name_prefix).with_suffix("")
         return fresh_weights_path(text)
 
     def _inputs(self):
@@ -265,13 +240,16 @@ class FinetunePanel(QGroupBox):
         if labels_layer is None:
             return "No labels layer: run a segmentation, correct its labels layer, and choose it as 'corrected labels'."
         image, _ = _layers.current_plane(self.viewer, image_layer)
-        labels, _ = _layers.current_plane(self.viewer, labels_layer)
+        labels, plane = _layers.current_plane(self.viewer, labels_layer)
         if labels.shape != image.shape:
             return (f"'{labels_layer.name}' has shape {labels.shape} but '{image_layer.name}' has {image.shape}: "
                     "choose the labels drawn on this image")
         if not np.any(labels):
             return f"'{labels_layer.name}' has no objects: there is nothing to learn from"
-        return image, np.asarray(labels), image_layer, labels_layer
+        region = self._region(image_layer, labels_layer, labels.shape, plane)
+        if isinstance(region, str):
+            return region
+        return image, np.asarray(labels), image_layer, labels_layer, region
 
     # -------------------------------------------------------------- actions
     def start(self, event=None):
@@ -283,7 +261,7 @@ class FinetunePanel(QGroupBox):
         if isinstance(got, str):
             self.set_status(got)
             return None
-        image, labels, image_layer, labels_layer = got
+        image, labels, image_layer, labels_layer, region = got
         try:
             output = self._output_stem(image_layer)
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -292,17 +270,18 @@ class FinetunePanel(QGroupBox):
             return None
         model = self.base_model()
         steps, lr, device = int(self.steps.value), float(self.learning_rate.value), self.device()
+        where = "" if region is None else f", checked {100 * float(region.mean()):.0f} % of it"
         description = (f"napari: image layer '{image_layer.name}', labels layer '{labels_layer.name}' "
-                       f"({int(np.count_nonzero(np.unique(labels)))} objects), fine-tuned from {model}")
+                       f"({int(np.count_nonzero(np.unique(labels)))} objects{where}), fine-tuned from {model}")
         self._image_layer = image_layer
         self._output = output
         self.last_weights = None
         self.history_steps, self.history_loss = [], []
         self.plot.set_history([], [])
-        fn = self.finetune_fn
+        fn = self.engine.finetune
 
         def make():
-            return fn(image, labels, model=model, steps=steps, learning_rate=lr, output=output,
+            return fn(image, labels, model=model, regions=region, steps=steps, learning_rate=lr, output=output,
                       device=device, description=description)
 
         self.start_button.enabled = False
@@ -341,7 +320,10 @@ class FinetunePanel(QGroupBox):
             if not self.status.text().startswith("Error"):
                 self.set_status("Fine-tuning ended without writing weights.")
             return
-        self.set_status(f"Saved {self.last_weights} (+ .json); re-segmenting…")
+        from ._models import models_changed
+
+        models_changed()
+        self.set_status(f"Saved {self.last_weights} (+ .json)" + ("; re-segmenting with it…" if self.on_finished else "."))
         if self.on_finished is not None:
             self.on_finished(self.last_weights, self._image_layer)
 

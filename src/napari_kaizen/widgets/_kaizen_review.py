@@ -28,6 +28,11 @@ def bounding_box(data: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray] 
     return np.array([w.min() for w in where], float), np.array([w.max() for w in where], float)
 
 
+#: The layer that frames the cell under review.
+MARK_LAYER = "Kaizen review"
+MARK_OWNER = "kaizen-review"
+
+
 def _camera(viewer):
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
@@ -135,8 +140,29 @@ class ReviewPanel(QWidget):
             self.text.setText(f"Cell {label} (score {score:.3f}; {where}) is no longer in '{self.layer.name}'.")
             return label
         self.layer.selected_label = label
+        self.mark(*box)
         self.viewer.layers.selection.active = self.layer
         focus(self.viewer, self.layer, *box)
         self.text.setText(f"Cell {label}: score {score:.3f} ({where}). Paint, fill or erase in "
                           f"'{self.layer.name}' to correct it.")
         return label
+
+    def mark(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Frame the cell under review with a yellow rectangle (layer "Kaizen review")."""
+        from . import _layers
+
+        pad = max(2.0, 0.15 * float(np.max(hi[-2:] - lo[-2:] + 1.0)))
+        (y0, x0), (y1, x1) = lo[-2:] - pad, hi[-2:] + pad
+        lead = [float(v) for v in lo[:-2]]
+        corners = np.array([[*lead, y0, x0], [*lead, y0, x1], [*lead, y1, x1], [*lead, y1, x0]], float)
+        existing = self.viewer.layers[MARK_LAYER] if MARK_LAYER in self.viewer.layers else None
+        if existing is not None and _layers.owned_by(existing, MARK_OWNER) and existing.ndim == corners.shape[1]:
+            existing.data = [corners]
+            existing.shape_type = ["rectangle"]
+            return
+        name = _layers.fresh_name(self.viewer, MARK_LAYER) if existing is not None else MARK_LAYER
+        self.viewer.add_shapes(
+            [corners], shape_type="rectangle", edge_color="yellow", face_color="transparent",
+            edge_width=max(1.0, pad / 2), name=name, scale=self.layer.scale, translate=self.layer.translate,
+            metadata={_layers.META_KEY: {"owner": MARK_OWNER}},
+        )

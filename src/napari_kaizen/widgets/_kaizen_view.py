@@ -62,8 +62,7 @@ class KaizenLayers:
         self.cells_layer = None
         self._source = None
         self._mode = "2d"  # '2d', 'plane' (current plane of a stack) or 'stack' (every plane)
-        self._plane: tuple[int, ...] = ()
-        self._stack: np.ndarray | None = None
+        self.target: _layers.PlaneTarget | None = None
         self._drawn: dict[str, object] = {}
 
     # ------------------------------------------------------------------ a run
@@ -78,11 +77,8 @@ class KaizenLayers:
         """
         self._source = source
         self._mode = mode
-        self._plane = tuple(plane)
         self.cells_layer = None
-        self._stack = None
-        if mode in ("plane", "stack"):
-            self._stack = np.zeros(np.shape(source.data), np.int32 if mode == "plane" else np.uint32)
+        self.target = _layers.PlaneTarget(source, mode, plane)
 
     @property
     def source(self):
@@ -161,21 +157,9 @@ class KaizenLayers:
 
     def draw_labels(self, snap, *, features=None) -> None:
         plane = getattr(snap, "plane", None)
-        if self._stack is not None and self._alive(self.cells_layer) and _layers.is_edited(self.cells_layer):
-            # The person painted in this run's layer, whose array is our stack: the
-            # next layer gets its own array (the final stack replaces it all anyway).
-            self._stack = np.array(self._stack, copy=True) if self._mode == "stack" else np.zeros_like(self._stack)
-        if self._mode == "2d":
-            data = np.array(snap.labels, copy=True)
-        elif self._mode == "plane":
-            self._stack[self._plane] = snap.labels
-            data = self._stack
-        elif plane is not None:  # every plane: the plane being computed, ids local to it
-            self._stack[plane] = snap.labels
-            data = self._stack
-        else:  # every plane, final: the whole stack with ids unique across planes
-            self._stack = np.array(snap.labels, copy=True)
-            data = self._stack
+        if self._alive(self.cells_layer) and _layers.is_edited(self.cells_layer):
+            self.target.detach()
+        data = self.target.place(snap.labels, plane, final=plane is None)
         if features is None:
             # Every-plane runs get their table (ids offset per plane) with the final stack.
             features = scores_table({} if self._mode == "stack" else (getattr(snap, "scores", None) or {}))

@@ -20,26 +20,20 @@ the plane being computed, and the slider scrubs through that plane's iterations)
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui import widgets as mw
-from qtpy.QtWidgets import QApplication, QGroupBox, QLabel, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QLabel, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 
-from ..engines._common.device import DEVICE_CHOICES
-from ..engines._common.errors import KaizenError, WeightsError
-from ..engines.kaizen.params import KaizenParams
 from . import _layers
+from ._engine_widget import EngineWidget, Section
 from ._kaizen_history import IterationScrubber, SnapshotHistory, keepable
-from ._kaizen_models import ModelChoice
 from ._kaizen_review import ReviewPanel
-from ._kaizen_view import OWNER, KaizenLayers, scores_table
-from ._params_form import ParamsForm
-from ._segment_widget import LayerChoice
-from ._worker import SnapshotRunner
+from ._kaizen_view import ACCEPTED_COLOR, REJECTED_COLOR, KaizenLayers, scores_table
 
 #: At most one redraw of the four layers per this many milliseconds while running ...
 DRAW_INTERVAL_MS = 150
@@ -51,88 +45,44 @@ MAIN_PARAMS = ("diameter", "max_iterations", "max_passes", "mask_threshold", "mi
                "batched", "points_per_iteration")
 
 
-class _ImageChoice(LayerChoice):
-    """Image layers a person can segment: not the widget's own internal / error images."""
-
-    def _choices(self, widget=None):
-        return [(n, layer) for n, layer in super()._choices(widget) if not _layers.owned_by(layer, OWNER)]
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgba[:3])
 
 
-class KaizenWidget(QWidget):
+#: The proposals' colours, for the legend (the layer draws them; see :mod:`._kaizen_view`).
+LEGEND = (
+    f"<span style='color:{_hex(ACCEPTED_COLOR)}'>&#9679;</span> accepted proposal (a cell kept) &nbsp; "
+    f"<span style='color:{_hex(REJECTED_COLOR)}'>&#9679;</span> rejected (did not lower the error)"
+)
+
+
+class KaizenWidget(EngineWidget):
     """Dock widget of the Kaizen engine (VQ-VAE decomposition).
+
+    The :class:`~._engine_widget.EngineWidget` with three additions: *Pause* / *Step* /
+    *Resume* under *Run*, an "Iterations" panel (slider, legend, what the shown
+    iteration did) and a "Review and correct" panel.
 
     Parameters
     ----------
     viewer : napari.Viewer
     """
 
+    ENGINE = "kaizen"
+    PREFIX = "Kaizen"
+    MAIN_PARAMS = MAIN_PARAMS
+    RUNNER_OPTIONS = {"min_interval_ms": DRAW_INTERVAL_MS, "max_busy": DRAW_BUSY}
+    FINETUNE_DEFAULTS = {"steps": 150, "learning_rate": 2e-4}
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self.viewer = viewer
-        self.runner = SnapshotRunner(self, min_interval_ms=DRAW_INTERVAL_MS, max_busy=DRAW_BUSY)
+        super().__init__(viewer)
         self.history = SnapshotHistory()
         self.view = KaizenLayers(viewer)
-
-        # -------------------------------------------------------- inputs
-        self.image = _ImageChoice(viewer, "image", label="image")
-        self.all_planes = mw.CheckBox(value=False, label="every plane",
-                                      tooltip="Segment every plane of a z-stack / time series, not only the one shown")
-        self.models = ModelChoice()
-        self.device = mw.ComboBox(choices=list(DEVICE_CHOICES), value="auto", label="device",
-                                  tooltip="auto: CUDA, then Apple MPS, then the CPU")
-        self.form = ParamsForm(KaizenParams)
-        self.show_all = mw.CheckBox(value=False, label="show all parameters",
-                                    tooltip="Also show the window sizes, padding and batching parameters")
-        inputs = mw.Container(widgets=[self.image, self.all_planes, self.models, self.device])
-
-        # -------------------------------------------------------- controls
-        self.run_button = mw.PushButton(text="Run", tooltip="Decompose the chosen image, showing every iteration")
-        self.cancel_button = mw.PushButton(text="Cancel", tooltip="Stop after the iteration being computed")
-        self.pause_button = mw.PushButton(text="Pause", tooltip="Stop after the iteration being computed")
-        self.step_button = mw.PushButton(
-            text="Step", tooltip="Compute exactly one more iteration (when idle: start a run paused after its first)")
-        self.resume_button = mw.PushButton(text="Resume", tooltip="Run on to the end")
-        row1 = mw.Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
-        row2 = mw.Container(widgets=[self.pause_button, self.step_button, self.resume_button],
-                            layout="horizontal", labels=False)
-        for row in (row1, row2):
-            row.margins = (0, 0, 0, 0)
-
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.readout = QLabel("Choose an image and press Run.")
-        self.readout.setWordWrap(True)
-        self.scrubber = IterationScrubber(self)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.review = ReviewPanel(viewer)
-        review_box = QGroupBox("Review and correct")
-        box_layout = QVBoxLayout(review_box)
-        box_layout.addWidget(self.review)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(inputs.native)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.show_all.native)
-        layout.addWidget(row1.native)
-        layout.addWidget(row2.native)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.readout)
-        layout.addWidget(self.scrubber)
-        layout.addWidget(self.status)
-        layout.addWidget(review_box)
-        layout.addStretch(1)
-
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
+        self.runner.paused_changed.connect(lambda paused: self._update_buttons())
+        self.scrubber.requested.connect(self.show_iteration)
         self.pause_button.changed.connect(self.pause)
         self.step_button.changed.connect(self.step)
         self.resume_button.changed.connect(self.resume)
-        self.show_all.changed.connect(self._show_params)
-        self.scrubber.requested.connect(self.show_iteration)
-        self.runner.finished.connect(self._finished)
-        self.runner.errored.connect(self._errored)
-        self.runner.paused_changed.connect(lambda paused: self._update_buttons())
 
         # A paused worker waits for ever: when the widget goes away or napari quits, cancel
         # its run. The hook holds only this list (not the widget), so it is safe to call
@@ -149,14 +99,45 @@ class KaizenWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(cancel_all)
 
-        self._error: str | None = None
         self._started = 0.0
         self._n_planes = 1
         self._plane_results: list[tuple[tuple[int, ...], dict[int, float], int]] = []
         self._stack_features = None
         self._followed_plane: tuple[int, ...] | None = None
-        self._show_params()
+        self._start_paused = False
+        self.readout.setText("Choose an image and press Run.")
         self._update_buttons()
+
+    # ------------------------------------------------------------------ panels
+    def _control_rows(self) -> list[QWidget]:
+        self.pause_button = mw.PushButton(text="Pause", tooltip="Stop after the iteration being computed")
+        self.step_button = mw.PushButton(
+            text="Step", tooltip="Compute exactly one more iteration (when idle: start a run paused after its first)")
+        self.resume_button = mw.PushButton(text="Resume", tooltip="Run on to the end")
+        row = mw.Container(widgets=[self.pause_button, self.step_button, self.resume_button],
+                           layout="horizontal", labels=False)
+        row.margins = (0, 0, 0, 0)
+        self.paused_label = QLabel("Paused")
+        self.paused_label.setStyleSheet("font-weight: bold; color: #f0c040;")
+        self.paused_label.setVisible(False)
+        return [row.native, self.paused_label]
+
+    def _sections(self) -> list[QWidget]:
+        self.readout = QLabel("")
+        self.readout.setWordWrap(True)
+        self.scrubber = IterationScrubber(self)
+        self.legend = QLabel(LEGEND)
+        self.legend.setWordWrap(True)
+        iterations = QWidget()
+        box = QVBoxLayout(iterations)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.readout)
+        box.addWidget(self.scrubber)
+        box.addWidget(self.legend)
+        self.review = ReviewPanel(self.viewer)
+        self.iterations_section = Section("Iterations", iterations, expanded=True)
+        self.review_section = Section("Review and correct", self.review, expanded=True)
+        return [self.iterations_section, self.review_section]
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -164,29 +145,25 @@ class KaizenWidget(QWidget):
         """The labels layer of the latest run (None before the first draw)."""
         return self.view.cells_layer
 
-    def reset_choices(self, event=None) -> None:
-        self.image.reset_choices()
-
-    def set_status(self, text: str) -> None:
-        self.status.setText(text)
-
-    def add_model(self, model: Any, label: str | None = None, *, select: bool = True) -> None:
-        """Offer a weights path or a loaded Kaizen model in the model list (and select it)."""
-        self.models.add_model(model, label, select=select)
-
-    def _show_params(self, event=None) -> None:
-        every = bool(self.show_all.value)
-        for name, widget in self.form._fields.items():
-            widget.visible = every or name in MAIN_PARAMS
+    @property
+    def models(self):
+        """Older name of :attr:`model`."""
+        return self.model
 
     def _update_buttons(self) -> None:
         running = self.runner.running
         paused = running and self.runner.paused
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
+        if not hasattr(self, "pause_button"):
+            return
         self.pause_button.enabled = running and not paused
         self.step_button.enabled = True
         self.resume_button.enabled = paused
+        self.paused_label.setVisible(paused)
+        if paused and hasattr(self, "history"):
+            shown = self._describe(self.history.last) if len(self.history) else "before the first iteration"
+            self.paused_label.setText(f"Paused — {shown}. Step: one more iteration; Resume: run on.")
 
     # ------------------------------------------------------------------ actions
     def run(self, event=None, *, start_paused: bool = False):
@@ -194,44 +171,18 @@ class KaizenWidget(QWidget):
         if self.runner.running:
             self.set_status("A run is already in progress: pause, step, resume or cancel it.")
             return None
-        layer = self.image.layer
-        problem = _layers.image_layer_problem(layer)
-        if problem:
-            self.set_status(problem)
-            return None
-        try:
-            params = self.form.value()
-        except (ValueError, KaizenError) as exc:
-            self.set_status(str(exc))
-            return None
-        try:
-            model = self.models.selected()
-        except WeightsError as exc:
-            self.set_status(str(exc))
-            return None
-        device = self.device.value
-        stack = bool(self.all_planes.value) and np.ndim(layer.data) > 2
-        if stack:
-            # The whole stack is read in the worker (a lazy / dask stack is computed there).
-            data, plane, mode = layer.data, (), "stack"
-            self._n_planes = int(np.prod(np.shape(layer.data)[:-2]))
-        else:
-            data, plane = _layers.current_plane(self.viewer, layer)
-            mode = "plane" if plane else "2d"
-            self._n_planes = 1
-        load = self.models.loader(model, device)
+        self._start_paused = start_paused
+        worker = super().run(start_paused=start_paused)
+        if worker is not None:
+            self._live_gates[:] = [self.runner.gate]
+            self._update_buttons()
+        return worker
 
-        def make():
-            # Runs in the worker thread: loading weights and checking the image too.
-            from ..engines.kaizen import segment
+    def _wrap(self, snapshots):
+        return keepable(snapshots)
 
-            km = load()
-            if stack:
-                from ..engines._common.planes import segment_planes
-
-                return keepable(segment_planes(segment, np.asarray(data), params, model=km, device=device))
-            return keepable(segment(data, params, model=km, device=device))
-
+    def _begin(self, layer, mode: str, plane: tuple[int, ...]) -> None:
+        self._n_planes = int(np.prod(np.shape(layer.data)[:-2])) if mode == "stack" else 1
         self.history.clear()
         self.scrubber.reset()
         self.view.begin(layer, mode, plane)
@@ -239,17 +190,8 @@ class KaizenWidget(QWidget):
         self._plane_results = []
         self._stack_features = None
         self._followed_plane = None
-        self._error = None
         self._started = time.monotonic()
-        self.progress.setValue(0)
-        where = f" (plane {plane})" if plane else (f" ({self._n_planes} planes)" if stack else "")
-        self.readout.setText("Paused before the first iteration." if start_paused else "Loading the model…")
-        self.set_status(f"Running Kaizen on '{layer.name}'{where}…")
-        worker = self.runner.start(make, draw=self._draw_live, on_snapshot=self._received,
-                                   start_paused=start_paused)
-        self._live_gates[:] = [self.runner.gate]
-        self._update_buttons()
-        return worker
+        self.readout.setText("Paused before the first iteration." if self._start_paused else "Loading the model…")
 
     def pause(self, event=None) -> None:
         self.runner.pause()
@@ -266,9 +208,6 @@ class KaizenWidget(QWidget):
         self.runner.step()
         self._update_buttons()
 
-    def cancel(self, event=None) -> None:
-        self.runner.cancel()
-
     # ------------------------------------------------------------------ snapshots
     def _received(self, snap) -> None:
         """Every snapshot, on the GUI thread: keep it (cheap; nothing is drawn here)."""
@@ -282,7 +221,7 @@ class KaizenWidget(QWidget):
             self.scrubber.set_index(self.scrubber.slider.maximum())
         self.scrubber.set_count(len(self.history))
 
-    def _draw_live(self, snap) -> None:
+    def draw(self, snap) -> None:
         """The newest snapshot, throttled: progress always, the layers if following."""
         self.progress.setValue(int(round(1000 * float(snap.progress))))
         if self.scrubber.following:
@@ -384,6 +323,7 @@ class KaizenWidget(QWidget):
     def _finished(self, cancelled: bool) -> None:
         self._live_gates.clear()
         self._update_buttons()
+        self._next_in_queue(cancelled)
         last = self.history.last
         elapsed = time.monotonic() - self._started
         if self._error:

@@ -8,6 +8,7 @@ A new run updates its own unedited layer in place, and otherwise adds a new laye
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,71 @@ def fresh_name(viewer, base: str) -> str:
     while f"{base} [{k}]" in viewer.layers:
         k += 1
     return f"{base} [{k}]"
+
+
+#: What this package last wrote into each labels layer (weakly held): the engine's
+#: result, against which a person's corrections are found (:func:`changed_region`).
+_WRITTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def written(layer) -> np.ndarray | None:
+    """The labels this package last wrote into ``layer`` (None if none)."""
+    return _WRITTEN.get(layer)
+
+
+def changed_region(layer, plane: tuple[int, ...] = (), margin: int = 8) -> np.ndarray | None:
+    """The cells a person changed in ``layer`` (the plane ``plane``), plus ``margin`` pixels.
+
+    Every cell that has a changed pixel, as it was before and as it is now, counts as
+    checked: the person looked at it. Returns a boolean mask of the plane, or None when
+    the layer holds no result of this package (nothing to compare with) or nothing
+    changed.
+    """
+    from scipy import ndimage as ndi
+
+    before = written(layer)
+    if before is None or before.shape != np.shape(layer.data):
+        return None
+    now = np.asarray(layer.data)
+    if plane:
+        before, now = before[plane], now[plane]
+    changed = before != now
+    if not changed.any():
+        return None
+    touched = np.isin(before, np.unique(before[changed])) & (before > 0)
+    touched |= np.isin(now, np.unique(now[changed])) & (now > 0)
+    return ndi.binary_dilation(touched | changed, iterations=int(margin))
+
+
+def shapes_region(shapes_layer, shape: tuple[int, int], like) -> np.ndarray | None:
+    """The pixels of a 2-D plane of image layer ``like`` inside ``shapes_layer``'s shapes.
+
+    Rectangles, polygons and ellipses count (lines and paths enclose nothing); their
+    vertices are taken through world coordinates into ``like``'s pixel grid, so a
+    shapes layer drawn with another scale still marks the right pixels. None when no
+    shape covers a pixel.
+    """
+    from skimage.draw import ellipse, polygon
+
+    if shapes_layer is None or not len(shapes_layer.data):
+        return None
+    scale_s = np.asarray(shapes_layer.scale, float)[-2:]
+    trans_s = np.asarray(shapes_layer.translate, float)[-2:]
+    scale_i = np.asarray(like.scale, float)[-2:]
+    trans_i = np.asarray(like.translate, float)[-2:]
+    out = np.zeros(shape, bool)
+    for verts, kind in zip(shapes_layer.data, shapes_layer.shape_type):
+        v = (np.asarray(verts, float)[:, -2:] * scale_s + trans_s - trans_i) / scale_i
+        if kind in ("rectangle", "polygon"):
+            rr, cc = polygon(v[:, 0], v[:, 1], shape=shape)
+        elif kind == "ellipse":
+            lo, hi = v.min(0), v.max(0)
+            centre, radius = (lo + hi) / 2, np.maximum((hi - lo) / 2, 0.5)
+            rr, cc = ellipse(centre[0], centre[1], radius[0], radius[1], shape=shape)
+        else:
+            continue
+        out[rr, cc] = True
+    return out if out.any() else None
 
 
 def _track_edits(layer) -> None:
@@ -97,6 +163,7 @@ def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any
         layer.metadata[META_KEY] = meta
         try:
             layer.data = data
+            _WRITTEN[layer] = np.array(data, copy=True)
             if features is not None:
                 layer.features = features
         finally:
@@ -107,6 +174,7 @@ def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any
     if layer is False:
         name = fresh_name(viewer, name)
     layer = viewer.add_labels(data, name=name, metadata={META_KEY: {"owner": owner, "edited": False}}, **kwargs)
+    _WRITTEN[layer] = np.array(data, copy=True)
     if features is not None:
         layer.features = features
     _track_edits(layer)
@@ -152,6 +220,13 @@ def image_layers(viewer) -> list:
     return [layer for layer in viewer.layers if isinstance(layer, Image)]
 
 
+def shapes_layers(viewer) -> list:
+    """Shapes layers of the viewer, in order."""
+    from napari.layers import Shapes
+
+    return [layer for layer in viewer.layers if isinstance(layer, Shapes)]
+
+
 def labels_layers(viewer) -> list:
     """Labels layers of the viewer, in order."""
     from napari.layers import Labels
@@ -174,3 +249,62 @@ def current_plane(viewer, layer) -> tuple[np.ndarray, tuple[int, ...]]:
     pos = np.asarray(layer.world_to_data(tuple(viewer.dims.point)[-layer.ndim :]), dtype=float)
     index = [int(np.clip(round(pos[axis]), 0, data.shape[axis] - 1)) for axis in range(n_lead)]
     return np.asarray(data[tuple(index)]), tuple(index)
+
+
+class PlaneTarget:
+    """Where one run's labels go: a 2-D layer, one plane of a stack-shaped layer, or every plane.
+
+    Every widget places results the same way (int32 ids, the dtype engines yield): a
+    2-D result is copied (painting edits a layer's array in place, and the engine's
+    array may be kept, e.g. in Kaizen's history); a plane of a stack is written into a
+    stack-shaped array whose other planes stay as they were; an every-plane run fills
+    its planes as they finish, then takes the final stack (ids unique across planes).
+
+    Parameters
+    ----------
+    source : napari layer
+        The image layer being segmented.
+    mode : {'2d', 'plane', 'stack'}
+    plane : tuple of int
+        The plane's index for ``mode='plane'``.
+    base : ndarray, optional
+        For ``mode='plane'``: the stack to write into (e.g. the previous run's unedited
+        layer data), else zeros.
+    """
+
+    def __init__(self, source, mode: str, plane: tuple[int, ...] = (), base: np.ndarray | None = None) -> None:
+        self.source = source
+        self.mode = mode
+        self.plane = tuple(plane)
+        self.stack: np.ndarray | None = None
+        if mode in ("plane", "stack"):
+            shape = np.shape(source.data)
+            ok = base is not None and base.shape == shape
+            self.stack = np.array(base, dtype=np.int32, copy=True) if ok else np.zeros(shape, np.int32)
+
+    def place(self, labels: np.ndarray, plane: tuple[int, ...] | None = None, *, final: bool = False) -> np.ndarray:
+        """The layer data after ``labels`` arrived (of ``plane`` in an every-plane run)."""
+        if self.mode == "2d":
+            return np.array(labels, dtype=np.int32, copy=True)
+        if self.mode == "plane":
+            self.stack[self.plane] = labels
+        elif final or plane is None:
+            self.stack = np.array(labels, dtype=np.int32, copy=True)
+        else:
+            self.stack[plane] = labels
+        return self.stack
+
+    def detach(self) -> None:
+        """The person painted in the layer that holds our array: write to a new one.
+
+        A one-plane run starts the new layer empty (it shows only this plane's result);
+        an every-plane run copies what it has (its final stack replaces it all anyway).
+        """
+        if self.stack is not None:
+            self.stack = np.zeros_like(self.stack) if self.mode == "plane" else np.array(self.stack, copy=True)
+
+    def placement(self, ndim: int) -> dict[str, Any]:
+        """Scale / translate of the source layer's last ``ndim`` axes."""
+        if self.source is None:
+            return {}
+        return {"scale": tuple(self.source.scale)[-ndim:], "translate": tuple(self.source.translate)[-ndim:]}

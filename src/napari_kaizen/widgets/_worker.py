@@ -20,7 +20,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..engines._common.errors import KaizenError
+from ..errors import KaizenError
 
 #: The longest wait between two draws that ``max_busy`` can impose.
 MAX_ADAPTIVE_INTERVAL_MS = 1000

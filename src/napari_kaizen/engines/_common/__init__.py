@@ -5,7 +5,7 @@ Nothing here imports Qt or napari; torch is imported only inside the functions t
 need it, so numpy-only callers (the classical engine, the I/O) stay light.
 """
 
-from .errors import (
+from ...errors import (
     DeviceError,
     EngineNotAvailableError,
     InputError,

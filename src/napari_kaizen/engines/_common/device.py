@@ -7,7 +7,7 @@ who asked for the GPU should learn that they are not getting it.
 
 from __future__ import annotations
 
-from .errors import DeviceError
+from ...errors import DeviceError
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 

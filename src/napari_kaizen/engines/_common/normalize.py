@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .errors import InputError
+from ...errors import InputError
 
 #: Percentiles used by :func:`normalize_percentile` (as CSBDeep / StarDist use them).
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .errors import InputError
+from ...errors import InputError
 from .normalize import iter_planes
 from .snapshots import SegmentationSnapshot, Snapshot
 

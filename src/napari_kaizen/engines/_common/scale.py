@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import InputError
+from ...errors import InputError
 
 #: Scale differences below this are left alone: every model is trained on objects whose
 #: size varies by about +-15 % around its nominal diameter (and the ``'auto'`` estimate is

@@ -1,8 +1,10 @@
-"""The training loop every engine shares, as a generator of :class:`TrainingSnapshot`.
+"""What every engine's training shares: set-up checks and the loop.
 
-Each engine supplies what differs (a batch source and a loss); the loop owns what is
-the same: device moves, optimiser steps, a smoothed loss, periodic validation and
-cancellation by closing the generator.
+Each engine supplies what differs (a batch source and a loss); this module owns what is
+the same: refusing an output that exists before any work (:func:`check_output`),
+reading the checked regions of partial corrections (:func:`check_regions`), and the
+loop (:func:`train_loop`): device moves, optimiser steps, a smoothed loss, periodic
+validation and cancellation by closing the generator.
 """
 
 from __future__ import annotations
@@ -15,7 +17,127 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError, OverwriteError
 from .snapshots import TrainingSnapshot
+
+
+def check_output(output: Any, overwrite: bool, *, required: bool = True):
+    """The ``.safetensors`` path to write, checked before any training.
+
+    Raises
+    ------
+    InputError
+        No path (when ``required``), ``'bundled:NAME'``, or a folder that does not exist.
+    OverwriteError
+        The ``.safetensors`` or ``.json`` exists and ``overwrite`` is False.
+    """
+    from .weights import weights_paths
+
+    if output is None or str(output).strip() == "":
+        if not required:
+            return None
+        raise InputError("no output path was given: name the weights file to write (e.g. my_model.safetensors)")
+    if str(output).startswith("bundled:"):
+        raise InputError("output must be a file path, not 'bundled:NAME' (bundled weights are never replaced)")
+    tensor_path, json_path = weights_paths(output)
+    if not tensor_path.parent.is_dir():
+        raise InputError(f"folder {tensor_path.parent} does not exist: create it or choose another output path")
+    if not overwrite:
+        for path in (tensor_path, json_path):
+            if path.exists():
+                raise OverwriteError(f"{path} already exists; not overwriting it (choose another output, "
+                                     "or overwrite=True / --overwrite)")
+    return tensor_path
+
+
+def check_regions(regions: Any, shapes: list[tuple[int, ...]]) -> list[np.ndarray | None]:
+    """One boolean "checked" mask (or None: all checked) per training image.
+
+    A person who corrected part of an image marks where the labels are now complete:
+    only those pixels teach anything; the rest of the image is context.
+
+    Parameters
+    ----------
+    regions : None, array or sequence of (array or None)
+        ``None``: every image is checked everywhere. Otherwise one mask per image
+        (nonzero = checked), of that image's shape.
+    shapes : list of tuple
+        The images' shapes.
+
+    Raises
+    ------
+    InputError
+        A different number of masks and images, a shape mismatch, or an empty mask.
+    """
+    if regions is None:
+        return [None] * len(shapes)
+    items = [regions] if isinstance(regions, np.ndarray) and regions.ndim == 2 else list(regions)
+    if len(items) != len(shapes):
+        raise InputError(f"{len(items)} region mask(s) for {len(shapes)} image(s): give one per image (or None)")
+    out: list[np.ndarray | None] = []
+    for k, (region, shape) in enumerate(zip(items, shapes)):
+        if region is None:
+            out.append(None)
+            continue
+        mask = np.asarray(region)
+        if mask.shape != tuple(shape):
+            raise InputError(f"region {k} has shape {mask.shape} but its image has {tuple(shape)}: they must match")
+        mask = mask.astype(bool) if mask.dtype.kind in "biuf" else None
+        if mask is None or not mask.any():
+            raise InputError(f"region {k} marks no pixel as checked: paint the corrected area (nonzero) or leave "
+                             "the region out")
+        out.append(mask)
+    return out
+
+
+def read_training_files(images: list[str] | None, labels: list[str] | None, regions: list[str] | None = None
+                        ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    """Read ``--images`` / ``--labels`` / ``--regions`` files of ``kaizen train ENGINE`` (paired in order).
+
+    Raises
+    ------
+    InputError
+        Missing lists, lists of different lengths, or unreadable files.
+    """
+    from ...io.images import read_image
+    from ...io.labels import read_labels
+
+    if not images or not labels:
+        raise InputError("give --images and --labels (one labels file per image, in the same order)")
+    if len(images) != len(labels):
+        raise InputError(f"--images has {len(images)} file(s) but --labels has {len(labels)}: give one labels "
+                         "file per image, in the same order")
+    if regions and len(regions) != len(images):
+        raise InputError(f"--regions has {len(regions)} file(s) for {len(images)} image(s): give one mask per image")
+    try:
+        imgs = [read_image(p) for p in images]
+        labs = [read_labels(p) for p in labels]
+        masks = [read_labels(p) for p in regions] if regions else None
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    return imgs, labs, masks
+
+
+def add_finetune_arguments(parser, *, init_default: str | None = None) -> None:
+    """``--init`` and ``--regions``, the same for every ``kaizen train ENGINE``."""
+    if not any(a.dest == "init" for a in parser._actions):
+        parser.add_argument("--init", default=init_default, metavar="bundled:NAME|PATH",
+                            help="fine-tune these weights on --images/--labels instead of training from scratch "
+                                 "(e.g. bundled:NAME from `kaizen engines`, or a .safetensors file)")
+    parser.add_argument("--regions", nargs="+", default=None, metavar="MASK",
+                        help="one mask per image (nonzero = the labels there are complete): only those pixels "
+                             "teach (partial corrections)")
+
+
+def resample_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """Nearest-neighbour resampling of a region mask to ``shape`` (the model's scale)."""
+    if mask is None or mask.shape == tuple(shape):
+        return mask
+    h, w = shape
+    mh, mw = mask.shape
+    yi = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
+    xi = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
+    return mask[np.ix_(yi, xi)]
 
 
 def seed_everything(seed: int) -> np.random.Generator:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import WeightsError
+from ...errors import WeightsError
 
 #: Bumped when the metadata layout changes incompatibly.
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """Classical engine: smoothing, Otsu, distance transform, h-maxima seeds, watershed.
 
 The baseline every learned engine is measured against, and the one that needs no
-weights.
+weights (no ``DEFAULT_MODEL``, ``load_model`` or ``finetune``).
 """
 
 from .params import ClassicalParams
@@ -10,5 +10,7 @@ from .segment import segment
 TITLE = "Classical (Otsu + watershed)"
 Params = ClassicalParams
 DEFAULT_MODEL = None
+#: What the engine expects: a fluorescent channel (bright objects on a dark background).
+INPUT_KIND = "nuclei"
 
-__all__ = ["DEFAULT_MODEL", "TITLE", "ClassicalParams", "Params", "segment"]
+__all__ = ["DEFAULT_MODEL", "INPUT_KIND", "TITLE", "ClassicalParams", "Params", "segment"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._common.errors import InputError
+from ...errors import InputError
 
 #: Accepted range of each fraction / scale parameter (inclusive low, exclusive high).
 _RANGES = {

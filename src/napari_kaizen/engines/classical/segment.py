@@ -7,7 +7,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.errors import InputError
+from ...errors import InputError
 from .._common.normalize import prepare_image
 from .._common.scale import resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot

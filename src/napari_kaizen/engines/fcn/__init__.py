@@ -4,39 +4,34 @@ interior, cell edge), edge errors over-weighted in training; instances by thresh
 the interior probability, connected components, and growing each back over its edge
 band.
 
-Exports the engine protocol (``Params``, ``segment``, ``load_model``,
-``DEFAULT_MODEL``, ``TITLE``) plus ``train`` and ``finetune`` generators.
+The engine contract (see :mod:`napari_kaizen.engines`): ``Params``, ``segment``,
+``load_model``, ``finetune``, ``DEFAULT_MODEL``, ``TITLE``; ``train`` and the network
+are here too. Everything that needs torch is imported on first use.
 """
 
-from .model import ARCHITECTURE, CLASSES, FCNModel, GoogLeNetFCN, load_model
+from .. import lazy_exports
 from .params import FCNParams
 from .segment import instances_from_probabilities, segment
 from .targets import fcn_targets, pixel_weights
-from .train import add_train_arguments, finetune, run_train, train
 
 TITLE = "GoogLeNet FCN"
 Params = FCNParams
 DEFAULT_MODEL = "bundled:fcn_nuclei"
 #: Bundled model for whole cells from a membrane (CellMask-like) channel.
 CELLS_MODEL = "bundled:fcn_cells"
+#: ``architecture`` of this engine's weights files.
+ARCHITECTURE = "googlenet-fcn"
+#: What the default model expects.
+INPUT_KIND = "nuclei"
+
+__getattr__ = lazy_exports(__name__, {
+    "CLASSES": ".model", "FCNModel": ".model", "GoogLeNetFCN": ".model", "load_model": ".model",
+    "finetune": ".training", "train": ".training", "recalibrate": ".training",
+    "add_train_arguments": ".cli", "run_train": ".cli",
+})
 
 __all__ = [
-    "ARCHITECTURE",
-    "CELLS_MODEL",
-    "CLASSES",
-    "DEFAULT_MODEL",
-    "FCNModel",
-    "FCNParams",
-    "GoogLeNetFCN",
-    "Params",
-    "TITLE",
-    "add_train_arguments",
-    "fcn_targets",
-    "finetune",
-    "instances_from_probabilities",
-    "load_model",
-    "pixel_weights",
-    "run_train",
-    "segment",
-    "train",
+    "ARCHITECTURE", "CELLS_MODEL", "CLASSES", "DEFAULT_MODEL", "FCNModel", "FCNParams", "GoogLeNetFCN",
+    "INPUT_KIND", "Params", "TITLE", "add_train_arguments", "fcn_targets", "finetune",
+    "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate", "run_train", "segment", "train",
 ]

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._common.loaded import LoadedModel, load_or_move
+
 #: ``architecture`` value in the weights metadata.
-ARCHITECTURE = "googlenet-fcn"
+from . import ARCHITECTURE  # noqa: E402 - one constant, named in the package
 
 #: Output classes, in channel order.
 CLASSES: tuple[str, ...] = ("background", "interior", "edge")
@@ -184,11 +186,12 @@ def count_parameters(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- loading
 
 
-class FCNModel:
+class FCNModel(LoadedModel):
     """A GoogLeNet FCN ready to segment: the network, its metadata and its device.
 
     What :func:`load_model` returns and :func:`~napari_kaizen.engines.fcn.segment`
-    accepts as ``model=``; load once, segment many images.
+    accepts as ``model=``; load once, segment many images. The device rule is
+    :class:`~napari_kaizen.engines._common.loaded.LoadedModel`'s.
 
     Attributes
     ----------
@@ -201,29 +204,13 @@ class FCNModel:
         Where it came from (``'bundled:NAME'``, a path, or ``'<in memory>'``).
     """
 
-    def __init__(self, net: GoogLeNetFCN, metadata: Mapping[str, Any] | None = None, source: str = "<in memory>"):
-        self.net = net
-        self.metadata = dict(metadata or {"architecture": ARCHITECTURE, "config": dict(net.config)})
-        self.source = str(source)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def object_diameter(self) -> float | None:
-        """Median object diameter (pixels) of the training data, at the model's scale."""
-        d = self.metadata.get("object_diameter")
-        return float(d) if d else None
+    def __init__(self, net: GoogLeNetFCN, metadata: Mapping[str, Any] | None = None, source: str = "<in memory>",
+                 device: Any = None) -> None:
+        super().__init__(net, metadata or {"architecture": ARCHITECTURE, "config": dict(net.config)}, source, device)
 
     @property
     def stride(self) -> int:
         return int(self.net.stride)
-
-    @property
-    def percentiles(self) -> tuple[float, float]:
-        lo, hi = self.metadata.get("normalization", {}).get("percentiles", (1.0, 99.8))
-        return float(lo), float(hi)
 
     def calibrated(self, name: str, override: float | None = None) -> float:
         """A post-processing value: ``override``, else the model's calibrated one, else the default.
@@ -247,14 +234,6 @@ class FCNModel:
     def foreground(self, override: float | None = None) -> float:
         """The outline threshold (see :meth:`calibrated`)."""
         return self.calibrated("foreground", override)
-
-    def to(self, device) -> FCNModel:
-        """Move the network to ``device`` (in place) and return self."""
-        self.net.to(device)
-        return self
-
-    def __repr__(self) -> str:
-        return f"FCNModel(source={self.source!r}, config={self.net.config}, object_diameter={self.object_diameter})"
 
 
 def load_model(model: Any = None, device: Any = "auto") -> FCNModel:
@@ -281,28 +260,18 @@ def load_model(model: Any = None, device: Any = "auto") -> FCNModel:
     DeviceError
         If ``device`` is not available.
     """
-    from .._common.device import choose_device
-    from .._common.errors import WeightsError
-    from .._common.weights import load_model as _load
+    from ...errors import WeightsError
+    from . import DEFAULT_MODEL
 
-    dev = choose_device(device)
-    if model is None:
-        from . import DEFAULT_MODEL
-
-        model = DEFAULT_MODEL
-    if isinstance(model, FCNModel):
-        return model.to(dev)
-    if isinstance(model, GoogLeNetFCN):
-        return FCNModel(model.eval(), source="<in memory>").to(dev)
-    if not isinstance(model, (str, bytes)) and not hasattr(model, "__fspath__"):
-        raise WeightsError(
-            f"model must be 'bundled:NAME', a weights path or a loaded FCN model, got {type(model).__name__}"
-        )
-    net, meta = _load(model, build_model, architecture=ARCHITECTURE, device=dev)
+    loaded, net, meta = load_or_move(model, device, loaded_type=FCNModel, network_type=GoogLeNetFCN,
+                                     default=DEFAULT_MODEL, architecture=ARCHITECTURE, build=build_model,
+                                     what="FCN model")
+    if loaded is not None:
+        return loaded
     cfg = net.config
     if cfg["in_channels"] != 1 or cfg["n_classes"] != len(CLASSES):
         raise WeightsError(
             f"{model}: this engine needs a 1-channel, {len(CLASSES)}-class FCN, the file holds "
             f"{cfg['in_channels']} channel(s) and {cfg['n_classes']} classes"
         )
-    return FCNModel(net, meta, source=str(model))
+    return FCNModel(net, meta, source=str(model or DEFAULT_MODEL))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._common.errors import InputError
+from ...errors import InputError
 
 
 @dataclass(frozen=True)

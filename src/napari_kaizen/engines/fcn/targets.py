@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.errors import InputError
+from ...errors import InputError
 
 BACKGROUND, INTERIOR, EDGE = 0, 1, 2
 

@@ -39,8 +39,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ...errors import InputError
 from .._common.augment import draw_zoom, noise, photometric, zoom_window
-from .._common.errors import InputError
 
 
 def pad_like_inference(image: np.ndarray, patch_size: int, mirror_pad: int, *, labels: bool = False) -> np.ndarray:
@@ -114,6 +114,7 @@ class PatchSampler:
         augment=None,
         bright_fraction: float = 0.0,
         image_weights: Sequence[float] | None = None,
+        regions: Sequence[np.ndarray | None] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise InputError(f"{len(images)} images but {len(labels)} label images: they must pair up one to one")
@@ -153,6 +154,15 @@ class PatchSampler:
             bounds = list(starts[1:]) + [flat.size]
             cells = [order[s:e] for i, s, e in zip(ids, starts, bounds) if i > 0]
             bg = order[: bounds[0]] if ids[0] == 0 else np.zeros(0, np.intp)
+            region = None if regions is None else regions[k]
+            if region is not None:
+                # A partial correction: only cells mostly inside the checked region, and
+                # background known to be background, teach anything.
+                inside = np.asarray(region, bool).ravel()
+                if inside.size != flat.size:
+                    raise InputError(f"training pair {k}: region {np.shape(region)} does not match labels {lab.shape}")
+                cells = [c for c in cells if inside[c].mean() >= 0.5]
+                bg = bg[inside[bg]]
             if cells:
                 d = np.median([2.0 * np.sqrt(c.size / np.pi) for c in cells])
                 dist = ndi.distance_transform_edt(lab == 0).ravel()

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .._common.errors import InputError, WeightsError
+from ...errors import InputError, WeightsError
 from .params import KaizenParams
 from .snapshots import DecompositionSnapshot, DecompositionTrace, freeze_scores, lazy_maps
 

@@ -48,14 +48,18 @@ Decoder
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._common.loaded import LoadedModel, load_or_move
+
 #: The ``architecture`` string of Kaizen weights files.
-ARCHITECTURE = "kaizen-vqvae"
+from . import ARCHITECTURE  # noqa: E402 - one constant, named in the package
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,9 @@ class EMACodebook(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
         #: Codes restarted at the last training step (diagnostics).
         self.last_restarts = 0
+        #: Keep the codes as they are in training mode too (fine-tuning: see
+        #: :meth:`KaizenVQVAE.freeze_codebook`).
+        self.frozen = False
 
     def codes(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``flat`` ``(N, D)``."""
@@ -255,7 +262,7 @@ class EMACodebook(nn.Module):
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
         idx = self.codes(flat)
-        if self.training:
+        if self.training and not self.frozen:
             self._ema_update(flat.detach(), idx)
             idx = self.codes(flat)
         quant = self.embedding[idx].view(b, h, w, d).permute(0, 3, 1, 2)
@@ -314,6 +321,16 @@ class KaizenVQVAE(nn.Module):
         return self.decoder(z_q), commitment, codes
 
     @torch.no_grad()
+    def freeze_codebook(self, frozen: bool = True) -> None:
+        """Stop (or restart) the codebook's EMA updates and dead-code restarts.
+
+        Fine-tuning on one corrected image would otherwise pull the codes toward that
+        image's cells and restart every code it does not use, forgetting the shapes the
+        model learnt elsewhere; with the codebook frozen the encoder and decoder adapt
+        to the new image around the codes the model already has.
+        """
+        self.codebook.frozen = bool(frozen)
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction only, ``(B, 1, P, P)`` (no codebook update even in train mode)."""
         was = self.codebook.training
@@ -322,3 +339,64 @@ class KaizenVQVAE(nn.Module):
             return self.decoder(self.codebook(self.encoder(x))[0])
         finally:
             self.codebook.train(was)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class KaizenModel(LoadedModel):
+    """A loaded Kaizen VQ-VAE with its metadata (device rule: :class:`~.._common.loaded.LoadedModel`).
+
+    Attributes
+    ----------
+    net : KaizenVQVAE
+        The network, in eval mode.
+    metadata : dict
+        The weights' JSON (``object_diameter``, ``patch_size``, ``outlines``, ``input``,
+        ``training``, ...).
+    source : str
+        Where it was loaded from.
+    """
+
+    def __init__(self, net: KaizenVQVAE, metadata: Mapping[str, Any] | None = None, source: str = "<in memory>",
+                 device: Any = None) -> None:
+        super().__init__(net, metadata or {"patch_size": net.config.patch_size}, source, device)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.net.config.patch_size)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct the central cell of each patch ``(B, 1, P, P)``."""
+        return self.net.predict(x)
+
+
+def load_model(model: Any = None, device: Any = "auto") -> KaizenModel:
+    """Load Kaizen weights.
+
+    Parameters
+    ----------
+    model : str, path, KaizenModel or KaizenVQVAE, optional
+        ``'bundled:NAME'``, a ``.safetensors`` / ``.json`` path or stem, or an already
+        loaded model (device rule of
+        :class:`~napari_kaizen.engines._common.loaded.LoadedModel`). ``None`` loads the
+        engine's ``DEFAULT_MODEL``.
+    device : str or torch.device
+        ``'auto'`` (CUDA, then MPS, then CPU), ``'cpu'``, ``'cuda'``, ...
+
+    Returns
+    -------
+    KaizenModel
+
+    Raises
+    ------
+    WeightsError
+        Missing file, a file for another architecture, a JSON that does not match
+        its tensors, or tensors that do not fit the architecture.
+    """
+    from .segment import DEFAULT_MODEL
+
+    loaded, net, meta = load_or_move(model, device, loaded_type=KaizenModel, network_type=KaizenVQVAE,
+                                     default=DEFAULT_MODEL, architecture=ARCHITECTURE,
+                                     build=lambda cfg: KaizenVQVAE(dict(cfg)), what="Kaizen model")
+    return loaded if loaded is not None else KaizenModel(net, meta, source=str(model or DEFAULT_MODEL))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._common.errors import InputError
+from ...errors import InputError
 
 #: The ``'cell'`` mask rule's level for a model whose metadata does not calibrate one.
 DEFAULT_MASK_FRACTION = 0.25

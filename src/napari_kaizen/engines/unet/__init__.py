@@ -12,43 +12,31 @@ Public names
 ------------
 ``Params`` (:class:`UNetParams`), ``segment``, ``load_model``, ``finetune``,
 ``pretrain``, ``DEFAULT_MODEL`` (the bundled fine-tuned nucleus model), ``TITLE``.
+Everything that needs torch is imported on first use.
 """
 
-from .model import ARCHITECTURE, ISLUNet, UNet, build_model
+from .. import lazy_exports
 from .params import UNetParams
 from .postprocess import instances
-from .segment import (
-    DEFAULT_MODEL,
-    PRETRAINED_MEMBRANE,
-    PRETRAINED_NUCLEI,
-    UNetModel,
-    load_model,
-    segment,
-)
+from .segment import DEFAULT_MODEL, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, segment
 from .targets import balance_lambda, distance_map, segmentation_targets
-from .training import finetune, pretrain
 
 TITLE = "U-Net (ISL)"
 Params = UNetParams
+#: ``architecture`` of this engine's weights files.
+ARCHITECTURE = "unet_isl"
+#: What the engine's models expect: the label-free channel.
+INPUT_KIND = "label-free"
+
+__getattr__ = lazy_exports(__name__, {
+    "ISLUNet": ".model", "UNet": ".model", "UNetModel": ".model", "build_model": ".model", "load_model": ".model",
+    "finetune": ".training", "pretrain": ".training",
+    "add_train_arguments": ".cli", "run_train": ".cli",
+})
 
 __all__ = [
-    "ARCHITECTURE",
-    "DEFAULT_MODEL",
-    "ISLUNet",
-    "PRETRAINED_MEMBRANE",
-    "PRETRAINED_NUCLEI",
-    "Params",
-    "TITLE",
-    "UNet",
-    "UNetModel",
-    "UNetParams",
-    "balance_lambda",
-    "build_model",
-    "distance_map",
-    "finetune",
-    "instances",
-    "load_model",
-    "pretrain",
-    "segment",
+    "ARCHITECTURE", "DEFAULT_MODEL", "INPUT_KIND", "ISLUNet", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI",
+    "Params", "TITLE", "UNet", "UNetModel", "UNetParams", "add_train_arguments", "balance_lambda", "build_model",
+    "distance_map", "finetune", "instances", "load_model", "pretrain", "run_train", "segment",
     "segmentation_targets",
 ]

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._common.loaded import LoadedModel, load_or_move
+
 #: ``architecture`` value of every U-Net weights file of this engine.
-ARCHITECTURE = "unet_isl"
+from . import ARCHITECTURE  # noqa: E402 - one constant, named in the package
 
 #: Constructor defaults: 5 levels (4 poolings, total stride 16), 16 -> 96 channels.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -196,3 +198,67 @@ def build_model(config: Mapping[str, Any] | None = None) -> ISLUNet:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class UNetModel(LoadedModel):
+    """A loaded U-Net with its metadata (device rule: :class:`~.._common.loaded.LoadedModel`).
+
+    Attributes
+    ----------
+    net : ISLUNet
+        The network, in eval mode.
+    metadata : dict
+        The weights JSON (``architecture``, ``config``, ``object_diameter``,
+        ``normalization``, ``target``, ``task``, ``input``, ``training``, ...).
+    source : str
+        Where the weights came from (path or ``'bundled:NAME'``).
+    """
+
+    def __init__(self, net: ISLUNet, metadata: Mapping[str, Any] | None = None, source: str = "<in memory>",
+                 device: Any = None) -> None:
+        super().__init__(net, metadata or {"architecture": ARCHITECTURE, "config": dict(net.config)}, source, device)
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether the model predicts distance + mask (else fluorescence only)."""
+        return bool(self.net.segmentation)
+
+    @property
+    def target(self) -> str:
+        """The fluorescent channel the trunk predicts (``'nuclei'`` or ``'membrane'``)."""
+        return str(self.metadata.get("target", "nuclei"))
+
+
+def load_model(model: Any = None, device: Any = "auto") -> UNetModel:
+    """Load U-Net weights.
+
+    Parameters
+    ----------
+    model : str, path, UNetModel, ISLUNet or None
+        ``None`` loads the engine's ``DEFAULT_MODEL``; ``'bundled:NAME'`` a bundled
+        model; a path names a ``.safetensors`` file (its ``.json`` must lie beside it).
+        A loaded model follows the device rule of
+        :class:`~napari_kaizen.engines._common.loaded.LoadedModel`.
+    device : {'auto', 'cpu', 'cuda', 'mps'} or torch.device
+
+    Returns
+    -------
+    UNetModel
+
+    Raises
+    ------
+    WeightsError
+        Missing file, missing JSON, a file for another architecture, or tensors that
+        do not fit the U-Net the JSON describes.
+    DeviceError
+        The device is not available.
+    """
+    from .segment import DEFAULT_MODEL
+
+    loaded, net, meta = load_or_move(model, device, loaded_type=UNetModel, network_type=ISLUNet,
+                                     default=DEFAULT_MODEL, architecture=ARCHITECTURE, build=build_model,
+                                     what="U-Net")
+    return loaded if loaded is not None else UNetModel(net, meta, source=str(model or DEFAULT_MODEL))

@@ -51,7 +51,7 @@ class UNetParams:
     batch_size: int = 1
 
     def __post_init__(self) -> None:
-        from .._common.errors import InputError
+        from ...errors import InputError
 
         if not 0.0 < float(self.h) < 1.0:
             raise InputError(f"h must be between 0 and 1 (a contrast on the normalised distance map), got {self.h}")

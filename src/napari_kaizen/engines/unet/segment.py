@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._common.errors import DeviceError, InputError, WeightsError
-from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
+from ...errors import DeviceError, InputError
+from .._common.normalize import prepare_image
 from .._common.scale import median_diameter, rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, relay
 from .params import UNetParams
+
+if TYPE_CHECKING:  # the model module imports torch; segment() loads it on first call
+    from .model import UNetModel
 
 #: The bundled fine-tuned nucleus model (label-free -> nuclei instances).
 DEFAULT_MODEL = "bundled:unet_nuclei"
@@ -21,98 +22,6 @@ DEFAULT_MODEL = "bundled:unet_nuclei"
 #: The bundled ISL-pretrained models (label-free -> DAPI-like / CellMask-like).
 PRETRAINED_NUCLEI = "bundled:unet_isl_nuclei"
 PRETRAINED_MEMBRANE = "bundled:unet_isl_membrane"
-
-
-@dataclass
-class UNetModel:
-    """A loaded U-Net with its metadata.
-
-    Attributes
-    ----------
-    net : ISLUNet
-        The network, in eval mode, on ``device``.
-    metadata : dict
-        The weights JSON (``architecture``, ``config``, ``object_diameter``,
-        ``normalization``, ``target``, ``task``, ``training``, ...).
-    device : torch.device
-    source : str
-        Where the weights came from (path or ``'bundled:NAME'``).
-    """
-
-    net: Any
-    metadata: dict = field(default_factory=dict)
-    device: Any = None
-    source: str = "in memory"
-
-    @property
-    def segmentation(self) -> bool:
-        """Whether the model predicts distance + mask (else fluorescence only)."""
-        return bool(self.net.segmentation)
-
-    @property
-    def object_diameter(self) -> float | None:
-        d = self.metadata.get("object_diameter")
-        return float(d) if d else None
-
-    @property
-    def target(self) -> str:
-        return str(self.metadata.get("target", "nuclei"))
-
-    @property
-    def percentiles(self) -> tuple[float, float]:
-        p = self.metadata.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
-        return float(p[0]), float(p[1])
-
-    def to(self, device) -> UNetModel:
-        """This model on ``device`` (self if already there)."""
-        from .._common.device import choose_device
-
-        dev = choose_device(device)
-        if self.device is not None and str(dev) == str(self.device):
-            return self
-        return UNetModel(net=self.net.to(dev), metadata=self.metadata, device=dev, source=self.source)
-
-
-def load_model(model: Any = None, device: Any = "auto") -> UNetModel:
-    """Load U-Net weights.
-
-    Parameters
-    ----------
-    model : str, path, UNetModel, ISLUNet or None
-        ``None`` loads :data:`DEFAULT_MODEL`; ``'bundled:NAME'`` a bundled model; a path
-        names a ``.safetensors`` file (its ``.json`` must lie beside it). A loaded
-        :class:`UNetModel` is moved to ``device`` and returned.
-    device : {'auto', 'cpu', 'cuda', 'mps'} or torch.device
-
-    Returns
-    -------
-    UNetModel
-
-    Raises
-    ------
-    WeightsError
-        Missing file, missing JSON, a file for another architecture, or tensors that
-        do not fit the U-Net the JSON describes.
-    DeviceError
-        The device is not available.
-    """
-    from .._common.device import choose_device
-    from .._common.weights import load_model as _load
-    from .model import ARCHITECTURE, ISLUNet, build_model
-
-    dev = choose_device(device)
-    if model is None:
-        model = DEFAULT_MODEL
-    if isinstance(model, UNetModel):
-        return model.to(dev)
-    if isinstance(model, ISLUNet):
-        return UNetModel(net=model.to(dev).eval(), metadata={"config": model.config}, device=dev)
-    if not isinstance(model, (str, Path)):
-        raise WeightsError(
-            f"model must be a weights path, 'bundled:NAME' or a loaded U-Net, got {type(model).__name__}"
-        )
-    net, meta = _load(model, build_model, architecture=ARCHITECTURE, device=dev)
-    return UNetModel(net=net, metadata=meta, device=dev, source=str(model))
 
 
 def _predict_fn(net, segmentation: bool):
@@ -211,6 +120,8 @@ def segment(
     p = params if params is not None else UNetParams()
     if not isinstance(p, UNetParams):
         raise InputError(f"params must be UNetParams, got {type(p).__name__}")
+    from .model import load_model
+
     net_model = load_model(model, device)
     img = prepare_image(image, percentiles=net_model.percentiles)
     model_d = net_model.object_diameter

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.errors import InputError
+from ...errors import InputError
 
 
 def check_labels(labels: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -103,13 +103,20 @@ def segmentation_loss_parts(output, target):
     ----------
     output : Tensor, shape (B, 3, H, W)
         ``(fluorescence, distance, mask_logit)`` from :class:`~.model.ISLUNet`.
-    target : Tensor, shape (B, 2, H, W)
-        ``(distance, mask)`` from :func:`segmentation_targets`.
+    target : Tensor, shape (B, 2, H, W) or (B, 3, H, W)
+        ``(distance, mask)`` from :func:`segmentation_targets`, optionally with a third
+        channel: the pixels that count (a partial correction's checked region).
     """
     import torch.nn.functional as F
 
-    mse = F.mse_loss(output[:, 1], target[:, 0])
-    bce = F.binary_cross_entropy_with_logits(output[:, 2], target[:, 1])
+    if target.shape[1] < 3:
+        mse = F.mse_loss(output[:, 1], target[:, 0])
+        bce = F.binary_cross_entropy_with_logits(output[:, 2], target[:, 1])
+        return mse, bce
+    weight = target[:, 2]
+    total = weight.sum().clamp_min(1.0)
+    mse = (weight * (output[:, 1] - target[:, 0]) ** 2).sum() / total
+    bce = (weight * F.binary_cross_entropy_with_logits(output[:, 2], target[:, 1], reduction="none")).sum() / total
     return mse, bce
 
 

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
 from .._common.augment import AugmentParams, augment
-from .._common.errors import InputError, OverwriteError
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model
 from .._common.snapshots import TrainingSnapshot
+from .._common.training import check_output, check_regions, resample_mask
 from .model import ARCHITECTURE, ISLUNet, build_model
 from .targets import balance_lambda, check_labels, segmentation_loss_parts, segmentation_targets
 
@@ -150,24 +151,48 @@ def segmentation_batches(
     batch_size: int,
     crop: int,
     augment_params: AugmentParams = FINETUNE_AUGMENT,
+    regions: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless batches ``(x (B,1,c,c), targets (B,2,c,c))`` of augmented crops.
 
     Geometry is applied to the image and the *labels*; the distance map and mask are
     computed from the deformed labels, so they are exact for every crop (a deformed
     distance map is no longer a distance map).
+
+    With ``regions`` (one boolean mask or None per image; a partly corrected image),
+    crops contain a checked pixel and the targets get a third channel, the checked
+    mask, which :func:`~.targets.segmentation_loss_parts` uses as the pixels' weight.
     """
     imgs = [_pad_to(i, crop, labels=False) for i in images]
     labs = [_pad_to(lab, crop, labels=True) for lab in labels]
+    masked = regions is not None and any(r is not None for r in regions)
+    regs = [None if r is None else _pad_to(np.asarray(r, np.int32), crop, labels=True)
+            for r in (regions or [None] * len(imgs))]
+    checked = [None if r is None else np.flatnonzero(r) for r in regs]
     while True:
         xs, ts = [], []
         for _ in range(batch_size):
             k = int(rng.integers(len(imgs)))
-            x, lab = _random_crop(rng, [imgs[k], labs[k]], crop)
-            x, (lab,) = augment(x, [lab], rng=rng, params=augment_params, label_targets=(True,))
+            if regs[k] is None:
+                x, lab = _random_crop(rng, [imgs[k], labs[k]], crop)
+                reg = np.ones_like(lab)
+            else:
+                x, lab, reg = _crop_around(rng, [imgs[k], labs[k], regs[k]], crop, checked[k])
+            x, (lab, reg) = augment(x, [lab, reg], rng=rng, params=augment_params, label_targets=(True, True))
             xs.append(x[None])
-            ts.append(segmentation_targets(lab))
+            t = segmentation_targets(lab)
+            ts.append(np.concatenate([t, (reg > 0)[None].astype(t.dtype)]) if masked else t)
         yield np.stack(xs).astype(np.float32), np.stack(ts).astype(np.float32)
+
+
+def _crop_around(rng: np.random.Generator, arrays: Sequence[np.ndarray], size: int, pixels: np.ndarray
+                 ) -> list[np.ndarray]:
+    """A random ``size`` crop of ``arrays`` that contains a random one of ``pixels`` (flat indices)."""
+    h, w = arrays[0].shape[-2:]
+    y, x = divmod(int(pixels[int(rng.integers(pixels.size))]), w)
+    y0 = int(rng.integers(max(0, y - size + 1), min(y, h - size) + 1))
+    x0 = int(rng.integers(max(0, x - size + 1), min(x, w - size) + 1))
+    return [a[..., y0 : y0 + size, x0 : x0 + size] for a in arrays]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,15 +212,7 @@ def _metadata(net: ISLUNet, **extra: Any) -> dict[str, Any]:
 
 def _check_output(output: str | Path | None, overwrite: bool) -> None:
     """Refuse before training, not after, when the weights would overwrite a file."""
-    if output is None:
-        return
-    from .._common.weights import weights_paths
-
-    for p in weights_paths(output):
-        if p.exists() and not overwrite:
-            raise OverwriteError(f"{p} already exists; not overwriting it (choose another output, or overwrite=True)")
-        if not p.parent.is_dir():
-            raise InputError(f"folder {p.parent} does not exist: create it first or choose another output path")
+    check_output(output, overwrite, required=False)
 
 
 def _optimizer(net, learning_rate: float, steps: int):
@@ -215,7 +232,7 @@ def _optimizer(net, learning_rate: float, steps: int):
 
 def _wrap_training(gen: Generator, device) -> Generator:
     """Turn torch's device errors into one-line messages."""
-    from .._common.errors import DeviceError
+    from ...errors import DeviceError
 
     try:
         result = yield from gen
@@ -290,7 +307,7 @@ def pretrain(
 
     from .._common.device import choose_device
     from .._common.training import seed_everything, train_loop
-    from .segment import UNetModel
+    from .model import UNetModel
 
     if target not in TARGETS:
         raise InputError(f"unknown ISL target '{target}': choose one of {', '.join(TARGETS)}")
@@ -451,6 +468,7 @@ def finetune(
     labels: np.ndarray | Sequence[np.ndarray],
     *,
     model: Any = "bundled:unet_isl_nuclei",
+    regions: Any = None,
     steps: int = 300,
     learning_rate: float = 1e-3,
     batch_size: int = 4,
@@ -478,6 +496,9 @@ def finetune(
         (the paper's transfer); a segmentation model is trained further (fine-tuning on
         a correction); ``None`` or ``'scratch'`` starts from random weights (the
         paper's baseline), with ``config``.
+    regions : ndarray or sequence of (ndarray or None), optional
+        Where the labels are complete (nonzero), one mask per image: only those pixels
+        count in the loss (a partial correction). ``None``: everywhere.
     steps, learning_rate, batch_size, crop
         Adam steps, peak learning rate, crops per step, crop side (multiple of 16).
     seed : int
@@ -521,7 +542,7 @@ def finetune(
 
     from .._common.device import choose_device
     from .._common.training import seed_everything, train_loop
-    from .segment import UNetModel, load_model
+    from .model import UNetModel, load_model
 
     if crop % 16 or crop < 32:
         raise InputError(f"crop must be a multiple of 16 and at least 32, got {crop}")
@@ -552,6 +573,7 @@ def finetune(
     net = net.to(dev)
     percentiles = tuple(base_meta.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES))
     imgs, labs = _prepare_training_set(images, labels, percentiles)
+    masks = check_regions(regions, [i.shape for i in imgs])
 
     # Train at the base model's object scale, so the pretrained features see objects of
     # the size they learned (the same rescaling segment() applies at inference).
@@ -561,10 +583,11 @@ def finetune(
     if factor != 1.0:
         pairs = [_rescale_pair(i, lab, factor) for i, lab in zip(imgs, labs)]
         imgs, labs = [p[0] for p in pairs], [p[1] for p in pairs]
+        masks = [resample_mask(m, i.shape) for m, i in zip(masks, imgs)]
     object_diameter = float(np.median(np.concatenate([_diameters(lab) for lab in labs])))
 
     batches = segmentation_batches(imgs, labs, rng=rng, batch_size=batch_size, crop=crop,
-                                   augment_params=augment_params)
+                                   augment_params=augment_params, regions=masks)
     if lam == "auto":
         lam_value, mse0, bce0 = initial_lambda(net, batches, dev)
     else:
@@ -598,6 +621,7 @@ def finetune(
             "init": init,
             "data": description or f"{len(imgs)} annotated image(s), {n_objects} objects",
             "images": len(imgs), "objects": n_objects,
+            "checked_fraction": [1.0 if m is None else round(float(m.mean()), 4) for m in masks],
             "rescaled_by": factor,
             "loss": "MSE(distance) + lambda * BCEWithLogits(mask)",
             "lambda": lam_value, "mse0": mse0, "bce0": bce0,

@@ -1,4 +1,4 @@
-"""Training the Kaizen VQ-VAE: a generator of progress snapshots, and the CLI hook.
+"""Training the Kaizen VQ-VAE: generators of progress snapshots (the CLI is :mod:`.cli`).
 
 The paper trains 500,000 steps of Adam at 1e-4 with batch 32 on patches of 40x40
 (section 3.6). That is days on a CPU. This trainer keeps the loss (L1 on the
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._common.errors import InputError
+from ...errors import InputError
 from .._common.snapshots import TrainingSnapshot
 from .dataset import PatchSampler, synthetic_training_set
 
@@ -112,6 +112,8 @@ def train(
     synthetic_options: dict | None = None,
     data_description: dict | None = None,
     calibrate_mask: bool = True,
+    regions: Any = None,
+    freeze_codebook: bool = False,
 ) -> Generator[TrainingSnapshot, None, Path]:
     """Train a Kaizen VQ-VAE and write its weights; yields progress.
 
@@ -171,6 +173,12 @@ def train(
         (e.g. ``first_seed``, ``shape``, ``nucleus_diameter``).
     data_description : dict, optional
         Where the annotated images come from (stored in the metadata).
+    regions : sequence of (ndarray or None), optional
+        Per annotated image, where its labels are complete (partial corrections; see
+        :class:`~napari_kaizen.engines.kaizen.dataset.PatchSampler`).
+    freeze_codebook : bool
+        Keep the codebook fixed (fine-tuning; see
+        :meth:`~napari_kaizen.engines.kaizen.model.KaizenVQVAE.freeze_codebook`).
     calibrate_mask : bool
         Measure, after training, which fraction of a reconstructed cell's peak best
         outlines the annotated cells (the ``'cell'`` mask rule of
@@ -196,41 +204,44 @@ def train(
     import torch
 
     from .._common.device import choose_device
-    from .._common.training import seed_everything, train_loop
-    from .._common.weights import save_weights, weights_paths
+    from .._common.training import check_output, seed_everything, train_loop
+    from .._common.weights import save_weights
     from .model import ARCHITECTURE, KaizenVQVAE
 
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
-    out_path = Path(output)
-    if not out_path.parent.exists():
-        raise InputError(f"output folder {out_path.parent} does not exist")
-    if not overwrite:
-        for p in weights_paths(out_path):
-            if p.exists():
-                raise InputError(f"{p} already exists; choose another output or allow overwriting")
+    out_path = check_output(output, overwrite)
     if threads:
         torch.set_num_threads(int(threads))
     dev = choose_device(device)
     rng = seed_everything(seed)
 
     start_net = None
+    inherited: dict = {}
     if init is not None:
-        from .inference import load_model
+        from .model import load_model
 
         km = load_model(init, dev)
         start_net = km.net
+        # What was calibrated for the starting weights stays true for their fine-tune.
+        inherited = {k: km.metadata[k] for k in ("outlines", "mask_fraction", "input_kind", "output_kind")
+                     if k in km.metadata}
         patch_size = km.patch_size
         if object_diameter is None:
             object_diameter = km.object_diameter
 
     yield TrainingSnapshot(stage="data", progress=0.0, message="preparing training data", total_steps=steps)
     imgs, labs = _prepare_pairs(images, labels)
+    from .._common.training import check_regions, resample_mask
+
+    masks = check_regions(regions, [i.shape for i in imgs]) if regions is not None else None
     if object_diameter is not None and imgs:
         from .._common.scale import rescale_to_diameter
 
         pairs = rescale_to_diameter(zip(imgs, labs), object_diameter)
         imgs, labs = [p[0] for p in pairs], [p[1].astype(np.int32) for p in pairs]
+        if masks is not None:
+            masks = [resample_mask(m, i.shape) for m, i in zip(masks, imgs)]
     n_real = len(imgs)
     synth_params: list[dict] = []
     synth_opts = dict(synthetic_options or {})
@@ -248,6 +259,8 @@ def train(
         options["image_weights"] = list(share)
     if augment is not None:
         options["augment"] = augment
+    if masks is not None:
+        options["regions"] = masks + [None] * (len(imgs) - len(masks))
     sampler = PatchSampler(imgs, labs, patch_size=patch_size, rng=rng, **options)
     if synthetic:
         v_opts = {k: v for k, v in synth_opts.items() if k != "first_seed"}
@@ -265,6 +278,7 @@ def train(
         # The codebook comes with it (its ``initialized`` buffer is set), so it is
         # refined by the EMA updates, not re-drawn.
         model = start_net.to(dev)
+        model.freeze_codebook(freeze_codebook)
     else:
         cfg = dict(config or {})
         cfg["patch_size"] = int(patch_size)
@@ -305,11 +319,15 @@ def train(
             "config": model.config.to_dict(),
             "patch_size": int(patch_size),
             "object_diameter": float(object_diameter) if object_diameter is not None else _object_diameter(labs),
+            **inherited,
             **({"mask_fraction": mask_fraction} if mask_fraction is not None else {}),
             "normalization": {"percentiles": [1.0, 99.8]},
             "description": "Kaizen VQ-VAE: reconstructs the one cell touching the centre of a patch",
             "training": {
-                "init": str(init) if init is not None else None,
+                "init": (getattr(init, "source", None) or str(init)) if init is not None else None,
+                "codebook": "frozen" if freeze_codebook else "EMA updates + dead-code restarts",
+                "checked_fraction": None if masks is None else [
+                    1.0 if m is None else round(float(m.mean()), 4) for m in masks],
                 "data": {
                     "n_images": n_real,
                     "images": dict(data_description) if data_description else None,
@@ -374,6 +392,7 @@ def train(
                                step=steps, total_steps=steps)
         cal_imgs, cal_labs = (imgs[:n_real], labs[:n_real]) if n_real else (imgs, labs)
         mask_fraction, _ = calibrate_mask_fraction(model, cal_imgs, cal_labs, patch_size=patch_size, seed=seed)
+    model.freeze_codebook(False)
     meta = metadata(steps, summary)
     path = save_weights(out_path, model.state_dict(), meta, overwrite=overwrite)
     yield TrainingSnapshot(
@@ -382,6 +401,75 @@ def train(
         weights_path=path, done=True,
     )
     return path
+
+
+def finetune(
+    images: Any,
+    labels: Any,
+    *,
+    model: Any = None,
+    regions: Any = None,
+    steps: int = 150,
+    learning_rate: float = 2e-4,
+    device: Any = "auto",
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    description: str | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    report_every: int = 10,
+    reproduce: str | None = None,
+) -> Generator[TrainingSnapshot, None, Path]:
+    """Fine-tune a Kaizen VQ-VAE on corrected labels: centre-cell patches of the corrected image(s).
+
+    The engine contract's ``finetune`` (the same call for every learned engine). The
+    starting model is copied (the one passed in is left as it was), its codebook is
+    frozen (the encoder and decoder adapt to the new cells around the codes the model
+    has), the images are brought to the model's object diameter, and patches are cut
+    as in training: centred on corrected cells (target: that cell only) and on
+    background (target: nothing).
+
+    Parameters
+    ----------
+    images, labels : ndarray or sequence of ndarray
+        The image(s) and their corrected instance labels.
+    model : str, path or KaizenModel, optional
+        Starting point (default: the engine's ``DEFAULT_MODEL``).
+    regions : ndarray or sequence of (ndarray or None), optional
+        Where the labels are complete (nonzero), one mask per image: patches are drawn
+        only there (a partial correction). ``None``: everywhere.
+    steps, learning_rate, batch_size : int, float, int
+        Adam steps (short warm-up, cosine decay), peak learning rate, patches per step.
+    device : str
+    output : path
+        Weights to write (``.safetensors`` + ``.json``); refused up front if they exist
+        and ``overwrite`` is False.
+    overwrite : bool
+    description : str, optional
+        What the corrected data are (e.g. which napari layers), for the metadata.
+    seed, report_every : int
+    reproduce : str, optional
+
+    Yields
+    ------
+    TrainingSnapshot
+        Progress; the last has ``done=True`` and ``weights_path``.
+    """
+    import copy
+
+    from .._common.training import check_output
+    from .model import KaizenModel, load_model
+
+    check_output(output, overwrite)
+    base = model if isinstance(model, KaizenModel) else load_model(model, "cpu")
+    start = KaizenModel(copy.deepcopy(base.net).cpu(), base.metadata, base.source)
+    return (yield from train(
+        images, labels, output=output, steps=int(steps), batch_size=int(batch_size),
+        learning_rate=float(learning_rate), warmup_steps=max(1, min(20, int(steps) // 5)), device=device,
+        seed=seed, report_every=report_every, validate_every=0, overwrite=overwrite, reproduce=reproduce,
+        init=start, regions=regions, freeze_codebook=True, calibrate_mask=False,
+        data_description={"description": description or "corrected labels", "finetuned_from": base.source},
+    ))
 
 
 def calibrate_mask_fraction(
@@ -433,45 +521,3 @@ def calibrate_mask_fraction(
         scores[float(f)] = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
     best = max(scores, key=scores.get)
     return float(best), scores
-
-
-# --------------------------------------------------------------------------- CLI hook
-
-
-def add_train_arguments(parser) -> None:
-    """Add the options of ``kaizen train kaizen`` to an ``argparse`` parser."""
-    parser.add_argument("--images", nargs="+", default=None, metavar="PATH",
-                        help="training images: files or folders (TIFF, PNG, NPY)")
-    parser.add_argument("--labels", nargs="+", default=None, metavar="PATH",
-                        help="instance label images, one per image, in the same sorted order")
-    parser.add_argument("--output", required=True, metavar="PATH", help="weights to write (.safetensors + .json)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimiser steps (default {DEFAULT_STEPS})")
-    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
-                        help="also train on N synthetic fluorescent-nuclei fields (seeds 0..N-1)")
-    parser.add_argument("--batch-size", type=int, default=32, help="patches per step (paper: 32)")
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR})")
-    parser.add_argument("--patch-size", type=int, default=40, help="patch side in pixels, a multiple of 8 (paper: 40)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 beside other work)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing weights files")
-    if not any(a.dest == "device" for a in parser._actions):
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-
-
-def run_train(args) -> int:
-    """Run ``kaizen train kaizen`` from parsed arguments; print progress; return 0.
-
-    :class:`~napari_kaizen.engines._common.errors.KaizenError` propagates with its
-    one-line message for the CLI to print.
-    """
-    if not args.synthetic and not (args.images and args.labels):
-        raise InputError("give --images and --labels, or --synthetic N (or both)")
-    gen = train(
-        args.images, args.labels, output=args.output, synthetic=args.synthetic, steps=args.steps,
-        batch_size=args.batch_size, learning_rate=args.lr, patch_size=args.patch_size,
-        device=getattr(args, "device", "auto"), seed=args.seed, threads=args.threads, overwrite=args.overwrite,
-    )
-    for snap in gen:
-        extra = "  " + "  ".join(f"{k} {v:.4g}" for k, v in snap.validation.items()) if snap.validation else ""
-        print(f"[{snap.progress:6.1%}] {snap.message}{extra}", flush=True)
-    return 0

@@ -24,7 +24,8 @@ import shlex
 import sys
 import time
 
-from .._common.errors import InputError
+from ...errors import InputError
+from .._common.training import add_finetune_arguments, read_training_files
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,18 +57,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (use 1 beside other work)")
-
-
-def _read_pairs(args):
-    from ...io.images import read_image
-    from ...io.labels import read_labels
-
-    if not args.labels or len(args.labels) != len(args.images):
-        raise InputError(
-            f"--images has {len(args.images)} file(s) but --labels has {len(args.labels or [])}: give one labels "
-            "file per image, in the same order"
-        )
-    return [read_image(p) for p in args.images], [read_labels(p) for p in args.labels]
+    add_finetune_arguments(parser)
 
 
 def _print_progress(snapshots) -> object:
@@ -99,6 +89,8 @@ def run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     reproduce = "kaizen train unet " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else None
     if args.pretrain:
+        if args.regions:
+            raise InputError("--regions belong to fine-tuning on --images, not to --pretrain")
         gen = pretrain(
             target=args.pretrain, n_fields=args.fields, field_shape=(args.field_size, args.field_size),
             steps=args.steps or 3000, batch_size=args.batch_size or 8, crop=args.crop,
@@ -107,11 +99,14 @@ def run_train(args: argparse.Namespace) -> int:
         )
     else:
         if args.images is not None:
-            images, labels = _read_pairs(args)
+            images, labels, regions = read_training_files(args.images, args.labels, args.regions)
             description = f"{len(images)} annotated image(s): " + ", ".join(args.images)
         else:
             from .training import synthetic_pairs
 
+            if args.regions:
+                raise InputError("--regions belong to --images (one mask per image), not to --synthetic")
+            regions = None
             if args.synthetic < 1:
                 raise InputError(f"--synthetic needs at least 1 field, got {args.synthetic}")
             pairs = synthetic_pairs(range(args.seed, args.seed + args.synthetic), "nuclei",
@@ -120,7 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
             description = (f"{args.synthetic} synthetic fields {args.field_size}x{args.field_size} "
                            f"(random_params, hard=0.5), seeds {args.seed}..{args.seed + args.synthetic - 1}")
         gen = finetune(
-            images, labels, model=args.init, steps=args.steps or 300, learning_rate=args.lr or 1e-3,
+            images, labels, model=args.init, regions=regions, steps=args.steps or 300, learning_rate=args.lr or 1e-3,
             batch_size=args.batch_size or 4, crop=args.crop, seed=args.seed, device=args.device,
             output=args.output, overwrite=args.overwrite, description=description, reproduce=reproduce,
         )

@@ -15,10 +15,7 @@ can be cancelled by closing the generator.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import shlex
-import sys
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -26,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InputError
 from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
-from .._common.errors import InputError, KaizenError, OverwriteError
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
+from .._common.training import check_output
 from .targets import check_labels, fcn_targets, pixel_weights
 
 #: Augmentation of the post (crops are taken by the sampler): rolls, flips, rotations;
@@ -160,6 +158,7 @@ def iter_batches(
     edge_weight: float,
     augment_params: AugmentParams = FCN_AUGMENT,
     weights: Sequence[float] | None = None,
+    regions: Sequence[np.ndarray | None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Endless ``(images (B,1,c,c), classes (B,c,c), weights (B,c,c))`` training batches.
 
@@ -170,8 +169,14 @@ def iter_batches(
     (:func:`~napari_kaizen.engines._common.augment.draw_zoom`); flips, rotations,
     elastic and intensity changes follow, and the three-class targets are computed
     from the augmented labels (so bands keep their width under rotation and zoom).
+
+    ``regions`` (one boolean mask or None per image) limits the loss to checked pixels
+    of a partly corrected image: its windows are centred on checked pixels and every
+    other pixel gets weight 0.
     """
-    areas = np.array([img.size for img, _ in pairs], np.float64)
+    regions = list(regions) if regions is not None else [None] * len(pairs)
+    checked = [np.flatnonzero(r) if r is not None else None for r in regions]
+    areas = np.array([img.size if c is None else c.size for (img, _), c in zip(pairs, checked)], np.float64)
     if weights is not None:
         areas = areas * np.asarray(weights, np.float64)
     prob = areas / areas.sum()
@@ -179,42 +184,36 @@ def iter_batches(
     while True:
         xs, cs, ws = [], [], []
         for _ in range(batch_size):
-            img, lab = pairs[int(rng.choice(len(pairs), p=prob))]
+            k = int(rng.choice(len(pairs), p=prob))
+            img, lab = pairs[k]
             h, w = img.shape
             zoom = draw_zoom(rng, augment_params)
             reach = int(np.ceil(crop / zoom))
-            if augment_params.roll:
+            if checked[k] is not None:
+                centre = divmod(int(checked[k][int(rng.integers(checked[k].size))]), w)
+            elif augment_params.roll:
                 centre = (int(rng.integers(h)), int(rng.integers(w)))
             else:
                 centre = (int(rng.integers(max(1, h - reach + 1))) + min(h, reach) // 2,
                           int(rng.integers(max(1, w - reach + 1))) + min(w, reach) // 2)
             sub_img, sub_lab = zoom_window(img, lab, centre, crop, zoom, wrap=augment_params.roll)
-            a_img, (a_lab,) = augment(sub_img, [sub_lab], rng=rng, params=geo, label_targets=(True,))
+            if regions[k] is None:
+                a_img, (a_lab,) = augment(sub_img, [sub_lab], rng=rng, params=geo, label_targets=(True,))
+                a_reg = None
+            else:
+                _, sub_reg = zoom_window(img, regions[k].astype(np.int32), centre, crop, zoom,
+                                         wrap=augment_params.roll)
+                a_img, (a_lab, a_reg) = augment(sub_img, [sub_lab, sub_reg], rng=rng, params=geo,
+                                                label_targets=(True, True))
             cls = fcn_targets(a_lab, edge_width)
             xs.append(a_img)
             cs.append(cls)
-            ws.append(pixel_weights(cls, edge_weight))
+            w_px = pixel_weights(cls, edge_weight)
+            ws.append(w_px if a_reg is None else w_px * (a_reg > 0))
         yield np.stack(xs)[:, None].astype(np.float32), np.stack(cs).astype(np.int64), np.stack(ws)
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-def _check_output(output: Any, overwrite: bool) -> Path:
-    from .._common.weights import weights_paths
-
-    if output is None or str(output).strip() == "":
-        raise InputError("no output path was given: name the weights file to write (e.g. my_fcn.safetensors)")
-    if str(output).startswith("bundled:"):
-        raise InputError("output must be a file path, not 'bundled:NAME'")
-    tensor_path, json_path = weights_paths(output)
-    if not tensor_path.parent.is_dir():
-        raise InputError(f"folder {tensor_path.parent} does not exist: create it or choose another output path")
-    if not overwrite:
-        for p in (tensor_path, json_path):
-            if p.exists():
-                raise OverwriteError(f"{p} already exists; not overwriting it (choose another output or pass overwrite)")
-    return tensor_path
 
 
 def _check_number(name: str, value: Any, lo: float, *, integer: bool = False) -> None:
@@ -284,6 +283,7 @@ def _fit(
     validate_every: int = 0,
     report_every: int = 10,
     weights: Sequence[float] | None = None,
+    regions: Sequence[np.ndarray | None] | None = None,
 ) -> Generator[TrainingSnapshot, None, dict[str, Any]]:
     import torch
 
@@ -293,7 +293,7 @@ def _fit(
     rng = seed_everything(seed)
     batches = iter_batches(
         pairs, rng, crop=crop, batch_size=batch_size, edge_width=edge_width, edge_weight=edge_weight,
-        augment_params=augment_params, weights=weights,
+        augment_params=augment_params, weights=weights, regions=regions,
     )
     # RMSprop with a cosine-annealed learning rate (the post: "RMSprop with an annealed
     # learning rate"); eps 1e-6 keeps early steps of rarely-updated weights bounded.
@@ -511,7 +511,7 @@ def train(
     _check_number("lr", lr, 0)
     _check_number("edge_weight", edge_weight, 1e-6)
     _check_number("edge_width", edge_width, 0.5)
-    path = _check_output(output, overwrite)
+    path = check_output(output, overwrite)
     pairs = prepare_pairs(images, labels)
     if object_diameter is not None:
         _check_number("object_diameter", object_diameter, 1)
@@ -590,11 +590,12 @@ def finetune(
     images: Any,
     labels: Any,
     *,
-    output: str | Path,
     model: Any = None,
+    regions: Any = None,
     steps: int = 200,
     learning_rate: float = 2e-4,
     device: Any = "auto",
+    output: str | Path | None = None,
     diameter: float | str | None = None,
     edge_weight: float | None = None,
     batch_size: int = 4,
@@ -618,11 +619,15 @@ def finetune(
     images : ndarray or sequence of ndarray
         The image(s) the labels belong to (same channel as the model's).
     labels : ndarray or sequence of ndarray
-        Complete instance labels, e.g. a labels layer after correction.
-    output : path
-        Weights to write; must not exist unless ``overwrite``. Checked first.
+        Instance labels, e.g. a labels layer after correction: complete everywhere, or
+        inside ``regions``.
     model : FCNModel, path or 'bundled:NAME', optional
         Starting point; ``None`` means ``DEFAULT_MODEL``.
+    regions : ndarray or sequence of (ndarray or None), optional
+        Where the labels are complete (nonzero), one mask per image: only those pixels
+        count in the loss (partial corrections). ``None``: everywhere.
+    output : path
+        Weights to write; must not exist unless ``overwrite``. Checked first.
     steps : int
     learning_rate : float
         Initial RMSprop learning rate (cosine-annealed); lower than for training from
@@ -670,12 +675,15 @@ def finetune(
     _check_number("steps", steps, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
     _check_number("learning_rate", lr, 0)
-    path = _check_output(output, overwrite)
+    path = check_output(output, overwrite)
     # A loaded model is only read (its net is deep-copied below), never moved or changed:
     # the widget may be segmenting with it at the same time.
     base = model if isinstance(model, FCNModel) else load_model(model, "cpu")
     meta0 = base.metadata
+    from .._common.training import check_regions, resample_mask
+
     pairs = prepare_pairs(images, labels, percentiles=base.percentiles)
+    masks = check_regions(regions, [img.shape for img, _ in pairs])
     target = base.object_diameter
     scaled = []
     for img, lab in pairs:
@@ -685,6 +693,7 @@ def finetune(
             d = resolve_diameter(img, diameter)
         rs = rescale_for_model(img.shape, d, target)
         scaled.append((rs.to_model(img), _labels_to_model(lab, rs.model_shape)))
+    masks = [resample_mask(m, img.shape) for m, (img, _) in zip(masks, scaled)]
     pairs = scaled
     tmeta = dict(meta0.get("targets", {}))
     edge_width = float(tmeta.get("edge_width", 2.0))
@@ -697,6 +706,7 @@ def finetune(
     result = yield from _fit(
         net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
         edge_weight=edge_weight, seed=seed, dev=dev, augment_params=FCN_AUGMENT, report_every=report_every,
+        regions=masks,
     )
     net.freeze_batchnorm(False)
     meta = {k: v for k, v in meta0.items() if k not in ("sha256", "weights_file", "created", "format_version",
@@ -708,6 +718,7 @@ def finetune(
         "base_training": meta0.get("training", {}),
         "n_images": len(pairs),
         "image_shapes": [list(img.shape) for img, _ in pairs],
+        "checked_fraction": [1.0 if m is None else round(float(m.mean()), 4) for m in masks],
         "n_objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
         "steps": int(steps),
         "batch_size": int(batch_size),
@@ -728,109 +739,3 @@ def finetune(
         stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
         loss=result["final_loss"], weights_path=saved, done=True,
     )
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``kaizen train fcn`` to ``parser`` and return it."""
-    parser.add_argument("--images", nargs="+", metavar="FILE", help="training images (TIFF, PNG or NPY)")
-    parser.add_argument("--labels", nargs="+", metavar="FILE", help="instance labels, one per image, same order")
-    parser.add_argument("--output", required=True, metavar="PATH", help="weights to write (.safetensors + .json)")
-    parser.add_argument("--channel", choices=("nuclei", "membrane"), default="nuclei",
-                        help="stain of the images; picks the recipe defaults and the synthetic channel")
-    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
-                        help="train on N synthetic fields (seeds 0..N-1) instead of files")
-    parser.add_argument("--edge-weight", type=float, default=None, help="loss weight of edge pixels (1 = none)")
-    parser.add_argument("--edge-width", type=float, default=None, help="edge band width inside objects, pixels")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--crop", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    return parser
-
-
-def _read_array(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"file {p} not found")
-    try:
-        if p.suffix.lower() == ".npy":
-            return np.load(p, allow_pickle=False)
-        if p.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(p)
-        import imageio.v3 as iio
-
-        return np.asarray(iio.imread(p))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {p}: {exc}") from None
-
-
-def _reproduce_command(args: argparse.Namespace) -> str:
-    """The ``kaizen train fcn`` command line that repeats this run."""
-    parts = ["kaizen", "train", "fcn"]
-    if args.synthetic:
-        parts += ["--synthetic", str(args.synthetic)]
-    else:
-        parts += ["--images", *map(str, args.images or [])] + ["--labels", *map(str, args.labels or [])]
-    parts += ["--channel", args.channel]
-    for name in ("edge_weight", "edge_width", "steps", "lr", "batch_size", "crop", "seed"):
-        value = getattr(args, name, None)
-        if value is not None:
-            parts += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
-    if args.threads:
-        parts += ["--threads", str(args.threads)]
-    parts += ["--device", str(args.device), "--output", str(args.output)]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    """Run ``kaizen train fcn`` with parsed ``args``; return the exit status."""
-    recipe = RECIPES[args.channel]
-
-    def pick(name: str, attr: str | None = None):
-        v = getattr(args, attr or name, None)
-        return recipe[name] if v is None else v
-
-    try:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(int(args.threads))
-        seed = pick("seed")
-        # Refuse an existing output before spending time on data.
-        _check_output(args.output, args.overwrite)
-        if args.synthetic:
-            if args.images or args.labels:
-                raise InputError("give either --synthetic N or --images/--labels, not both")
-            images, labels, desc = synthetic_training_set(
-                args.synthetic, channel=args.channel, shape=recipe["shape"], hard=recipe["hard"]
-            )
-        else:
-            if not args.images or not args.labels:
-                raise InputError("give --images and --labels (one label file per image), or --synthetic N")
-            images = [_read_array(f) for f in args.images]
-            labels = [_read_array(f) for f in args.labels]
-            desc = {"images": list(args.images), "labels": list(args.labels), "channel": args.channel}
-        reproduce = _reproduce_command(args)
-        gen = train(
-            images, labels, output=args.output, edge_weight=pick("edge_weight"), edge_width=pick("edge_width"),
-            steps=pick("steps"), lr=pick("lr"), batch_size=pick("batch_size"), crop=pick("crop"),
-            width=recipe["width"], stride=recipe["stride"], seed=seed, device=args.device, channel=args.channel,
-            data_description=desc, reproduce=reproduce, overwrite=args.overwrite, report_every=50,
-        )
-        for snap in gen:
-            print(snap.message, flush=True)
-            if snap.done:
-                print(f"wrote {snap.weights_path}", flush=True)
-    except KaizenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -1,0 +1,120 @@
+"""How long the napari event loop stalls while each engine widget runs.
+
+A person notices a frozen window from about 100 ms. This docks every engine's widget
+in a real viewer (under a virtual X server when there is no display), runs it on a
+512 x 512 synthetic field, and measures the gaps between ticks of a 5 ms Qt timer from
+*Run* to the end of the run: the longest gap is the longest time the window could not
+respond. First runs (layers created) and second runs (layers updated) are reported
+separately.
+
+    python benchmarks/gui_stall.py [--size 512] [--engines classical kaizen unet fcn]
+
+Writes ``benchmarks/results/gui_stall.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _display():
+    if os.environ.get("DISPLAY"):
+        return None
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(1920, 1080), color_depth=24)
+    display.start()
+    return display
+
+
+def measure(engine: str, size: int, runs: int = 2) -> list[dict]:
+    import napari
+    import numpy as np
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_kaizen.data import synthesize
+    from napari_kaizen.widgets._engine_widget import ClassicalWidget
+    from napari_kaizen.widgets._fcn_widget import FCNWidget
+    from napari_kaizen.widgets._kaizen_widget import KaizenWidget
+    from napari_kaizen.widgets._unet_widget import UNetWidget
+
+    cls = {"classical": ClassicalWidget, "kaizen": KaizenWidget, "unet": UNetWidget, "fcn": FCNWidget}[engine]
+    field = synthesize(seed=10_500, shape=(size, size), density=0.3)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    viewer.add_image(field.label_free if engine == "unet" else field.nuclei, name="input")
+    widget = cls(viewer)
+    viewer.window.add_dock_widget(widget, name=engine)
+    app = QApplication.instance()
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+    out = []
+    for k in range(runs):
+        ticks: list[float] = []
+        timer = QTimer()
+        timer.setInterval(5)
+        timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        start = time.perf_counter()
+        timer.start()
+        widget.run()
+        while widget.runner.running:
+            app.processEvents()
+            time.sleep(0.002)
+        for _ in range(50):  # what the last snapshot's drawing costs, after the worker ended
+            app.processEvents()
+            time.sleep(0.002)
+        timer.stop()
+        end = time.perf_counter()
+        stamps = np.array([start, *ticks, end])
+        gaps = np.diff(stamps) * 1000
+        out.append({"engine": engine, "run": k + 1, "seconds": round(end - start, 2),
+                    "longest_stall_ms": round(float(gaps.max()), 1),
+                    "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1),
+                    "stalls_over_100ms": int((gaps > 100).sum()), "status": widget.status.text()[:80]})
+    viewer.close()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--engines", nargs="+", default=["classical", "kaizen", "unet", "fcn"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gui_stall.json"))
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    display = _display()
+    rows = []
+    try:
+        for engine in args.engines:
+            rows += measure(engine, args.size)
+    finally:
+        if display is not None:
+            display.stop()
+    result = {"what": f"longest event-loop gap (5 ms timer) from Run to the end, {args.size}x{args.size} field",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch 1 thread, "
+                         "Xvfb (software OpenGL)",
+              "python": sys.version.split()[0], "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print("| engine | run | seconds | longest stall (ms) | p99 gap (ms) | stalls > 100 ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['engine']} | {r['run']} | {r['seconds']} | {r['longest_stall_ms']} | {r['p99_gap_ms']} | "
+              f"{r['stalls_over_100ms']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
