@@ -213,6 +213,7 @@ class EngineWidget(QWidget):
         self.runner.errored.connect(self._errored)
         self._show_params()
         self._check_input()
+        _layers.prewarm()
 
     # -------------------------------------------------------------- hooks for subclasses
     def _control_rows(self) -> list[QWidget]:

@@ -133,6 +133,35 @@ def _writable(viewer, name: str, owner: str, kind: str, ndim: int | None = None)
     return layer
 
 
+def breathe() -> None:
+    """Let the event loop take a turn (timers, repaints), without user input.
+
+    Making a layer costs napari hundreds of milliseconds (visuals, first paint); a
+    widget that adds three layers in one go freezes the window for all of them. Called
+    after each new layer, the stall is one layer long. User input is held back, so no
+    click can start something new in the middle of a draw.
+    """
+    from qtpy.QtCore import QEventLoop
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        app.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+
+
+def prewarm() -> None:
+    """Import napari's layer visuals now (docking), not when the first result layer appears."""
+    import importlib
+
+    # pandas: napari imports it lazily for the first layer with features (~0.4 s).
+    for module in ("pandas", "napari._vispy.layers.image", "napari._vispy.layers.labels",
+                   "napari._vispy.layers.points", "napari._vispy.layers.shapes"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # pragma: no cover - a napari that moved them: only a little slower
+            pass
+
+
 def set_image(viewer, name: str, data: np.ndarray, *, owner: str, **kwargs: Any):
     """Add image layer ``name`` or replace the data of this owner's layer of that name.
 
@@ -147,6 +176,7 @@ def set_image(viewer, name: str, data: np.ndarray, *, owner: str, **kwargs: Any)
     if layer is False:
         name = fresh_name(viewer, name)
     layer = viewer.add_image(data, name=name, metadata={META_KEY: {"owner": owner}}, **kwargs)
+    breathe()
     return layer
 
 
@@ -178,6 +208,7 @@ def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any
     if features is not None:
         layer.features = features
     _track_edits(layer)
+    breathe()
     return layer
 
 
@@ -195,6 +226,7 @@ def set_points(viewer, name: str, coords: np.ndarray, *, owner: str, features: A
     if layer is False:
         name = fresh_name(viewer, name)
     layer = viewer.add_points(coords, name=name, metadata={META_KEY: {"owner": owner}}, features=features, **kwargs)
+    breathe()
     return layer
 
 

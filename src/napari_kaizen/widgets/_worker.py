@@ -246,10 +246,16 @@ class SnapshotRunner(QObject):
             self._flush()
 
     def _flush(self) -> None:
+        if getattr(self, "_drawing", False):
+            return  # a draw let the event loop run (see _layers.breathe); the next tick draws
         snap, self._pending = self._pending, None
         if snap is not None and self._draw is not None:
             t0 = time.perf_counter()
-            self._draw(snap)
+            self._drawing = True
+            try:
+                self._draw(snap)
+            finally:
+                self._drawing = False
             if self._max_busy:
                 took_ms = 1000.0 * (time.perf_counter() - t0)
                 # Capped, so one slow draw (the first adds the layers) cannot stall the view.
@@ -261,6 +267,10 @@ class SnapshotRunner(QObject):
         self.errored.emit(error_message(exc))
 
     def _finished(self) -> None:
+        if getattr(self, "_drawing", False):
+            # The worker ended while a draw lets the event loop run: finish after it.
+            QTimer.singleShot(10, self._finished)
+            return
         self._timer.stop()
         self._flush()
         cancelled = bool(self.gate and self.gate.cancelled)
