@@ -337,6 +337,7 @@ class EngineWidget(QWidget):
         self._error = None
         self._begin(layer, mode, plane)
         self.progress.setValue(0)
+        self.progress.setFormat("%p%")
         what = f" ({Path(str(spec)).stem})" if isinstance(spec, str) else ""
         where = f" (plane {plane})" if plane else (" (every plane)" if stack else "")
         self.set_status(f"Running {self.engine.title}{what} on '{layer.name}'{where}…")
@@ -365,8 +366,20 @@ class EngineWidget(QWidget):
         """Every snapshot, on the GUI thread, before any throttling (cheap work only)."""
 
     # -------------------------------------------------------------- drawing
+    def show_progress(self, snap) -> None:
+        """The progress bar; for a stack it also names the plane (30 planes: plane 1 is 0-3 %)."""
+        self.progress.setValue(int(round(1000 * float(snap.progress))))
+        plane = getattr(snap, "plane", None)
+        layer = self.target.source if self.target is not None else None
+        if plane is not None and self.target is not None and self.target.mode == "stack" and layer is not None:
+            shape = np.shape(layer.data)[: len(plane)]
+            k = int(np.ravel_multi_index(plane, shape)) + 1
+            self.progress.setFormat(f"plane {k}/{int(np.prod(shape))} · %p%")
+        else:
+            self.progress.setFormat("%p%")
+
     def draw(self, snap) -> None:
-        self.progress.setValue(int(1000 * float(snap.progress)))
+        self.show_progress(snap)
         self.set_status(snap.message)
         if not isinstance(snap, SegmentationSnapshot):
             return

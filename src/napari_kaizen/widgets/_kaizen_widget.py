@@ -186,6 +186,7 @@ class KaizenWidget(EngineWidget):
         self.history.clear()
         self.scrubber.reset()
         self.view.begin(layer, mode, plane)
+        self.target = self.view.target  # one placement: the view's (show_progress reads its mode)
         self.review.clear("Review: available when the run ends or is cancelled.")
         self._plane_results = []
         self._stack_features = None
@@ -223,7 +224,7 @@ class KaizenWidget(EngineWidget):
 
     def draw(self, snap) -> None:
         """The newest snapshot, throttled: progress always, the layers if following."""
-        self.progress.setValue(int(round(1000 * float(snap.progress))))
+        self.show_progress(snap)
         if self.scrubber.following:
             self._draw(len(self.history) - 1)
         else:
