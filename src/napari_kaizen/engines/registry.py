@@ -19,7 +19,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from ._common.loaded import INPUT_KINDS
-from ._common.weights import bundled_dir, weights_paths
+from ._common.weights import bundled_dir, read_metadata, weights_paths
 
 #: What a model finds, for menus: JSON ``output_kind`` -> words.
 OUTPUT_KINDS: dict[str, str] = {
@@ -154,12 +153,7 @@ def model_entry(spec: str | Path, *, source: str | None = None) -> ModelEntry:
     tensor_path, json_path = weights_paths(spec)
     if not tensor_path.exists():
         raise WeightsError(f"weights file {tensor_path} not found")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{json_path}: not a readable weights JSON ({exc.__class__.__name__})") from None
-    if not isinstance(meta, dict):
-        raise WeightsError(f"{json_path}: not a weights JSON")
+    meta = read_metadata(tensor_path)
     arch = meta.get("architecture")
     engines = _architectures()
     if arch not in engines:

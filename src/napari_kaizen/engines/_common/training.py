@@ -130,7 +130,7 @@ def add_finetune_arguments(parser, *, init_default: str | None = None) -> None:
 
 
 def resample_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """Nearest-neighbour resampling of a region mask to ``shape`` (the model's scale)."""
+    """Nearest-neighbour resampling of a region mask or of labels to ``shape`` (ids unchanged)."""
     if mask is None or mask.shape == tuple(shape):
         return mask
     h, w = shape

@@ -28,7 +28,7 @@ from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
-from .._common.training import check_output
+from .._common.training import check_output, resample_mask
 from .targets import check_labels, fcn_targets, pixel_weights
 
 #: Augmentation of the post (crops are taken by the sampler): rolls, flips, rotations;
@@ -575,17 +575,6 @@ def train(
     )
 
 
-def _labels_to_model(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling of labels to ``shape`` (ids unchanged)."""
-    if labels.shape == tuple(shape):
-        return labels
-    h, w = shape
-    mh, mw = labels.shape
-    yi = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.intp), mh - 1)
-    xi = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.intp), mw - 1)
-    return labels[np.ix_(yi, xi)]
-
-
 def finetune(
     images: Any,
     labels: Any,
@@ -680,7 +669,7 @@ def finetune(
     # the widget may be segmenting with it at the same time.
     base = model if isinstance(model, FCNModel) else load_model(model, "cpu")
     meta0 = base.metadata
-    from .._common.training import check_regions, resample_mask
+    from .._common.training import check_regions
 
     pairs = prepare_pairs(images, labels, percentiles=base.percentiles)
     masks = check_regions(regions, [img.shape for img, _ in pairs])
@@ -692,7 +681,7 @@ def finetune(
         else:
             d = resolve_diameter(img, diameter)
         rs = rescale_for_model(img.shape, d, target)
-        scaled.append((rs.to_model(img), _labels_to_model(lab, rs.model_shape)))
+        scaled.append((rs.to_model(img), resample_mask(lab, rs.model_shape)))
     masks = [resample_mask(m, img.shape) for m, (img, _) in zip(masks, scaled)]
     pairs = scaled
     tmeta = dict(meta0.get("targets", {}))
