@@ -263,3 +263,13 @@ def test_headless_boundary_no_qt_anywhere_and_no_torch_for_evaluate(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("engine", ["classical", "kaizen", "unet", "fcn"])
+@pytest.mark.parametrize("noise", ["gaussian", "poisson"])
+def test_pure_noise_gives_no_objects_and_says_why(engine, noise):
+    """Pure noise (label-free or fluorescence) is not a field of cells (the U-Net found 10-413)."""
+    rng = np.random.default_rng(7)
+    img = rng.normal(1000, 40, (192, 192)) if noise == "gaussian" else rng.poisson(30, (192, 192)).astype(np.uint16)
+    last = run_to_end(get_engine(engine).segment(img, device="cpu"))
+    assert last.labels.max() == 0 and "noise without structure" in last.message

@@ -252,6 +252,42 @@ def contrast_to_noise(image: np.ndarray) -> float:
     return float((residual.max() - median) / max(sd, ripple))
 
 
+#: Share of an image's variance left after a Gaussian blur of sigma 2 px below which it is
+#: structureless noise. White noise keeps about 1 / (4 pi sigma^2) = 0.02; on the
+#: synthetic sets every label-free field keeps at least 0.25 and every fluorescence
+#: field at least 0.6, because cells are larger than 2 px.
+STRUCTURE_MIN = 0.1
+
+
+def structure_share(image: np.ndarray, sigma: float = 2.0) -> float:
+    """The share of ``image``'s variance that survives a Gaussian blur of ``sigma`` pixels."""
+    from scipy import ndimage as ndi
+
+    arr = as_float(image)
+    step = max(1, int(np.sqrt(arr.size / 1_000_000)))  # a 1 MP sample is plenty
+    arr = arr[::step, ::step]
+    sd = float(arr.std())
+    if not np.isfinite(sd) or sd == 0:
+        return 0.0
+    return float(ndi.gaussian_filter((arr - arr.mean()) / sd, sigma / step).var())
+
+
+def noise_field_message(image: np.ndarray) -> str | None:
+    """A one-line reason if ``image`` is structureless noise (for any channel), else None.
+
+    Label-free fields have a mid-grey background, so the fluorescence test of
+    :func:`empty_field_message` cannot call them empty; but an image with nothing in it
+    is also one without spatial structure at the scale of a cell.
+    """
+    if min(np.shape(image)[:2]) < EMPTY_CHECK_MIN_SIDE:
+        return None
+    share = structure_share(image)
+    if share >= STRUCTURE_MIN:
+        return None
+    return (f"no objects: the image is noise without structure (only {100 * share:.0f} % of its variance "
+            f"is wider than 2 px; images with cells keep at least {100 * STRUCTURE_MIN:.0f} %)")
+
+
 def empty_field_message(image: np.ndarray, min_cnr: float = EMPTY_CNR) -> str | None:
     """A one-line reason if a fluorescence image is an empty field, else None.
 

@@ -99,16 +99,18 @@ class TrainingSnapshot(Snapshot):
 S = TypeVar("S", bound=Snapshot)
 
 
-def empty_field_snapshot(image: np.ndarray, cls: type = SegmentationSnapshot):
+def empty_field_snapshot(image: np.ndarray, cls: type = SegmentationSnapshot, *, fluorescence: bool = True):
     """The final snapshot (no objects, with the reason) if ``image`` is an empty field, else None.
 
-    For engines that find bright objects (nuclei): see
-    :func:`~napari_kaizen.engines._common.normalize.empty_field_message`. ``cls`` is the
-    engine's snapshot class (a :class:`SegmentationSnapshot` subclass).
+    Every image is checked for structure
+    (:func:`~napari_kaizen.engines._common.normalize.noise_field_message`); images of
+    engines that find bright objects (``fluorescence``) also for contrast
+    (:func:`~napari_kaizen.engines._common.normalize.empty_field_message`). ``cls`` is
+    the engine's snapshot class (a :class:`SegmentationSnapshot` subclass).
     """
-    from .normalize import empty_field_message
+    from .normalize import empty_field_message, noise_field_message
 
-    message = empty_field_message(image)
+    message = noise_field_message(image) or (empty_field_message(image) if fluorescence else None)
     if message is None:
         return None
     return cls(stage="labels", progress=1.0, message=message, labels=np.zeros(np.shape(image), np.int32), done=True)

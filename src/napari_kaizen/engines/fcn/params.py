@@ -50,6 +50,9 @@ class FCNParams:
     edge_weight : float
         Loss weight of edge pixels relative to others (training and fine-tuning only;
         the post's over-weighting of edge errors).
+    flip_average : bool
+        Average the probabilities of the image and its three mirror images (test-time
+        augmentation; 4x the network time).
     """
 
     diameter: float | str | None = "auto"
@@ -61,6 +64,7 @@ class FCNParams:
     overlap: int = 64
     batch_size: int = 1
     edge_weight: float = 5.0
+    flip_average: bool = False
 
     def check(self) -> FCNParams:
         """Raise a one-line :class:`InputError` for out-of-range values; return self."""

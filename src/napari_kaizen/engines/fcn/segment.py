@@ -151,7 +151,7 @@ def segment(
         img = prepare_image(image, percentiles=fcn.percentiles)
     # Nuclei models only: a membrane stain's thin outlines can sit close to the noise
     # and must not be mistaken for an empty field.
-    empty = empty_field_snapshot(img) if fcn.metadata.get("channel") == "nuclei" else None
+    empty = empty_field_snapshot(img, fluorescence=fcn.metadata.get("channel") == "nuclei")
     if empty is not None:
         yield empty
         return
@@ -167,7 +167,16 @@ def segment(
     yield SegmentationSnapshot(stage="tiles", progress=0.0, message=f"running the FCN on {x.shape[0]}x{x.shape[1]}{scale_note}")
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(net(batch), dim=1)[:, 1:]
+        if not p.flip_average:
+            return torch.softmax(net(batch), dim=1)[:, 1:]
+        # Test-time flips: the mean of the four mirror images' probabilities, each flipped
+        # back (an outline then does not depend on which way the cell faces the stride grid).
+        out = 0
+        for dims in ((), (-1,), (-2,), (-2, -1)):
+            x = torch.flip(batch, dims) if dims else batch
+            y = torch.softmax(net(x), dim=1)[:, 1:]
+            out = out + (torch.flip(y, dims) if dims else y)
+        return out / 4
 
     probs = yield from relay(
         iter_tiled_predict(

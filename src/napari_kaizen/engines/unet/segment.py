@@ -10,7 +10,7 @@ import numpy as np
 from ...errors import DeviceError, InputError
 from .._common.normalize import prepare_image
 from .._common.scale import median_diameter, rescale_for_model, resolve_diameter
-from .._common.snapshots import SegmentationSnapshot, Snapshot, relay
+from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
 from .params import UNetParams
 
 if TYPE_CHECKING:  # the model module imports torch; segment() loads it on first call
@@ -124,6 +124,12 @@ def segment(
 
     net_model = load_model(model, device)
     img = prepare_image(image, percentiles=net_model.percentiles)
+    # Pure noise: the U-Net would find dozens of "nuclei" in it (it never saw an image
+    # without cells); say why there are none instead.
+    empty = empty_field_snapshot(img, SegmentationSnapshot, fluorescence=False)
+    if empty is not None:
+        yield empty
+        return
     model_d = net_model.object_diameter
     auto = isinstance(p.diameter, str) and p.diameter.strip().lower() == "auto"
     diameter = None if auto else resolve_diameter(img, p.diameter)
