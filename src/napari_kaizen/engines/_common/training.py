@@ -50,6 +50,95 @@ def check_output(output: Any, overwrite: bool, *, required: bool = True):
     return tensor_path
 
 
+def check_labels(labels: Any, shape: tuple[int, ...] | None = None, *, name: str = "labels") -> np.ndarray:
+    """An instance label image (2-D, non-negative integer ids) as int32, or a one-line InputError.
+
+    Parameters
+    ----------
+    labels : array_like
+    shape : tuple, optional
+        The image's shape, which the labels must have.
+    name : str
+        How the message names the labels (e.g. ``'labels 2'``).
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise InputError(f"{name} must be a 2-D instance label image (H, W), got shape {tuple(arr.shape)}")
+    if arr.dtype.kind == "b":
+        raise InputError(f"{name} is a boolean mask: instance labels (0 background, 1..N objects) are needed")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+            raise InputError(f"{name} has non-integer values (dtype {arr.dtype}): expected integer object ids")
+    elif arr.dtype.kind not in "iu":
+        raise InputError(f"{name} has dtype {arr.dtype}: expected integer object ids (0 = background)")
+    if arr.size and arr.min() < 0:
+        raise InputError(f"{name} has negative values: expected object ids >= 0 (0 = background)")
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        raise InputError(f"{name} has ids above {np.iinfo(np.int32).max}: relabel the objects 1..N")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise InputError(f"{name} has shape {tuple(arr.shape)} but its image has {tuple(shape)}: they must match")
+    return arr.astype(np.int32, copy=False)
+
+
+def as_list(items: Any, what: str) -> list[np.ndarray]:
+    """One 2-D array, a stack, a sequence of arrays, or files / folders, as a list of arrays."""
+    from pathlib import Path
+
+    if items is None:
+        return []
+    if isinstance(items, np.ndarray) or (hasattr(items, "__array__") and not isinstance(items, (list, tuple))):
+        arr = np.asarray(items)
+        return [arr] if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)) else list(arr)
+    items = list(items)
+    if items and all(isinstance(i, (str, Path)) for i in items):
+        from ...io.images import find_images, read_image
+
+        try:
+            files = find_images(items)
+        except FileNotFoundError as exc:
+            raise InputError(f"{what}: {exc}") from None
+        return [read_image(f) for f in files]
+    return [np.asarray(i) for i in items]
+
+
+def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float] | None = None,
+                   require_objects: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Normalised images and checked labels, paired one to one (every engine's training set-up).
+
+    Parameters
+    ----------
+    images, labels : array, sequence of arrays, or files / folders
+    percentiles : (float, float), optional
+        Normalisation percentiles (the model's); default the package's.
+    require_objects : bool
+        Refuse label images that hold no object at all.
+
+    Raises
+    ------
+    InputError
+        Different numbers of images and label images, a bad image or label image (its
+        own one-line reason, with its number), or no object anywhere.
+    """
+    from .normalize import DEFAULT_PERCENTILES, prepare_image
+
+    imgs, labs = as_list(images, "images"), as_list(labels, "labels")
+    if len(imgs) != len(labs):
+        raise InputError(f"{len(imgs)} image(s) but {len(labs)} label image(s): give one label image per image")
+    out_i, out_l = [], []
+    for k, (img, lab) in enumerate(zip(imgs, labs)):
+        try:
+            x = prepare_image(img, percentiles=tuple(percentiles or DEFAULT_PERCENTILES))
+        except InputError as exc:
+            raise InputError(f"training image {k + 1}: {exc}") from None
+        out_i.append(x)
+        out_l.append(check_labels(lab, x.shape, name=f"labels {k + 1}"))
+    if require_objects and imgs and not any(lab.any() for lab in out_l):
+        raise InputError("the label images hold no objects: annotate at least one object to train on")
+    if require_objects and not imgs:
+        raise InputError("no training images were given: give at least one image with its labels")
+    return out_i, out_l
+
+
 def check_regions(regions: Any, shapes: list[tuple[int, ...]]) -> list[np.ndarray | None]:
     """One boolean "checked" mask (or None: all checked) per training image.
 

@@ -17,27 +17,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
+from .._common.training import check_labels
 
 BACKGROUND, INTERIOR, EDGE = 0, 1, 2
-
-
-def check_labels(labels: np.ndarray, *, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as a 2-D ``int32`` array or raise a one-line :class:`InputError`."""
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise InputError(f"{name} must be a 2-D label image (H, W), got shape {tuple(arr.shape)}")
-    if arr.dtype.kind == "b":
-        raise InputError(f"{name} is a boolean mask: instance labels (one integer id per object) are needed")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
-            raise InputError(f"{name} has non-integer values (dtype {arr.dtype}): expected integer object ids")
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"{name} has dtype {arr.dtype}: expected integer object ids (0 = background)")
-    if arr.size and arr.min() < 0:
-        raise InputError(f"{name} has negative values: expected object ids >= 0 (0 = background)")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise InputError(f"{name} has ids above {np.iinfo(np.int32).max}: relabel the objects 1..N")
-    return arr.astype(np.int32, copy=False)
 
 
 def edge_distance(labels: np.ndarray) -> np.ndarray:

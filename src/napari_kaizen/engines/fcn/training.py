@@ -25,11 +25,11 @@ import numpy as np
 
 from ...errors import InputError
 from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
-from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
+from .._common.normalize import DEFAULT_PERCENTILES
 from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
-from .._common.training import check_output, resample_mask
-from .targets import check_labels, fcn_targets, pixel_weights
+from .._common.training import check_output, resample_mask, training_pairs
+from .targets import fcn_targets, pixel_weights
 
 #: Augmentation of the post (crops are taken by the sampler): rolls, flips, rotations;
 #: plus mild elastic and photometric changes shared with the other engines.
@@ -54,44 +54,14 @@ BUNDLED_NAMES = {"nuclei": "fcn_nuclei", "membrane": "fcn_cells"}
 # --------------------------------------------------------------------------- data
 
 
-def _as_list(x: Any, name: str) -> list[np.ndarray]:
-    if x is None:
-        raise InputError(f"no {name} were given: expected one 2-D array or a list of them")
-    if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not isinstance(x, (list, tuple)):
-        arr = np.asarray(x)
-        if arr.ndim == 3 and not (arr.shape[-1] in (3, 4) and name == "images"):
-            return [arr[i] for i in range(arr.shape[0])]
-        return [arr]
-    items = list(x)
-    if not items:
-        raise InputError(f"no {name} were given: expected one 2-D array or a list of them")
-    return [np.asarray(i) for i in items]
-
-
 def prepare_pairs(
     images: Any, labels: Any, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Normalise images and check labels: a list of ``(float32 image, int32 labels)``.
+    """Normalised images and checked labels as ``(float32 image, int32 labels)`` pairs.
 
-    Raises
-    ------
-    InputError
-        Different numbers of images and label images, a shape mismatch, non-integer
-        labels, or no object in any label image.
+    See :func:`~napari_kaizen.engines._common.training.training_pairs`.
     """
-    imgs, labs = _as_list(images, "images"), _as_list(labels, "labels")
-    if len(imgs) != len(labs):
-        raise InputError(f"{len(imgs)} image(s) but {len(labs)} label image(s): give one label image per image")
-    pairs = []
-    for k, (im, lab) in enumerate(zip(imgs, labs)):
-        img = prepare_image(im, percentiles=tuple(percentiles))
-        lab = check_labels(lab, name=f"labels {k}")
-        if lab.shape != img.shape:
-            raise InputError(f"image {k} has shape {img.shape} but its labels have shape {lab.shape}: they must match")
-        pairs.append((img, lab))
-    if not any(lab.any() for _, lab in pairs):
-        raise InputError("the label images hold no objects: annotate at least one cell")
-    return pairs
+    return list(zip(*training_pairs(images, labels, percentiles=tuple(percentiles)))) or []
 
 
 def training_diameter(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:

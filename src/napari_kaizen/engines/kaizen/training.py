@@ -34,47 +34,10 @@ DEFAULT_LR = 6e-4
 VALIDATION_SEED = 5_000
 
 
-def _as_arrays(items, what: str) -> list[np.ndarray]:
-    """Arrays as given, or files / folders read from disk."""
-    if items is None:
-        return []
-    if isinstance(items, np.ndarray):
-        items = [items] if items.ndim == 2 else list(items)
-    items = list(items)
-    if items and all(isinstance(i, (str, Path)) for i in items):
-        from ...io.images import find_images, read_image
-
-        try:
-            files = find_images(items)
-        except FileNotFoundError as exc:
-            raise InputError(f"{what}: {exc}") from None
-        return [read_image(f) for f in files]
-    return [np.asarray(i) for i in items]
-
-
 def _prepare_pairs(images, labels) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from .._common.normalize import prepare_image
+    from .._common.training import training_pairs
 
-    imgs = _as_arrays(images, "images")
-    labs = _as_arrays(labels, "labels")
-    if len(imgs) != len(labs):
-        raise InputError(f"{len(imgs)} training images but {len(labs)} label images: give one label image per image")
-    out_i, out_l = [], []
-    for k, (img, lab) in enumerate(zip(imgs, labs)):
-        lab = np.asarray(lab)
-        if lab.dtype.kind not in "biu":
-            if lab.dtype.kind == "f" and np.all(np.mod(lab, 1) == 0):
-                lab = lab.astype(np.int64)
-            else:
-                raise InputError(f"label image {k} has dtype {lab.dtype}: expected integer instance labels")
-        if lab.ndim != 2:
-            raise InputError(f"label image {k} has shape {lab.shape}: expected a 2-D label image")
-        prepared = prepare_image(img)
-        if prepared.shape != lab.shape:
-            raise InputError(f"training pair {k}: image {prepared.shape} and labels {lab.shape} differ in shape")
-        out_i.append(prepared)
-        out_l.append(lab.astype(np.int32))
-    return out_i, out_l
+    return training_pairs(images, labels, require_objects=False)
 
 
 def _object_diameter(labels: Sequence[np.ndarray]) -> float:

@@ -18,34 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ...errors import InputError
-
-
-def check_labels(labels: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Validate an instance label image (2-D, non-negative integers) and return it as int32.
-
-    Raises
-    ------
-    InputError
-        If it is not 2-D, not integer, negative, or does not match ``shape``.
-    """
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise InputError(f"labels must be a 2-D instance label image (H, W), got shape {arr.shape}")
-    if arr.dtype.kind == "b":
-        raise InputError("labels are boolean (a mask): expected instance labels (0 background, 1..N objects)")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
-            raise InputError(f"labels have non-integer values (dtype {arr.dtype}): expected integer instance ids")
-    elif arr.dtype.kind not in "iu":
-        raise InputError(f"labels have dtype {arr.dtype}: expected integer instance ids")
-    if arr.size and arr.min() < 0:
-        raise InputError("labels have negative values: expected 0 for background and positive instance ids")
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        raise InputError("labels have ids beyond the int32 range: relabel them 1..N")
-    if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise InputError(f"labels have shape {arr.shape} but the image has shape {tuple(shape)}: they must match")
-    return arr.astype(np.int32, copy=False)
+from .._common.training import check_labels  # noqa: F401 - part of this module's API
 
 
 def distance_map(labels: np.ndarray) -> np.ndarray:

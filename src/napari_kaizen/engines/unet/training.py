@@ -32,9 +32,9 @@ from .._common.augment import AugmentParams, augment
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model
 from .._common.snapshots import TrainingSnapshot
-from .._common.training import check_output, check_regions, resample_mask
+from .._common.training import check_output, check_regions, resample_mask, training_pairs
 from .model import ARCHITECTURE, ISLUNet, build_model
-from .targets import balance_lambda, check_labels, segmentation_loss_parts, segmentation_targets
+from .targets import balance_lambda, segmentation_loss_parts, segmentation_targets
 
 #: Fluorescent channels of the synthetic generator a model can learn to predict.
 TARGETS = ("nuclei", "membrane")
@@ -404,27 +404,7 @@ def predicted_pcc(model, pairs, device) -> list[float]:
 
 
 def _prepare_training_set(images, labels, percentiles) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    if isinstance(images, np.ndarray) and images.ndim == 2:
-        images = [images]
-    if isinstance(labels, np.ndarray) and labels.ndim == 2:
-        labels = [labels]
-    images, labels = list(images), list(labels)
-    if not images:
-        raise InputError("no training images were given: fine-tuning needs at least one annotated image")
-    if len(images) != len(labels):
-        raise InputError(f"{len(images)} image(s) but {len(labels)} label image(s): give one label image per image")
-    imgs, labs = [], []
-    for k, (img, lab) in enumerate(zip(images, labels)):
-        try:
-            x = prepare_image(img, percentiles=percentiles)
-            y = check_labels(lab, x.shape)
-        except InputError as exc:
-            raise InputError(f"training image {k + 1}: {exc}") from None
-        imgs.append(x)
-        labs.append(y)
-    if not any(lab.any() for lab in labs):
-        raise InputError("the label images contain no objects: annotate at least one object to fine-tune on")
-    return imgs, labs
+    return training_pairs(images, labels, percentiles=percentiles)
 
 
 def _rescale_pair(img: np.ndarray, lab: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
