@@ -270,7 +270,9 @@ class EngineWidget(QWidget):
             if entry is not None:
                 from ..engines.registry import input_warning
 
-                data, _ = _layers.current_plane(self.viewer, layer)
+                # A subsample: the layer may be huge or lazy (dask / zarr), and this runs
+                # on the GUI thread whenever the image or the model changes.
+                data, _ = _layers.current_plane(self.viewer, layer, max_pixels=250_000)
                 note = input_warning(entry, data) if np.ndim(data) == 2 else None
         self.input_note.setText(f"Note: {note}" if note else "")
         self.input_note.setVisible(bool(note))

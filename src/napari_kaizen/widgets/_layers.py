@@ -266,21 +266,27 @@ def labels_layers(viewer) -> list:
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
 
-def current_plane(viewer, layer) -> tuple[np.ndarray, tuple[int, ...]]:
+def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
     """The 2-D plane of ``layer`` the viewer is showing, and its index in the stack.
 
     RGB layers keep their colour axis (the engine's input check names the problem).
+    With ``max_pixels``, a regular subsample of at most about that many pixels (a
+    quick look at a huge or lazy plane, e.g. to guess its kind), read without loading
+    the whole plane.
     """
     data = layer.data
-    if hasattr(data, "__getitem__") and isinstance(data, list):  # multiscale: full resolution
-        data = data[0]
+    if hasattr(data, "__getitem__") and isinstance(data, list):  # multiscale
+        data = data[-1] if max_pixels else data[0]
     n_lead = data.ndim - (3 if getattr(layer, "rgb", False) else 2)
+    h, w = data.shape[max(n_lead, 0) : max(n_lead, 0) + 2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels)))) if max_pixels else 1
+    thin = (slice(None, None, step), slice(None, None, step))
     if n_lead <= 0:
-        return np.asarray(data), ()
+        return np.asarray(data[thin] if step > 1 else data), ()
     # The viewer's current world point, in this layer's data coordinates.
     pos = np.asarray(layer.world_to_data(tuple(viewer.dims.point)[-layer.ndim :]), dtype=float)
     index = [int(np.clip(round(pos[axis]), 0, data.shape[axis] - 1)) for axis in range(n_lead)]
-    return np.asarray(data[tuple(index)]), tuple(index)
+    return np.asarray(data[(*index, *thin)] if step > 1 else data[tuple(index)]), tuple(index)
 
 
 class PlaneTarget:

@@ -21,8 +21,8 @@ from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
 from .params import FCNParams
 
-#: Quarter turns and flips of test-time averaging: the four mirror images first.
-DIHEDRAL = ((0, ()), (0, (-1,)), (0, (-2,)), (0, (-2, -1)), (1, ()), (1, (-1,)), (1, (-2,)), (1, (-2, -1)))
+#: The mirror images averaged at test time (``FCNParams.flip_average``).
+FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
 def instances_from_probabilities(
@@ -172,18 +172,13 @@ def segment(
     def predict(batch: torch.Tensor) -> torch.Tensor:
         if not p.flip_average:
             return torch.softmax(net(batch), dim=1)[:, 1:]
-        # Test-time flips (and with 8, the quarter turns too): the mean of the mirror
-        # images' probabilities, each turned back, so an outline does not depend on which
-        # way the cell faces the network's stride grid.
+        # Test-time flips: the mean of the four mirror images' probabilities, each flipped
+        # back, so an outline does not depend on which way a cell faces the stride grid.
         out = 0
-        views = DIHEDRAL[: int(p.flip_average) if int(p.flip_average) > 1 else 4]
-        for k, dims in views:
-            x = torch.rot90(batch, k, (-2, -1)) if k else batch
-            x = torch.flip(x, dims) if dims else x
-            y = torch.softmax(net(x), dim=1)[:, 1:]
-            y = torch.flip(y, dims) if dims else y
-            out = out + (torch.rot90(y, -k, (-2, -1)) if k else y)
-        return out / len(views)
+        for dims in FLIPS:
+            y = torch.softmax(net(torch.flip(batch, dims) if dims else batch), dim=1)[:, 1:]
+            out = out + (torch.flip(y, dims) if dims else y)
+        return out / len(FLIPS)
 
     probs = yield from relay(
         iter_tiled_predict(
