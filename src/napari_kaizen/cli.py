@@ -483,8 +483,21 @@ def _on_sigterm(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
+    import warnings
+
+    from .engines._common.normalize import InputWarning
 
     words = list(sys.argv[1:] if argv is None else argv)
+    show_warning = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        # An input warning is for the person at the terminal: one line, no source line.
+        if issubclass(category, InputWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show_warning(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     command = next((w for w in words if not w.startswith("-")), None)
     parser = build_parser(train=command == "train")
     args = parser.parse_args(words)
@@ -507,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc))
         return 1
     finally:
+        warnings.showwarning = show_warning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -30,16 +30,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"cannot read '{src.name}': expected one of {', '.join(IMAGE_SUFFIXES)}")
     try:
         if suffix == ".npy":
-            return np.load(src, allow_pickle=False)
-        if suffix in (".tif", ".tiff"):
+            arr = np.load(src, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import logging
+
             import tifffile
 
-            return tifffile.imread(src)
-        import imageio.v3 as iio
+            # tifffile logs a damaged file's problems and may then return nothing: say it
+            # once, in our words, instead of a log line and a puzzling shape.
+            log = logging.getLogger("tifffile")
+            level, log.level = log.level, logging.CRITICAL
+            try:
+                arr = tifffile.imread(src)
+            finally:
+                log.setLevel(level)
+        else:
+            import imageio.v3 as iio
 
-        return iio.imread(src)
-    except (ValueError, OSError) as exc:
+            arr = iio.imread(src)
+    except (ValueError, OSError, IndexError, KeyError) as exc:
         raise InputError(f"cannot read '{src.name}': {exc.__class__.__name__}: {exc}") from None
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise InputError(f"cannot read '{src.name}': the file holds no image (damaged or not a {suffix[1:].upper()})")
+    return arr
 
 
 #: File-name ending of label images, left out when a folder is expanded.
