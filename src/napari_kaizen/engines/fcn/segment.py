@@ -25,6 +25,27 @@ from .params import FCNParams
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
+def predictor(net, flip_average: bool = True):
+    """The function from a batch ``(B, 1, H, W)`` to interior and edge probabilities ``(B, 2, H, W)``.
+
+    With ``flip_average``, the mean of the four mirror images' probabilities, each
+    flipped back, so an outline does not depend on which way a cell faces the network's
+    stride grid. Segmentation and the calibration of the thresholds use the same one.
+    """
+    import torch
+
+    def predict(batch: torch.Tensor) -> torch.Tensor:
+        if not flip_average:
+            return torch.softmax(net(batch), dim=1)[:, 1:]
+        out = 0
+        for dims in FLIPS:
+            y = torch.softmax(net(torch.flip(batch, dims) if dims else batch), dim=1)[:, 1:]
+            out = out + (torch.flip(y, dims) if dims else y)
+        return out / len(FLIPS)
+
+    return predict
+
+
 def instances_from_probabilities(
     prob_interior: np.ndarray,
     prob_edge: np.ndarray,
@@ -140,7 +161,6 @@ def segment(
     >>> last.labels.shape, sorted(last.maps)
     ((128, 128), ['edge', 'probability'])
     """
-    import torch
 
     from .._common.tiling import iter_tiled_predict
     from .model import load_model
@@ -169,16 +189,7 @@ def segment(
     scale_note = "" if rs.identity else f", rescaled x{rs.factor:.2f}"
     yield SegmentationSnapshot(stage="tiles", progress=0.0, message=f"running the FCN on {x.shape[0]}x{x.shape[1]}{scale_note}")
 
-    def predict(batch: torch.Tensor) -> torch.Tensor:
-        if not p.flip_average:
-            return torch.softmax(net(batch), dim=1)[:, 1:]
-        # Test-time flips: the mean of the four mirror images' probabilities, each flipped
-        # back, so an outline does not depend on which way a cell faces the stride grid.
-        out = 0
-        for dims in FLIPS:
-            y = torch.softmax(net(torch.flip(batch, dims) if dims else batch), dim=1)[:, 1:]
-            out = out + (torch.flip(y, dims) if dims else y)
-        return out / len(FLIPS)
+    predict = predictor(net, p.flip_average)
 
     probs = yield from relay(
         iter_tiled_predict(
