@@ -561,7 +561,7 @@ def finetune(
     learning_rate: float = 2e-4,
     device: Any = "auto",
     output: str | Path | None = None,
-    diameter: float | str | None = None,
+    diameter: float | str | None = "auto",
     edge_weight: float | None = None,
     batch_size: int = 4,
     crop: int | None = None,
@@ -602,8 +602,11 @@ def finetune(
     diameter : float or 'auto' or None
         Object diameter in ``images`` (pixels), as given to ``segment``: images and
         labels are rescaled to the model's ``object_diameter`` so the fine-tuned model
-        keeps its scale. ``'auto'`` measures it from the labels; ``None``: already at
-        the model's scale.
+        keeps its scale. ``'auto'`` (default) measures it from the labels (of the
+        objects inside ``regions`` when given), as Kaizen's
+        and the U-Net's fine-tunes do (the widget's panel passes no diameter, and
+        ``segment`` rescales to the model's scale by default); ``None``: already at the
+        model's scale.
     edge_weight : float, optional
         Default: the model's own (metadata ``targets.edge_weight``).
     batch_size : int
@@ -651,9 +654,11 @@ def finetune(
     masks = check_regions(regions, [img.shape for img, _ in pairs])
     target = base.object_diameter
     scaled = []
-    for img, lab in pairs:
+    for (img, lab), mask in zip(pairs, masks):
         if isinstance(diameter, str) and diameter.strip().lower() == "auto":
-            d = training_diameter([(img, lab)])
+            # Only the checked objects: labels outside a region are not the person's.
+            seen = lab if mask is None else np.where(np.isin(lab, lab[mask]), lab, 0)
+            d = training_diameter([(img, seen)])
         else:
             d = resolve_diameter(img, diameter)
         rs = rescale_for_model(img.shape, d, target)

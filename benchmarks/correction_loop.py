@@ -1,0 +1,294 @@
+"""The correction loop: correct one frame, fine-tune for at most a minute of CPU, score the rest.
+
+    python benchmarks/correction_loop.py --lodo /work/main/runs/real_lodo [--engines kaizen fcn unet]
+        [--datasets 2022-03-18_RPE1 ...] [--steps fcn=60 kaizen=60 unet=60] [--threads 1]
+
+What a person does in the widget's "Fine-tune on my corrections" panel, measured: for
+each dataset (one acquisition session), frame 0 is the corrected frame and the other
+frames are scored before and after fine-tuning, two ways:
+
+* **full**: frame 0's complete true labels, ``regions=None``;
+* **quarter**: a random 25 % of frame 0's true cells (``numpy.random.default_rng(0)``)
+  are the checked ones; the region is those cells dilated by ``MARGIN`` x the median
+  cell diameter; the labels passed are the true labels of every cell that touches the
+  region (so inside the region the labels are exactly the truth), 0 elsewhere. Only the
+  region teaches (``regions=``).
+
+Every fine-tune is ``engine.finetune(image, labels, model=..., regions=..., steps=...,
+learning_rate=..., output=..., device='cpu', description=...)``, the call the widget's
+panel makes, with one torch thread; wall and process CPU time of the whole call are
+recorded. Segmentation before and after uses ``engine.params()`` defaults (object size
+estimated from the image), as a user gets it.
+
+Datasets:
+
+* real nuclei (``scripts/real_nuclei.py``), every folder with at least 3 images, for
+  ``kaizen`` and ``fcn``, each starting from its leave-one-folder-out model
+  ``<lodo>/<engine>_<folder>.safetensors`` (never saw that folder);
+* a synthetic fluorescence session for ``kaizen`` and ``fcn`` (``--synthetic``), from
+  their bundled models: the same recipe as below with seed ``SYNTH_SEED + 100`` and the
+  ``nuclei`` channel;
+* a synthetic label-free session for ``unet`` (it takes label-free input), from
+  ``bundled:unet_nuclei``: one ``random_params(default_rng(SYNTH_SEED), shape=(256, 256),
+  hard=1.0, real_world=False)`` draw (one microscope), fields ``synthesize(params,
+  seed=SYNTH_SEED + k)`` for k = 0..5 (held-out seeds >= 10 000).
+
+AP at IoU t = TP / (TP + FP + FN) per image, averaged over the scored frames; mAP
+averages t = 0.50:0.05:0.95. Writes ``benchmarks/results/correction_loop.json``, a
+Markdown table next to it and ``docs/img/correction_loop.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+#: Steps and learning rate of each engine's fine-tune here (the widgets' defaults, see
+#: ``FINETUNE_DEFAULTS``; steps chosen to fit 60 s of one CPU core on this machine).
+SETTINGS = {
+    "kaizen": {"steps": 150, "learning_rate": 2e-4},
+    "unet": {"steps": 100, "learning_rate": 5e-4},
+    "fcn": {"steps": 100, "learning_rate": 2e-4},
+}
+#: Fraction of frame 0's cells checked in the partial correction, and its seed.
+QUARTER = 0.25
+QUARTER_SEED = 0
+#: Margin of the checked region around the checked cells, in median cell diameters.
+MARGIN = 0.4
+#: First seed of the synthetic label-free session (held out: >= 10 000).
+SYNTH_SEED = 10_000
+SYNTH_FRAMES = 6
+
+
+def quarter_correction(labels: np.ndarray, *, fraction: float = QUARTER, seed: int = QUARTER_SEED,
+                       margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(labels, region, chosen ids)`` of a partial correction of ``labels``.
+
+    A random ``fraction`` of the cells (at least one) are the checked ones; the region is
+    those cells dilated by ``margin`` x the median equivalent diameter; the returned labels
+    are the true labels of every cell touching the region, so that inside the region they
+    are exactly the truth, and 0 elsewhere.
+    """
+    from scipy import ndimage as ndi
+
+    from napari_kaizen.engines._common.scale import equivalent_diameters
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(fraction * ids.size)))
+    chosen = np.sort(rng.choice(ids, size=n, replace=False))
+    radius = max(1, int(round(margin * float(np.median(equivalent_diameters(labels))))))
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disk = yy**2 + xx**2 <= radius**2
+    region = ndi.binary_dilation(np.isin(labels, chosen), structure=disk)
+    touching = np.unique(labels[region])
+    touching = touching[touching > 0]
+    out = np.where(np.isin(labels, touching), labels, 0).astype(np.int32)
+    return out, region, [int(i) for i in chosen]
+
+
+def score(gts: list[np.ndarray], preds: list[np.ndarray]) -> dict:
+    from napari_kaizen import metrics
+
+    ev = metrics.evaluate(gts, preds)
+    return dict(map=round(float(ev.map), 4), ap50=round(float(ev.ap50), 4), found=int(ev.n_pred), true=int(ev.n_true))
+
+
+def segment_all(engine, model, images: list[np.ndarray]) -> list[np.ndarray]:
+    from napari_kaizen.engines._common import run_to_end
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [run_to_end(engine.segment(img, engine.params(), model=model, device="cpu")).labels for img in images]
+
+
+def finetune_timed(engine, image, labels, *, model, regions, steps, learning_rate, output) -> tuple[Path, dict]:
+    """Run ``engine.finetune`` as the widget's panel does; weights path and timings."""
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    last = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for snap in engine.finetune(image, labels, model=model, regions=regions, steps=steps,
+                                    learning_rate=learning_rate, output=output, device="cpu",
+                                    description="benchmarks/correction_loop.py"):
+            last = snap
+    timing = dict(wall_s=round(time.perf_counter() - wall0, 1), cpu_s=round(time.process_time() - cpu0, 1),
+                  final_loss=None if last is None or last.loss is None else round(float(last.loss), 5))
+    return Path(last.weights_path), timing
+
+
+def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndarray], truths: list[np.ndarray],
+                steps: int, learning_rate: float, tmp: Path) -> dict:
+    from napari_kaizen.engines import get_engine
+
+    engine = get_engine(engine_name)
+    base = engine.load_model(model, "cpu")
+    others, other_truths = frames[1:], truths[1:]
+    before = score(other_truths, segment_all(engine, base, others))
+    row = dict(engine=engine_name, dataset=dataset, model=model, frames=len(frames), scored_frames=len(others),
+               corrected_cells=int(np.count_nonzero(np.unique(truths[0]))), steps=steps,
+               learning_rate=learning_rate, before=before)
+    print(json.dumps(dict(engine=engine_name, dataset=dataset, before=before)), flush=True)
+    q_labels, q_region, chosen = quarter_correction(truths[0])
+    cases = {"full": (truths[0], None), "quarter": (q_labels, q_region)}
+    row["quarter_cells"] = len(chosen)
+    row["quarter_region_fraction"] = round(float(q_region.mean()), 4)
+    for case, (labels, region) in cases.items():
+        out = tmp / f"{engine_name}_{dataset}_{case}"
+        weights, timing = finetune_timed(engine, frames[0], labels, model=base, regions=region, steps=steps,
+                                         learning_rate=learning_rate, output=out)
+        tuned = engine.load_model(str(weights), "cpu")
+        after = score(other_truths, segment_all(engine, tuned, others))
+        row[case] = dict(after=after, gain=round(after["map"] - before["map"], 4),
+                         gain_ap50=round(after["ap50"] - before["ap50"], 4), **timing)
+        print(json.dumps(dict(engine=engine_name, dataset=dataset, case=case, **row[case])), flush=True)
+    full, quarter = row["full"]["gain"], row["quarter"]["gain"]
+    row["quarter_over_full"] = round(quarter / full, 3) if full > 0 else None
+    return row
+
+
+def synthetic_session(n: int = SYNTH_FRAMES, seed: int = SYNTH_SEED, channel: str = "label_free"
+                      ) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """``n`` fields of one ``random_params`` draw (one microscope), seeds ``seed + k``."""
+    from napari_kaizen.data import random_params, synthesize
+
+    prm = random_params(np.random.default_rng(seed), shape=(256, 256), hard=1.0, real_world=False)
+    fields = [synthesize(prm, seed=seed + k) for k in range(n)]
+    desc = (f"random_params(default_rng({seed}), shape=(256, 256), hard=1.0, real_world=False); "
+            f"synthesize(params, seed={seed}+k), k=0..{n - 1}; {channel}"
+            + (f" ({prm.label_free})" if channel == "label_free" else ""))
+    return [getattr(f, channel) for f in fields], [f.nucleus_labels.astype(np.int32) for f in fields], desc
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| engine | dataset | frames scored | mAP before | after full (gain) | after quarter (gain) | "
+            "quarter / full | AP50 before → full / quarter | fine-tune CPU s (full / quarter) | wall s |")
+    lines = [head, "|" + " --- |" * 10]
+    for r in rows:
+        f, q, b = r["full"], r["quarter"], r["before"]
+        ratio = "—" if r["quarter_over_full"] is None else f"{r['quarter_over_full']:.2f}"
+        lines.append(
+            f"| {r['engine']} | {r['dataset']} | {r['scored_frames']} | {b['map']:.3f} | "
+            f"{f['after']['map']:.3f} ({f['gain']:+.3f}) | {q['after']['map']:.3f} ({q['gain']:+.3f}) | {ratio} | "
+            f"{b['ap50']:.2f} → {f['after']['ap50']:.2f} / {q['after']['ap50']:.2f} | "
+            f"{f['cpu_s']:.0f} / {q['cpu_s']:.0f} | {f['wall_s']:.0f} / {q['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{r['engine']}: {r['dataset']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows) + 2), 5.0))
+    w = 0.27
+    ax.bar(x - w, [r["before"]["map"] for r in rows], w, label="before", color="#999999")
+    ax.bar(x, [r["full"]["after"]["map"] for r in rows], w, label="after: frame 0 fully corrected", color="#1b9e77")
+    ax.bar(x + w, [r["quarter"]["after"]["map"] for r in rows], w, label="after: a quarter of its cells",
+           color="#d95f02")
+    lo = min(min(r["before"]["map"], r["full"]["after"]["map"], r["quarter"]["after"]["map"]) for r in rows)
+    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    ax.set_xticks(x, names, fontsize=7, rotation=35, ha="right")
+    ax.set_ylabel("mAP on the other frames")
+    ax.set_title("Correct one frame, fine-tune (<= 60 s CPU), score the rest of the session")
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lodo", default=str(ROOT / "runs" / "real_lodo"),
+                        help="folder of leave-one-folder-out weights <engine>_<folder>.safetensors")
+    parser.add_argument("--engines", nargs="+", default=["kaizen", "fcn", "unet"])
+    parser.add_argument("--datasets", nargs="+", default=None, help="real folders (default: every one with >= 3 images)")
+    parser.add_argument("--steps", nargs="*", default=[], metavar="ENGINE=N")
+    parser.add_argument("--lr", nargs="*", default=[], metavar="ENGINE=LR")
+    parser.add_argument("--synthetic", nargs="*", default=["kaizen", "fcn"],
+                        help="engines also run on a synthetic fluorescence session (from their bundled model)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS / "correction_loop.json"))
+    parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "correction_loop.png"))
+    parser.add_argument("--merge", action="store_true", help="keep rows of --out for engine/dataset pairs not rerun")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from napari_kaizen.engines import get_engine
+
+    torch.set_num_threads(args.threads)
+    settings = {k: dict(v) for k, v in SETTINGS.items()}
+    for item in args.steps:
+        k, v = item.split("=")
+        settings[k]["steps"] = int(v)
+    for item in args.lr:
+        k, v = item.split("=")
+        settings[k]["learning_rate"] = float(v)
+    lodo = Path(args.lodo)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        real = [e for e in args.engines if e in ("kaizen", "fcn")]
+        if real:
+            from real_nuclei import load_real_nuclei
+
+            data = load_real_nuclei(datasets=args.datasets)
+            for d in sorted({x.dataset for x in data}):
+                items = [x for x in data if x.dataset == d]
+                if len(items) < 3:
+                    continue
+                for e in real:
+                    model = lodo / f"{e}_{d}.safetensors"
+                    if not model.exists():
+                        print(f"skipping {e} on {d}: no leave-one-folder-out model {model}", flush=True)
+                        continue
+                    rows.append(run_dataset(e, d, str(model), [x.image for x in items], [x.labels for x in items],
+                                            tmp=tmp, **settings[e]))
+        for e in [e for e in args.synthetic if e in args.engines]:
+            frames, truths, desc = synthetic_session(seed=SYNTH_SEED + 100, channel="nuclei")
+            row = run_dataset(e, "synthetic nuclei", get_engine(e).default_model, frames, truths, tmp=tmp,
+                              **settings[e])
+            row["synthetic"] = desc
+            rows.append(row)
+        if "unet" in args.engines:
+            frames, truths, desc = synthetic_session()
+            row = run_dataset("unet", "synthetic label-free", "bundled:unet_nuclei", frames, truths, tmp=tmp,
+                              **settings["unet"])
+            row["synthetic"] = desc
+            rows.append(row)
+    out = Path(args.out)
+    if args.merge and out.exists():
+        done = {(r["engine"], r["dataset"]) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"] if (r["engine"], r["dataset"]) not in done] + rows
+    order = {"kaizen": 0, "fcn": 1, "unet": 2}
+    rows.sort(key=lambda r: (order.get(r["engine"], 9), r["dataset"]))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = dict(threads=args.threads, torch=torch.__version__, quarter=QUARTER, quarter_seed=QUARTER_SEED,
+                margin_diameters=MARGIN, settings=settings)
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    table = markdown(rows)
+    out.with_suffix(".md").write_text(table + "\n")
+    plot(rows, Path(args.plot))
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
