@@ -103,7 +103,7 @@ def measure(engine: str, size: int, runs: int = 2) -> list[dict]:
         ticks: list[float] = []
         timer = QTimer()
         timer.setInterval(5)
-        timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        timer.timeout.connect(lambda ticks=ticks: ticks.append(time.perf_counter()))
         start = time.perf_counter()
         timer.start()
         widget.run()
