@@ -114,6 +114,11 @@ class EngineWidget(QWidget):
     FINETUNE_DEFAULTS: dict[str, Any] = {}
     #: Keyword arguments of the :class:`~._worker.SnapshotRunner` (redraw throttling).
     RUNNER_OPTIONS: dict[str, Any] = {}
+    #: A 2-D plane with more pixels than this, or a lazy (dask / zarr) one with more than
+    #: :attr:`TILED_LAZY_PIXELS`, or a multiscale layer, is segmented tile by tile into a
+    #: zarr-backed labels layer (:mod:`napari_kaizen.tiled`), never loaded whole.
+    TILED_MIN_PIXELS = 4096 * 4096
+    TILED_LAZY_PIXELS = 2048 * 2048
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
@@ -316,6 +321,8 @@ class EngineWidget(QWidget):
             self.set_status(str(exc))
             return None
         device = self.device.value if self.device is not None else "cpu"
+        if self._needs_tiles(layer):
+            return self._run_tiled(layer, params, spec, device)
         load = self.model.loader(spec, device) if self.model is not None else (lambda: None)
         segment = self.engine.segment
         stack = bool(self.all_planes.value) and np.ndim(layer.data) > 2
@@ -349,6 +356,42 @@ class EngineWidget(QWidget):
 
     def cancel(self, event=None) -> None:
         self.runner.cancel()
+
+    def _needs_tiles(self, layer) -> bool:
+        """Whether ``layer`` is segmented tile by tile (see :attr:`TILED_MIN_PIXELS`)."""
+        if getattr(layer, "multiscale", False):
+            return True
+        if np.ndim(layer.data) != 2 or getattr(layer, "rgb", False):
+            return False
+        pixels = int(np.prod(np.shape(layer.data)))
+        return pixels > self.TILED_MIN_PIXELS or (not isinstance(layer.data, np.ndarray)
+                                                  and pixels > self.TILED_LAZY_PIXELS)
+
+    def _run_tiled(self, layer, params, spec, device):
+        """Segment a huge or lazy 2-D layer tile by tile; tiles appear as they finish."""
+        from ._tiled_run import tiled_job
+
+        try:
+            make, draw_tile = tiled_job(self.viewer, layer, self.engine.name, params, spec, device,
+                                        name=_layers.fresh_name(self.viewer, f"{self.prefix} cells"))
+        except KaizenError as exc:
+            self.set_status(str(exc))
+            return None
+
+        def draw(snap) -> None:
+            self.show_progress(snap)
+            self.set_status(snap.message)
+            draw_tile(snap)
+
+        self._error = None
+        self._tiled = True
+        self.target = None
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        self.set_status(f"Segmenting '{layer.name}' tile by tile ({self.engine.title})…")
+        worker = self.runner.start(make, draw=draw)
+        self._update_buttons()
+        return worker
 
     def _wrap(self, snapshots):
         """What the worker iterates (Kaizen keeps every snapshot; others pass through)."""
@@ -404,6 +447,7 @@ class EngineWidget(QWidget):
         )
 
     def _finished(self, cancelled: bool) -> None:
+        self._tiled = False
         self._update_buttons()
         if cancelled:
             self.set_status("Cancelled.")

@@ -173,7 +173,7 @@ class KaizenWidget(EngineWidget):
             return None
         self._start_paused = start_paused
         worker = super().run(start_paused=start_paused)
-        if worker is not None:
+        if worker is not None and self.runner.gate is not None:
             self._live_gates[:] = [self.runner.gate]
             self._update_buttons()
         return worker
@@ -322,6 +322,11 @@ class KaizenWidget(EngineWidget):
 
     # ------------------------------------------------------------------ the end
     def _finished(self, cancelled: bool) -> None:
+        if getattr(self, "_tiled", False):
+            # A tile-by-tile run of a huge layer: no iterations were kept to review.
+            self._live_gates.clear()
+            EngineWidget._finished(self, cancelled)
+            return
         self._live_gates.clear()
         self._update_buttons()
         self._next_in_queue(cancelled)
