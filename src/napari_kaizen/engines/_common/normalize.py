@@ -9,8 +9,11 @@ the camera's bit depth or offset.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -180,8 +183,69 @@ def as_float(image: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class WholeImageStats:
+    """Intensity statistics of a whole image, for the tiles of a tiled run.
+
+    Inside :func:`whole_image_stats`, :func:`percentiles` and the noise floor of
+    :func:`normalize_percentile` come from these instead of from the array at hand, so every tile of a huge image
+    is normalised to the same scale as the whole image (a tile with few cells would
+    otherwise stretch its background, and neighbouring tiles would disagree).
+
+    Attributes
+    ----------
+    sample : ndarray of float32
+        A regular (strided) sample of the whole image's pixels, as :func:`as_float` gives them.
+    noise : float
+        :func:`noise_sd` of the whole image (from a sampled block).
+    values : mapping of str to float
+        Other whole-image decisions by name (e.g. ``'classical_otsu'``), read by
+        :func:`whole_image_value`.
+    collect : dict, optional
+        If given, :func:`whole_image_value` computes its value and appends it here under
+        its name (how a tiled run measures those decisions on sample crops).
+    """
+
+    sample: np.ndarray
+    noise: float
+    values: Mapping[str, float] = field(default_factory=dict)
+    collect: dict | None = None
+
+
+_WHOLE_IMAGE: contextvars.ContextVar[WholeImageStats | None] = contextvars.ContextVar("whole_image_stats", default=None)
+
+
+@contextlib.contextmanager
+def whole_image_stats(stats: WholeImageStats | None):
+    """Within this block (this thread), normalise with ``stats`` instead of each array's own."""
+    token = _WHOLE_IMAGE.set(stats)
+    try:
+        yield stats
+    finally:
+        _WHOLE_IMAGE.reset(token)
+
+
+def whole_image_value(name: str, compute: Callable[..., float], *args) -> float:
+    """``compute(*args)``, unless a tiled run has fixed ``name`` for the whole image.
+
+    For an engine's image-wide decisions (a histogram threshold): inside
+    :func:`whole_image_stats` every tile gets the same value instead of its own.
+    """
+    stats = _WHOLE_IMAGE.get()
+    if stats is not None and name in stats.values:
+        return float(stats.values[name])
+    value = float(compute(*args))
+    if stats is not None and stats.collect is not None:
+        stats.collect.setdefault(name, []).append(value)
+    return value
+
+
 def percentiles(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
     """Percentiles of ``image``, from a regular subsample when it is huge."""
+    stats = _WHOLE_IMAGE.get()
+    if stats is not None:
+        lo, hi = np.percentile(stats.sample, [low, high])
+        return float(lo), float(hi)
     flat = image.ravel()
     if flat.size > _PERCENTILE_SAMPLE:
         flat = flat[:: int(np.ceil(flat.size / _PERCENTILE_SAMPLE))]
@@ -304,7 +368,8 @@ def normalize_percentile(
         # Sparse objects on a flat background: the percentiles coincide, use the range.
         lo, hi = vmin, vmax
     if min_contrast_sd > 0:
-        hi = max(hi, lo + min_contrast_sd * noise_sd(arr))
+        stats = _WHOLE_IMAGE.get()
+        hi = max(hi, lo + min_contrast_sd * (stats.noise if stats is not None else noise_sd(arr)))
     out = ((arr - lo) / (hi - lo)).astype(np.float32, copy=False)
     # The one place every engine's input passes: whatever the dtype and range, what
     # leaves here is finite (a non-finite value would crash or hang the morphology
