@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .engines._common.errors import InputError, KaizenError
-from .engines._common.normalize import MIN_SIDE, WholeImageStats, as_float, noise_sd, whole_image_stats
+from .engines._common.normalize import MIN_SIDE, WholeImageStats, as_float, noise_sd, pooled_values, whole_image_stats
 from .engines._common.snapshots import SegmentationSnapshot, run_to_end
 from .engines._common.stitch import Tile, choose_halo, merge_tile, owned_objects, tile_grid
 
@@ -44,6 +44,12 @@ SAMPLE_PIXELS = 2_000_000
 #: them on the sample crops first: cheap enough to do so (seconds; Kaizen's
 #: decomposition would take minutes, so its tiles keep their own dim-object contrast).
 CALIBRATE_ON_CROPS = frozenset({"classical", "fcn"})
+
+#: The engines' whole-image thresholds are measured on a grid of up to this many crops
+#: per axis, each 8 object diameters wide (within these bounds, pixels).
+CALIBRATION_GRID = 8
+CALIBRATION_CROP_MIN = 256
+CALIBRATION_CROP_MAX = 1024
 
 #: Smallest halo for the learned engines (pixels).
 LEARNED_MIN_HALO = 128
@@ -164,6 +170,19 @@ def _to_engine(window: np.ndarray, offset: float | None) -> np.ndarray:
     return (window.astype(np.float64) - offset).astype(np.float32)
 
 
+def grid_crops(shape: tuple[int, int], side: int, n: int) -> list[tuple[int, int, int, int]]:
+    """Up to ``n`` x ``n`` crops of ``side`` pixels centred on an even grid (fewer if they would overlap)."""
+    h, w = shape
+    ny, nx = min(n, max(1, -(-h // side))), min(n, max(1, -(-w // side)))
+    boxes = []
+    for i in range(ny):
+        for j in range(nx):
+            cy, cx = int((i + 0.5) * h / ny), int((j + 0.5) * w / nx)
+            y0, x0 = max(0, min(h - side, cy - side // 2)), max(0, min(w - side, cx - side // 2))
+            boxes.append((y0, min(h, y0 + side), x0, min(w, x0 + side)))
+    return boxes
+
+
 def _crops(shape: tuple[int, int], side: int) -> list[tuple[int, int, int, int]]:
     """The centre crop and the centres of the four quadrants, each ``side`` wide (clipped)."""
     h, w = shape
@@ -217,7 +236,7 @@ def whole_image_intensity(image: Any, offset: float | None = None) -> WholeImage
 
 
 def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None, tile: int = DEFAULT_TILE,
-               halo: int | None = None) -> TilePlan:
+               halo: int | None = None, device: Any = "auto") -> TilePlan:
     """Decide once, for the whole image, what every tile must agree on.
 
     Parameters
@@ -236,6 +255,9 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         Core side in pixels.
     halo : int, optional
         Pixels of context on each side; default from the diameter.
+    device : str
+        Where the engine runs on the sample crops (the classical and FCN engines'
+        whole-image thresholds are measured there).
 
     Returns
     -------
@@ -244,6 +266,8 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     from .engines._common.normalize import prepare_image
     from .engines._common.scale import resolve_diameter
 
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 64:
+        raise InputError(f"tile size {tile!r} is too small: give at least 64 pixels (e.g. {DEFAULT_TILE})")
     engine = resolve_engine(engine)
     src = as_2d_source(image)
     p = params if params is not None else engine.params_class()
@@ -267,8 +291,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
                     estimates.append(resolve_diameter(img, "auto"))
                 except InputError:
                     continue
+                # The centre crop is what an untiled run measures (estimate_diameter's
+                # own crop); the others stand in only when it has too few objects.
+                break
         if estimates:
-            diameter = float(np.median(estimates))
+            diameter = float(estimates[0])
             p = dataclasses.replace(p, diameter=diameter)
         elif not learned:
             raise InputError("could not estimate the object diameter on any of 5 crops of the image "
@@ -278,12 +305,12 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     if isinstance(diameter, str):
         diameter = None
     if getattr(engine, "name", None) in CALIBRATE_ON_CROPS:
-        stats = _decide_on_crops(engine, src, p, stats, offset, model)
+        stats = _decide_on_crops(engine, src, p, stats, offset, model, device)
     object_diameter = getattr(model, "object_diameter", None)
     size = diameter if diameter is not None else object_diameter
     # tile_grid checks the tile; the halo follows it.
     if halo is None:
-        halo = choose_halo(size, int(tile) if isinstance(tile, (int, np.integer)) else 0)
+        halo = choose_halo(size, int(tile))
         if learned:
             # A network's receptive field reaches further than a few diameters; more
             # context makes a window's probabilities near its core match the whole image's.
@@ -294,18 +321,24 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
 
 
 def _decide_on_crops(engine: Any, src: Any, params: Any, stats: WholeImageStats, offset: float | None,
-                     model: Any) -> WholeImageStats:
-    """Run the engine on the sample crops and fix its whole-image values (median over crops)."""
-    collect: dict[str, list[float]] = {}
+                     model: Any, device: Any) -> WholeImageStats:
+    """Run the engine on the sample crops and fix its whole-image values (from their pooled samples)."""
+    collect: dict = {}
     probe = dataclasses.replace(stats, collect=collect)
+    diameter = getattr(params, "diameter", None)
+    side = int(min(CALIBRATION_CROP_MAX, max(CALIBRATION_CROP_MIN, 8 * diameter))) if isinstance(
+        diameter, (int, float)) else CALIBRATION_CROP_MIN
     with whole_image_stats(probe):
-        for box in _crops(tuple(int(s) for s in src.shape), CROP):
+        for box in grid_crops(tuple(int(s) for s in src.shape), side, CALIBRATION_GRID):
             try:
-                run_to_end(engine.segment(_to_engine(read_region(src, box), offset), params, model=model, device="cpu"))
+                run_to_end(engine.segment(_to_engine(read_region(src, box), offset), params, model=model, device=device))
             except InputError:
                 continue  # a crop the engine refuses (no objects to size) decides nothing
-    values = {name: float(np.median(v)) for name, v in collect.items() if v}
-    return dataclasses.replace(stats, values=values, collect=None)
+    # Pooled samples of many small crops spread evenly, not a few big crops nor a median
+    # of per-crop values: on a 4096^2 field the untiled Otsu threshold was 0.3145; 8 x 8
+    # crops of 256 px pooled gave 0.3145, the median of their own thresholds 0.3170, and
+    # five crops of 1024 px pooled 0.3218 -- enough to cost 1.5 % AP50 against untiled.
+    return dataclasses.replace(stats, values=pooled_values(collect), collect=None)
 
 
 # --------------------------------------------------------------------------- one tile
@@ -410,7 +443,7 @@ def segment_tiled(
     src = as_2d_source(image)
     loaded = load_engine_model(engine, model, device)
     if plan is None:
-        plan = plan_tiles(engine, src, params, model=loaded, tile=tile, halo=halo)
+        plan = plan_tiles(engine, src, params, model=loaded, tile=tile, halo=halo, device=device)
     levels = new_output(plan.shape, out)
     n_tiles = len(plan.tiles)
     yield TiledSnapshot(stage="tiles", progress=0.0, n_tiles=n_tiles,
@@ -423,14 +456,14 @@ def segment_tiled(
     else:
         results = ((t, segment_window(engine, read_region(src, t.window), plan, t, model=loaded, device=device))
                    for t in plan.tiles)
+    from .io.zarr import update_pyramid
+
     next_id, done = 1, 0
     try:
         for t, owned in results:
             sl = t.window_slices
             merged, next_id, _ = merge_tile(np.asarray(levels[0][sl]), owned, next_id)
             levels[0][sl] = merged
-            from .io.zarr import update_pyramid
-
             update_pyramid(levels, t.window)
             done += 1
             yield TiledSnapshot(stage="tiles", progress=done / (n_tiles + 1), region=t.window, tile_index=t.index,

@@ -202,8 +202,9 @@ class WholeImageStats:
         Other whole-image decisions by name (e.g. ``'classical_otsu'``), read by
         :func:`whole_image_value`.
     collect : dict, optional
-        If given, :func:`whole_image_value` computes its value and appends it here under
-        its name (how a tiled run measures those decisions on sample crops).
+        If given, :func:`whole_image_value` computes its value as usual and also keeps,
+        under its name, its function and a subsample of its input (how a tiled run
+        measures those decisions on sample crops: the function of the pooled samples).
     """
 
     sample: np.ndarray
@@ -228,16 +229,29 @@ def whole_image_stats(stats: WholeImageStats | None):
 def whole_image_value(name: str, compute: Callable[..., float], *args) -> float:
     """``compute(*args)``, unless a tiled run has fixed ``name`` for the whole image.
 
+    ``compute`` must be a statistic of the pixels / values in ``args[0]`` (a threshold,
+    a median), so that it can be recomputed on samples pooled from several crops.
+
     For an engine's image-wide decisions (a histogram threshold): inside
     :func:`whole_image_stats` every tile gets the same value instead of its own.
     """
     stats = _WHOLE_IMAGE.get()
     if stats is not None and name in stats.values:
         return float(stats.values[name])
-    value = float(compute(*args))
     if stats is not None and stats.collect is not None:
-        stats.collect.setdefault(name, []).append(value)
-    return value
+        sample = np.ravel(np.asarray(args[0]))
+        step = max(1, sample.size // _COLLECT_SAMPLE)
+        stats.collect.setdefault(name, (compute, []))[1].append(sample[::step].copy())
+    return float(compute(*args))
+
+
+#: Values kept per call by :func:`whole_image_value` in collect mode.
+_COLLECT_SAMPLE = 250_000
+
+
+def pooled_values(collect: Mapping[str, tuple[Callable[..., float], list[np.ndarray]]]) -> dict[str, float]:
+    """Each collected decision recomputed on the pooled samples of every call (see :class:`WholeImageStats`)."""
+    return {name: float(compute(np.concatenate(samples))) for name, (compute, samples) in collect.items() if samples}
 
 
 def percentiles(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
