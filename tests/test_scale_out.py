@@ -229,6 +229,36 @@ def test_tiles_on_a_tcp_cluster_equal_the_plain_tiled_run(tmp_path, field, tcp_c
     assert a.max() > 100 and np.array_equal(a, b)
 
 
+def test_closing_a_run_cancels_the_clusters_tiles(field, tcp_cluster):
+    """What Ctrl-C does (closing the generator): no tile task is left on the cluster."""
+    from distributed import Client
+
+    with Client(tcp_cluster, timeout=30) as client:
+        gen = segment_tiled("classical", field.nuclei, tile=128, client=client)
+        first = [next(gen), next(gen)]
+        assert first[-1].tile_index == 0 and first[-1].n_tiles == 36
+        gen.close()
+
+        def tile_tasks(dask_scheduler):
+            return [str(k) for k in dask_scheduler.tasks if str(k).startswith("kaizen-tile")]
+
+        deadline = time.monotonic() + 20
+        while client.run_on_scheduler(tile_tasks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.run_on_scheduler(tile_tasks) == []
+
+
+def test_local_threads_scheduler_equals_the_plain_run(tmp_path):
+    pytest.importorskip("distributed")
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"f{i}.tif", synthesize(SynthParams(shape=(128, 128)), seed=200 + i).nuclei)
+    assert main(["segment", str(tmp_path / "f0.tif"), str(tmp_path / "f1.tif"), "-o", str(tmp_path / "a"), "-q"]) == 0
+    assert main(["segment", str(tmp_path / "f0.tif"), str(tmp_path / "f1.tif"), "-o", str(tmp_path / "b"), "-q",
+                 "--scheduler", "threads"]) == 0
+    for i in range(2):
+        assert np.array_equal(tifffile.imread(tmp_path / "a" / f"f{i}.tif"), tifffile.imread(tmp_path / "b" / f"f{i}.tif"))
+
+
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("napari_kaizen.distributed.CONNECT_TIMEOUT_S", 2)
     src = tmp_path / "a.tif"
