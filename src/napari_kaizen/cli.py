@@ -159,12 +159,16 @@ def _parse_plane(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .distributed import needs_scale_out, run_segment
     from .engines import get_engine, learned_engines
     from .engines._common.normalize import to_plane
     from .engines._common.planes import segment_planes
     from .engines.registry import input_warning
     from .io import find_images, read_image, write_labels, write_measurements_csv, write_roi_zip
 
+    if needs_scale_out(args):
+        # Huge images (tile by tile), OME-Zarr, or a dask scheduler: see distributed.py.
+        return run_segment(args)
     engine = get_engine(args.engine)
     overrides = parse_param_overrides(engine.params_class, args.param or [])
     if args.diameter is not None:
@@ -437,6 +441,14 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
     seg.add_argument("--skip-existing", action="store_true",
                      help="leave images whose labels file already exists (resume an interrupted run)")
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    seg.add_argument("--scheduler", default=None, metavar="threads|processes|tcp://HOST:PORT",
+                     help="run on dask: local threads or processes, or a running `dask scheduler` (one task per "
+                          "field, or per tile of a huge field)")
+    seg.add_argument("--tile", type=int, default=None, metavar="PX",
+                     help="segment tile by tile with this tile side (default: only images over 4096x4096, 2048 px "
+                          "tiles); labels are stitched across the seams")
+    seg.add_argument("--halo", type=int, default=None, metavar="PX",
+                     help="context around each tile (default: three object diameters)")
     seg.set_defaults(func=cmd_segment)
 
     syn = sub.add_parser("synth", help="write synthetic micrographs with paired channels and labels")

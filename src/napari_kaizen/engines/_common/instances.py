@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .normalize import whole_image_value
+
 
 def dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float) -> np.ndarray:
     """Boolean table over ids ``0..max``: objects much dimmer than the field's typical one.
@@ -24,7 +26,8 @@ def dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float) -> n
     present = counts[1:] > 0
     contrast = np.zeros(n + 1)
     contrast[1:][present] = sums[1:][present] / counts[1:][present] - float(np.median(img[lab == 0]))
-    typical = float(np.median(contrast[1:][present]))
+    # A tiled run fixes the typical contrast for the whole image, so tiles drop the same objects.
+    typical = whole_image_value("dim_typical_contrast", np.median, contrast[1:][present])
     if typical > 0:
         dim[1:] = present & (contrast[1:] < min_contrast * typical)
     return dim

@@ -9,8 +9,11 @@ the camera's bit depth or offset.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -180,8 +183,83 @@ def as_float(image: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class WholeImageStats:
+    """Intensity statistics of a whole image, for the tiles of a tiled run.
+
+    Inside :func:`whole_image_stats`, :func:`percentiles` and the noise floor of
+    :func:`normalize_percentile` come from these instead of from the array at hand, so every tile of a huge image
+    is normalised to the same scale as the whole image (a tile with few cells would
+    otherwise stretch its background, and neighbouring tiles would disagree).
+
+    Attributes
+    ----------
+    sample : ndarray of float32
+        A regular (strided) sample of the whole image's pixels, as :func:`as_float` gives them.
+    noise : float
+        :func:`noise_sd` of the whole image (from a sampled block).
+    values : mapping of str to float
+        Other whole-image decisions by name (e.g. ``'classical_otsu'``), read by
+        :func:`whole_image_value`.
+    collect : dict, optional
+        If given, :func:`whole_image_value` computes its value as usual and also keeps,
+        under its name, its function and a subsample of its input (how a tiled run
+        measures those decisions on sample crops: the function of the pooled samples).
+    """
+
+    sample: np.ndarray
+    noise: float
+    values: Mapping[str, float] = field(default_factory=dict)
+    collect: dict | None = None
+
+
+_WHOLE_IMAGE: contextvars.ContextVar[WholeImageStats | None] = contextvars.ContextVar("whole_image_stats", default=None)
+
+
+@contextlib.contextmanager
+def whole_image_stats(stats: WholeImageStats | None):
+    """Within this block (this thread), normalise with ``stats`` instead of each array's own."""
+    token = _WHOLE_IMAGE.set(stats)
+    try:
+        yield stats
+    finally:
+        _WHOLE_IMAGE.reset(token)
+
+
+def whole_image_value(name: str, compute: Callable[..., float], *args) -> float:
+    """``compute(*args)``, unless a tiled run has fixed ``name`` for the whole image.
+
+    ``compute`` must be a statistic of the pixels / values in ``args[0]`` (a threshold,
+    a median), so that it can be recomputed on samples pooled from several crops.
+
+    For an engine's image-wide decisions (a histogram threshold): inside
+    :func:`whole_image_stats` every tile gets the same value instead of its own.
+    """
+    stats = _WHOLE_IMAGE.get()
+    if stats is not None and name in stats.values:
+        return float(stats.values[name])
+    if stats is not None and stats.collect is not None:
+        sample = np.ravel(np.asarray(args[0]))
+        step = max(1, sample.size // _COLLECT_SAMPLE)
+        stats.collect.setdefault(name, (compute, []))[1].append(sample[::step].copy())
+    return float(compute(*args))
+
+
+#: Values kept per call by :func:`whole_image_value` in collect mode.
+_COLLECT_SAMPLE = 250_000
+
+
+def pooled_values(collect: Mapping[str, tuple[Callable[..., float], list[np.ndarray]]]) -> dict[str, float]:
+    """Each collected decision recomputed on the pooled samples of every call (see :class:`WholeImageStats`)."""
+    return {name: float(compute(np.concatenate(samples))) for name, (compute, samples) in collect.items() if samples}
+
+
 def percentiles(image: np.ndarray, low: float, high: float) -> tuple[float, float]:
     """Percentiles of ``image``, from a regular subsample when it is huge."""
+    stats = _WHOLE_IMAGE.get()
+    if stats is not None:
+        lo, hi = np.percentile(stats.sample, [low, high])
+        return float(lo), float(hi)
     flat = image.ravel()
     if flat.size > _PERCENTILE_SAMPLE:
         flat = flat[:: int(np.ceil(flat.size / _PERCENTILE_SAMPLE))]
@@ -340,7 +418,8 @@ def normalize_percentile(
         # Sparse objects on a flat background: the percentiles coincide, use the range.
         lo, hi = vmin, vmax
     if min_contrast_sd > 0:
-        hi = max(hi, lo + min_contrast_sd * noise_sd(arr))
+        stats = _WHOLE_IMAGE.get()
+        hi = max(hi, lo + min_contrast_sd * (stats.noise if stats is not None else noise_sd(arr)))
     out = ((arr - lo) / (hi - lo)).astype(np.float32, copy=False)
     # The one place every engine's input passes: whatever the dtype and range, what
     # leaves here is finite (a non-finite value would crash or hang the morphology

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
-from .._common.normalize import prepare_image
+from .._common.normalize import prepare_image, whole_image_value
 from .._common.scale import resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
@@ -79,7 +79,7 @@ def segment(
     # (mitotic) nuclei from lifting the threshold above the dim ones, and the square root
     # roughly evens out shot noise between dim and bright objects.
     compressed = np.sqrt(np.clip(smooth, 0.0, None))
-    thr = threshold_otsu(compressed) * p.threshold_scale
+    thr = whole_image_value("classical_otsu", threshold_otsu, compressed) * p.threshold_scale
     mask = ndi.binary_fill_holes(compressed > thr)
     min_area = max(4, int(p.min_size * np.pi * radius**2))
     mask = remove_small_objects(mask, max_size=min_area - 1) if _new_skimage() else remove_small_objects(mask, min_area)
