@@ -158,17 +158,13 @@ def _parse_plane(text: str | None) -> tuple[int, ...] | None:
 # --------------------------------------------------------------------------- segment
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    from .distributed import needs_scale_out, run_segment
-    from .engines import get_engine, learned_engines
-    from .engines._common.normalize import to_plane
-    from .engines._common.planes import segment_planes
-    from .engines.registry import input_warning
-    from .io import find_images, read_image, write_labels, write_measurements_csv, write_roi_zip
+def segment_setup(args: argparse.Namespace):
+    """``(engine, params, plane)`` of a ``kaizen segment`` command line, checked before any work.
 
-    if needs_scale_out(args):
-        # Huge images (tile by tile), OME-Zarr, or a dask scheduler: see distributed.py.
-        return run_segment(args)
+    Shared by the plain run here and the scaled-out one (:mod:`napari_kaizen.distributed`).
+    """
+    from .engines import get_engine, learned_engines
+
     engine = get_engine(args.engine)
     overrides = parse_param_overrides(engine.params_class, args.param or [])
     if args.diameter is not None:
@@ -185,6 +181,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
                           f"({', '.join(learned_engines())})")
     if not engine.learned and args.device not in ("auto", "cpu"):
         raise KaizenError(f"the {engine.name} engine runs on the CPU only; --device applies to the learned engines")
+    return engine, params, plane
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .distributed import needs_scale_out, run_segment
+    from .engines._common.normalize import to_plane
+    from .engines._common.planes import segment_planes
+    from .engines.registry import input_warning
+    from .io import find_images, read_image, write_labels, write_measurements_csv, write_roi_zip
+
+    if needs_scale_out(args):
+        # Huge images (tile by tile), OME-Zarr, or a dask scheduler: see distributed.py.
+        return run_segment(args)
+    engine, params, plane = segment_setup(args)
     inputs = find_images(args.images)
     outputs = _output_paths(inputs, Path(args.output))
     if args.skip_existing and args.overwrite:

@@ -329,8 +329,7 @@ def _outputs(inputs: list[Path], output: Path, tiled: list[bool], shapes: list[t
 
 def run_segment(args: Any) -> int:
     """``kaizen segment`` for huge images, OME-Zarr and dask schedulers (see the module docstring)."""
-    from .cli import _check_writable, _fail, _parse_plane, _progress_bar, drive, parse_param_overrides
-    from .engines import get_engine, learned_engines
+    from .cli import _check_writable, _fail, _progress_bar, drive, segment_setup
     from .io.zarr import image_shape, is_zarr_path
 
     scheduler = check_scheduler(getattr(args, "scheduler", None))
@@ -342,22 +341,7 @@ def run_segment(args: Any) -> int:
         raise KaizenError(f"--tile {tile} is too small: give at least 64 pixels (e.g. {DEFAULT_TILE})")
     if halo is not None and halo < 0:
         raise KaizenError(f"--halo {halo} must be >= 0 pixels")
-    engine = get_engine(args.engine)
-    overrides = parse_param_overrides(engine.params_class, args.param or [])
-    if args.diameter is not None:
-        overrides["diameter"] = None if args.diameter.lower() == "none" else args.diameter
-    try:
-        params = engine.params_class(**overrides)
-    except (TypeError, ValueError) as exc:
-        raise KaizenError(f"invalid parameters for the {engine.name} engine: {exc}") from None
-    plane = _parse_plane(args.plane)
-    if args.plane is not None and args.all_planes:
-        raise KaizenError("--plane picks one plane and --all-planes runs every plane: give one of them")
-    if not engine.learned and args.model:
-        raise KaizenError(f"the {engine.name} engine uses no model; --model applies to the learned engines "
-                          f"({', '.join(learned_engines())})")
-    if not engine.learned and args.device not in ("auto", "cpu"):
-        raise KaizenError(f"the {engine.name} engine runs on the CPU only; --device applies to the learned engines")
+    engine, params, plane = segment_setup(args)
     inputs = find_inputs(args.images)
     shapes: list[tuple[int, ...] | None] = []
     for p in inputs:
