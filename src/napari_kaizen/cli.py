@@ -186,10 +186,8 @@ def segment_setup(args: argparse.Namespace):
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .distributed import needs_scale_out, run_segment
-    from .engines._common.normalize import to_plane
-    from .engines._common.planes import segment_planes
     from .engines.registry import input_warning
-    from .io import find_images, read_image, write_labels, write_measurements_csv, write_roi_zip
+    from .io import find_images
 
     if needs_scale_out(args):
         # Huge images (tile by tile), OME-Zarr, or a dask scheduler: see distributed.py.
@@ -217,39 +215,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model = engine.load_model(entry.spec if entry else args.model, device=args.device)
     failures = 0
     for src, dest in zip(inputs, outputs):
-        start = time.perf_counter()
         try:
-            image = read_image(src)
-            if args.all_planes:
-                if args.channel is not None:
-                    image = to_plane(image, channel=args.channel) if image.ndim == 3 else image[..., args.channel]
-                gen = segment_planes(engine.segment, image, params, model=model, device=args.device)
-            else:
-                if plane is not None and image.ndim == 2:
-                    raise KaizenError(f"--plane {args.plane} was given but the image is 2-D; leave --plane out")
-                image = to_plane(image, channel=args.channel, plane=plane)
-                gen = engine.segment(image, params, model=model, device=args.device)
-            last = drive(gen, src.name, progress=not args.quiet)
-            labels = last.labels
-            if labels is None:
-                raise KaizenError("the engine finished without labels")
-            write_labels(dest, labels, overwrite=args.overwrite)
-            extra = []
-            if args.measurements:
-                csv_path = dest.with_name(dest.stem + "_measurements.csv")
-                write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
-                                       extra=_scores(last), overwrite=args.overwrite)
-                extra.append(csv_path.name)
-            if args.rois and labels.max() > 0:
-                roi_path = dest.with_name(dest.stem + "_rois.zip")
-                write_roi_zip(roi_path, labels, overwrite=args.overwrite)
-                extra.append(roi_path.name)
-            n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-            took = time.perf_counter() - start
-            also = f" (+ {', '.join(extra)})" if extra else ""
-            # No objects is a result, but never a silent one: say the engine's reason.
-            why = f" ({last.message})" if n == 0 and last.message else ""
-            print(f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}{why}")
+            line, image = segment_file(
+                engine, params, src, dest, model=model, device=args.device, channel=args.channel, plane=plane,
+                all_planes=args.all_planes, measurements=args.measurements, rois=args.rois,
+                overwrite=args.overwrite, run=lambda gen, name=src.name: drive(gen, name, progress=not args.quiet))
+            print(line)
             # After the result, not before: an error must stay the only line of a failure.
             warning = input_warning(entry, image) if entry is not None and image.ndim == 2 else None
             if warning:
@@ -280,6 +251,53 @@ def _model_entry(engine, spec: str):
         raise KaizenError(f"--model {spec} predicts a fluorescence image only (no objects); choose a segmentation "
                           "model (see `kaizen engines`)")
     return entry
+
+
+def segment_file(engine, params, src: Path, dest: Path, *, model, device: str, channel: int | None,
+                 plane: tuple[int, ...] | None, all_planes: bool, measurements: bool, rois: bool, overwrite: bool,
+                 run) -> tuple[str, np.ndarray]:
+    """Read, segment and write one image file as ``kaizen segment`` does (plain and on dask).
+
+    ``run(snapshots)`` drives the engine's generator to its last snapshot (with or
+    without a progress bar). Returns the result line to print and the image (or plane)
+    that was segmented.
+    """
+    from .engines._common.normalize import to_plane
+    from .engines._common.planes import segment_planes
+    from .io import read_image, write_labels, write_measurements_csv, write_roi_zip
+
+    start = time.perf_counter()
+    image = read_image(src)
+    if all_planes:
+        if channel is not None:
+            image = to_plane(image, channel=channel) if image.ndim == 3 else image[..., channel]
+        gen = segment_planes(engine.segment, image, params, model=model, device=device)
+    else:
+        if plane is not None and image.ndim == 2:
+            raise KaizenError(f"--plane {','.join(map(str, plane))} was given but the image is 2-D; leave --plane out")
+        image = to_plane(image, channel=channel, plane=plane)
+        gen = engine.segment(image, params, model=model, device=device)
+    last = run(gen)
+    labels = last.labels
+    if labels is None:
+        raise KaizenError("the engine finished without labels")
+    write_labels(dest, labels, overwrite=overwrite)
+    extra = []
+    if measurements:
+        csv_path = dest.with_name(dest.stem + "_measurements.csv")
+        write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
+                               extra=_scores(last), overwrite=overwrite)
+        extra.append(csv_path.name)
+    if rois and labels.max() > 0:
+        roi_path = dest.with_name(dest.stem + "_rois.zip")
+        write_roi_zip(roi_path, labels, overwrite=overwrite)
+        extra.append(roi_path.name)
+    n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
+    also = f" (+ {', '.join(extra)})" if extra else ""
+    # No objects is a result, but never a silent one: say the engine's reason.
+    why = f" ({last.message})" if n == 0 and last.message else ""
+    took = time.perf_counter() - start
+    return f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}{why}", image
 
 
 def _scores(snapshot) -> dict[str, dict[int, float]]:

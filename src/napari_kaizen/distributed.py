@@ -212,46 +212,16 @@ def run_field(job: FieldJob) -> str:
 
     The same steps as ``kaizen segment`` without a scheduler (and the same files).
     """
-    from .cli import _scores
+    from .cli import segment_file
     from .engines import get_engine
-    from .engines._common.normalize import to_plane
-    from .engines._common.planes import segment_planes
     from .engines._common.snapshots import run_to_end
-    from .io import read_image, write_labels, write_measurements_csv, write_roi_zip
 
-    start = time.perf_counter()
-    src, dest = Path(job.src), Path(job.dest)
     engine = get_engine(job.engine)
     model = _worker_model(engine, job.model, job.device) if (job.model or engine.default_model) else None
-    image = read_image(src)
-    if job.all_planes:
-        if job.channel is not None:
-            image = to_plane(image, channel=job.channel) if image.ndim == 3 else image[..., job.channel]
-        gen = segment_planes(engine.segment, image, job.params, model=model, device=job.device)
-    else:
-        if job.plane is not None and image.ndim == 2:
-            raise KaizenError(f"--plane {','.join(map(str, job.plane))} was given but the image is 2-D; leave --plane out")
-        image = to_plane(image, channel=job.channel, plane=job.plane)
-        gen = engine.segment(image, job.params, model=model, device=job.device)
-    last = run_to_end(gen)
-    labels = last.labels
-    if labels is None:
-        raise KaizenError("the engine finished without labels")
-    write_labels(dest, labels, overwrite=job.overwrite)
-    extra = []
-    if job.measurements:
-        csv_path = dest.with_name(dest.stem + "_measurements.csv")
-        write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
-                               extra=_scores(last), overwrite=job.overwrite)
-        extra.append(csv_path.name)
-    if job.rois and labels.max() > 0:
-        roi_path = dest.with_name(dest.stem + "_rois.zip")
-        write_roi_zip(roi_path, labels, overwrite=job.overwrite)
-        extra.append(roi_path.name)
-    n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-    also = f" (+ {', '.join(extra)})" if extra else ""
-    why = f" ({last.message})" if n == 0 and last.message else ""
-    return f"{src.name}: {n} objects with the {engine.name} engine in {time.perf_counter() - start:.1f} s -> {dest}{also}{why}"
+    line, _ = segment_file(engine, job.params, Path(job.src), Path(job.dest), model=model, device=job.device,
+                           channel=job.channel, plane=job.plane, all_planes=job.all_planes,
+                           measurements=job.measurements, rois=job.rois, overwrite=job.overwrite, run=run_to_end)
+    return line
 
 
 # --------------------------------------------------------------------------- the CLI path
