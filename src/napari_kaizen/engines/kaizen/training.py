@@ -34,12 +34,6 @@ DEFAULT_LR = 6e-4
 VALIDATION_SEED = 5_000
 
 
-def _prepare_pairs(images, labels) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from .._common.training import training_pairs
-
-    return training_pairs(images, labels, require_objects=False)
-
-
 def _object_diameter(labels: Sequence[np.ndarray]) -> float:
     from .._common.scale import equivalent_diameters
 
@@ -167,7 +161,7 @@ def train(
     import torch
 
     from .._common.device import choose_device
-    from .._common.training import check_output, seed_everything, train_loop
+    from .._common.training import check_output, seed_everything, train_loop, training_pairs
     from .._common.weights import save_weights
     from .model import ARCHITECTURE, KaizenVQVAE
 
@@ -194,7 +188,7 @@ def train(
             object_diameter = km.object_diameter
 
     yield TrainingSnapshot(stage="data", progress=0.0, message="preparing training data", total_steps=steps)
-    imgs, labs = _prepare_pairs(images, labels)
+    imgs, labs = training_pairs(images, labels, require_objects=False)
     from .._common.training import check_regions, resample_mask
 
     masks = check_regions(regions, [i.shape for i in imgs]) if regions is not None else None

@@ -210,11 +210,6 @@ def _metadata(net: ISLUNet, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def _check_output(output: str | Path | None, overwrite: bool) -> None:
-    """Refuse before training, not after, when the weights would overwrite a file."""
-    check_output(output, overwrite, required=False)
-
-
 def _optimizer(net, learning_rate: float, steps: int):
     import torch
 
@@ -313,7 +308,8 @@ def pretrain(
         raise InputError(f"unknown ISL target '{target}': choose one of {', '.join(TARGETS)}")
     if crop % 16:
         raise InputError(f"crop must be a multiple of 16 (the U-Net's stride), got {crop}")
-    _check_output(output, overwrite)
+    # Refused before training, not after, when the weights would overwrite a file.
+    check_output(output, overwrite, required=False)
     dev = choose_device(device)
     rng = seed_everything(seed)
     yield TrainingSnapshot(stage="data", progress=0.0, message=f"synthesising {n_fields} training fields",
@@ -401,10 +397,6 @@ def predicted_pcc(model, pairs, device) -> list[float]:
 
 
 # --------------------------------------------------------------------------- fine-tuning
-
-
-def _prepare_training_set(images, labels, percentiles) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    return training_pairs(images, labels, percentiles=percentiles)
 
 
 def _rescale_pair(img: np.ndarray, lab: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -530,7 +522,8 @@ def finetune(
         raise InputError(f"steps must be at least 1, got {steps}")
     if not (isinstance(learning_rate, (int, float)) and 0 < float(learning_rate) < 1):
         raise InputError(f"learning_rate must be a number between 0 and 1, got {learning_rate!r}")
-    _check_output(output, overwrite)
+    # Refused before training, not after, when the weights would overwrite a file.
+    check_output(output, overwrite, required=False)
     dev = choose_device(device)
     rng = seed_everything(seed)
 
@@ -552,7 +545,7 @@ def finetune(
         }
     net = net.to(dev)
     percentiles = tuple(base_meta.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES))
-    imgs, labs = _prepare_training_set(images, labels, percentiles)
+    imgs, labs = training_pairs(images, labels, percentiles=percentiles)
     masks = check_regions(regions, [i.shape for i in imgs])
 
     # Train at the base model's object scale, so the pretrained features see objects of
