@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "real_nuclei.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "real_nuclei.png"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of --out for engines not rerun (the table shows every engine)")
     args = parser.parse_args(argv)
 
     import torch
@@ -143,12 +145,18 @@ def main(argv: list[str] | None = None) -> int:
                        **score([x.labels for x in items], preds))
             rows.append(row)
             print(json.dumps(row), flush=True)
+    engines = list(args.engines)
+    if args.merge and Path(args.out).exists():
+        old = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["engine"] not in engines]
+        order = {"classical": 0, "kaizen": 1, "fcn": 2}
+        engines = sorted({r["engine"] for r in old} | set(engines), key=lambda e: order.get(e, 9))
+        rows = sorted(old + rows, key=lambda r: (order.get(r["engine"], 9), r["dataset"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows},
                                          indent=2) + "\n")
-    table = markdown(rows, args.engines)
+    table = markdown(rows, engines)
     Path(args.out).with_suffix(".md").write_text(table + "\n")
-    plot(rows, args.engines, Path(args.plot))
+    plot(rows, engines, Path(args.plot))
     print("\n" + table)
     return 0
 

@@ -80,7 +80,7 @@ def run_one(args: argparse.Namespace) -> None:
 
     engine = get_engine(args.engine)
     src = zarr.open(args.field, mode="r")
-    params = engine.params_class()
+    params = engine.params_class(**_overrides(args.set))
     start = time.perf_counter()
     if args.untiled:
         model = load_engine_model(engine, None, "cpu")
@@ -104,6 +104,18 @@ def run_one(args: argparse.Namespace) -> None:
     took = time.perf_counter() - start
     print(json.dumps({"seconds": round(took, 1), "peak_rss_gib": round(_peak_gib(), 2), "n_objects": n_objects,
                       "n_tiles": n_tiles}))
+
+
+def _overrides(items: list[str]) -> dict:
+    """``['flip_average=False', 'h=0.1']`` -> engine parameter overrides (JSON values)."""
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value.lower() if value in ("True", "False") else value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _peak_gib(field: str = "VmHWM:") -> float:
@@ -143,24 +155,29 @@ def fields(args: argparse.Namespace) -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="kaizen_scale_"))
     work.mkdir(parents=True, exist_ok=True)
-    results = _load()
     for n in args.sizes:
         field = make_field(n, work / f"field_{n}.zarr")
         for name in args.engines:
-            key = f"{name}@{n}"
-            row = {"engine": name, "size": n, "tile": args.tile}
-            tiled = work / f"{name}_{n}_tiled.zarr"
+            # Runs with non-default parameters are kept apart from the defaults' runs.
+            tag = "".join(f" {item}" for item in args.set)
+            key = f"{name}@{n}{tag}"
+            row = {"engine": name, "size": n, "tile": args.tile, "params": _overrides(args.set)}
+            stem = f"{name}_{n}" + "".join(f"_{item.replace('=', '-')}" for item in args.set)
+            tiled = work / f"{stem}_tiled.zarr"
+            extra = [a for item in args.set for a in ("--set", item)]
             row["tiled"] = _sub(["--engine", name, "--field", str(field), "--labels", str(tiled), "--tile",
-                                 str(args.tile)], args.timeout)
+                                 str(args.tile), *extra], args.timeout)
             if n <= args.untiled_max:
-                flat = work / f"{name}_{n}_untiled.npy"
-                row["untiled"] = _sub(["--engine", name, "--field", str(field), "--labels", str(flat), "--untiled"],
-                                      args.timeout)
+                flat = work / f"{stem}_untiled.npy"
+                row["untiled"] = _sub(["--engine", name, "--field", str(field), "--labels", str(flat), "--untiled",
+                                       *extra], args.timeout)
                 if "error" not in row["tiled"] and "error" not in row["untiled"]:
                     a = np.load(flat)
                     b = np.asarray(zarr.open_group(str(tiled), mode="r")["0"][:])
                     row["seam_ap50"] = round(average_precision(a, b, [0.5])[0.5], 4)
             print(json.dumps({key: row}), flush=True)
+            # Re-read before writing: another run of this script may have saved meanwhile.
+            results = _load()
             results.setdefault("fields", {})[key] = row
             _save(results)
 
@@ -216,7 +233,8 @@ def table(args: argparse.Namespace) -> None:
     rows = sorted(results.get("fields", {}).values(), key=lambda r: (r["size"], r["engine"]))
     for r in rows:
         t, u = r.get("tiled"), r.get("untiled")
-        print(f"| {r['size']}² | {r['engine']} | {r['tile']} | {cell(t, 'n_tiles')} | {cell(t, 'n_objects')} "
+        engine = r["engine"] + "".join(f", {k}={v}" for k, v in r.get("params", {}).items())
+        print(f"| {r['size']}² | {engine} | {r['tile']} | {cell(t, 'n_tiles')} | {cell(t, 'n_objects')} "
               f"| {cell(t, 'seconds')} | {cell(t, 'peak_rss_gib')} | {cell(u, 'seconds')} | {cell(u, 'peak_rss_gib')} "
               f"| {r.get('seam_ap50', '–')} |")
     plate = results.get("plate")
@@ -243,6 +261,7 @@ def main() -> None:
         p.add_argument("--labels")
         p.add_argument("--tile", type=int, default=2048)
         p.add_argument("--untiled", action="store_true")
+        p.add_argument("--set", action="append", default=[])
         run_one(p.parse_args(sys.argv[2:]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,6 +273,8 @@ def main() -> None:
     f.add_argument("--untiled-max", type=int, default=4096, help="largest side also run untiled")
     f.add_argument("--timeout", type=float, default=3600)
     f.add_argument("--work", default=None)
+    f.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                   help="engine parameter override, e.g. flip_average=False (kept apart in the results)")
     f.set_defaults(func=fields)
     pl = sub.add_parser("plate")
     pl.add_argument("--n", type=int, default=200)

@@ -189,6 +189,22 @@ def test_instances_min_size_and_edge_only_objects():
     assert instances_from_probabilities(np.zeros((8, 8)), np.zeros((8, 8))).max() == 0
 
 
+def test_a_cell_cut_by_the_image_edge_is_held_to_the_lower_border_bar():
+    from napari_kaizen.engines.fcn.segment import area_bars
+
+    p_int = np.zeros((60, 60), np.float32)
+    p_edge = np.zeros_like(p_int)
+    p_int[20:36, 20:36] = 0.9  # a whole cell, 256 px
+    p_int[40:52, 0:4] = 0.9  # a cell mostly outside the image: 48 px show
+    p_int[5:11, 45:53] = 0.9  # a crumb of the same size inside the image
+    bars = area_bars(0.25, 18.0)  # min_size 0.25 of a typical 18 px object
+    assert bars == {"min_area": 64, "border_min_area": 25}
+    lab = instances_from_probabilities(p_int, p_edge, **bars)
+    assert lab.max() == 2 and lab[45, 1] > 0 and lab[8, 48] == 0
+    # One bar for all (the rule before): the cut cell goes with the crumb.
+    assert instances_from_probabilities(p_int, p_edge, min_area=64).max() == 1
+
+
 # --------------------------------------------------------------------------- segment
 
 

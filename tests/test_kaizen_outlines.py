@@ -85,3 +85,19 @@ def test_dim_objects_are_dropped_relative_to_the_typical_object():
     # With image outlines: the dim cell goes, ids stay in order.
     refined, lut = image_outlines(lab, img, min_contrast=0.25)
     assert lut[3] == 0 and sorted(set(lut[[1, 2, 4, 5]])) == [1, 2, 3, 4]
+
+
+def test_a_nucleus_cut_by_the_image_edge_is_kept_but_an_inner_piece_of_its_size_is_not():
+    shape = (96, 160)
+    truth = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate([(30, 40), (30, 90), (70, 60), (70, 110)], start=1):
+        truth[_disc(shape, cy, cx, 10)] = i
+    truth[_disc(shape, 50, -7, 10)] = 5  # a nucleus mostly outside the frame: ~14 % of it shows
+    truth[_disc(shape, 50, 150, 3.5)] = 6  # a blob of the same area inside the frame
+    img = ndi.gaussian_filter((truth > 0).astype(np.float32), 1.0)
+    assert abs(int((truth == 5).sum()) - int((truth == 6).sum())) < 15
+    out, lut = image_outlines(truth, img, min_area_fraction=0.3)
+    assert lut[5] != 0 and lut[6] == 0
+    # The paper-era rule (no lower bar at the edge) dropped both.
+    _, lut_same = image_outlines(truth, img, min_area_fraction=0.3, border_area_fraction=None)
+    assert lut_same[5] == 0 and lut_same[6] == 0

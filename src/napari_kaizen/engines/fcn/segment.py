@@ -15,7 +15,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.instances import drop_dim_objects
+from .._common.instances import BORDER_AREA_FRACTION, drop_dim_objects, small_objects
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
@@ -53,6 +53,7 @@ def instances_from_probabilities(
     threshold: float = 0.5,
     foreground: float = 0.5,
     min_area: int = 0,
+    border_min_area: int | None = None,
 ) -> np.ndarray:
     """Instance labels from interior and edge probability maps.
 
@@ -68,6 +69,10 @@ def instances_from_probabilities(
         over these pixels only.
     min_area : int
         Objects with fewer pixels are removed.
+    border_min_area : int, optional
+        The bar for objects that touch the image's edge, which show only part of their
+        area (:data:`~napari_kaizen.engines._common.instances.BORDER_AREA_FRACTION`);
+        ``None``: ``min_area``.
 
     Returns
     -------
@@ -104,10 +109,7 @@ def instances_from_probabilities(
         labels = np.where(extra > 0, extra + n, labels)
     labels = labels.astype(np.int32, copy=False)
     if min_area > 1 and labels.any():
-        counts = np.bincount(labels.ravel())
-        small = counts < min_area
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
+        labels = np.where(small_objects(labels, min_area, border_min_area)[labels], 0, labels)
     return relabel_sequential(labels.astype(np.int32))[0].astype(np.int32)
 
 
@@ -116,6 +118,16 @@ def min_area_pixels(min_size: float, object_diameter: float | None) -> int:
     if not object_diameter or min_size <= 0:
         return 0
     return max(1, int(round(min_size * np.pi * (object_diameter / 2.0) ** 2)))
+
+
+def area_bars(min_size: float, object_diameter: float | None) -> dict[str, int]:
+    """``{min_area, border_min_area}`` of :func:`instances_from_probabilities` in pixels.
+
+    Objects cut by the image's edge are held to ``BORDER_AREA_FRACTION`` of a typical
+    object's area (or ``min_size``, if lower).
+    """
+    return {"min_area": min_area_pixels(min_size, object_diameter),
+            "border_min_area": min_area_pixels(min(min_size, BORDER_AREA_FRACTION), object_diameter)}
 
 
 def segment(
@@ -202,11 +214,11 @@ def segment(
     yield SegmentationSnapshot(stage="probability", progress=0.85, message="class probabilities", maps=maps)
     # Instances on the input grid, from the resampled probabilities: outlines then have
     # the input's resolution, not the staircase of a coarser model grid.
-    min_area = min_area_pixels(fcn.calibrated("min_size", p.min_size),
-                               fcn.object_diameter / rs.factor if fcn.object_diameter else None)
+    bars = area_bars(fcn.calibrated("min_size", p.min_size),
+                     fcn.object_diameter / rs.factor if fcn.object_diameter else None)
     labels = instances_from_probabilities(
         maps["probability"], maps["edge"], threshold=fcn.calibrated("threshold", p.threshold),
-        foreground=fcn.calibrated("foreground", p.foreground), min_area=min_area,
+        foreground=fcn.calibrated("foreground", p.foreground), **bars,
     )
     labels = drop_dim_objects(labels, img, fcn.calibrated("min_contrast", p.min_contrast))
     n = int(labels.max())

@@ -319,7 +319,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     from .._common.instances import drop_dim_objects
     from .._common.tiling import tiled_predict
     from .params import FCNParams
-    from .segment import instances_from_probabilities, min_area_pixels, predictor
+    from .segment import area_bars, instances_from_probabilities, predictor
 
     grid = dict(grid or CALIBRATION_GRID)
     p = FCNParams()
@@ -338,16 +338,14 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     truth = [lab for _, lab in pairs]
     scores: dict[tuple[float, float, float], float] = {}
     for thr, fg, ms in itertools.product(grid["threshold"], grid["foreground"], grid["min_size"]):
-        min_area = min_area_pixels(ms, object_diameter)
-        preds = [instances_from_probabilities(pr[0], pr[1], threshold=thr, foreground=fg, min_area=min_area)
-                 for pr in probs]
+        bars = area_bars(ms, object_diameter)
+        preds = [instances_from_probabilities(pr[0], pr[1], threshold=thr, foreground=fg, **bars) for pr in probs]
         scores[(float(thr), float(fg), float(ms))] = round(evaluate(truth, preds).map, 4)
     thr, fg, ms = max(scores, key=scores.get)
     by_fg = {f: max(v for k, v in scores.items() if k[1] == f) for f in sorted({k[1] for k in scores})}
     # Then, with those, the dim-object filter (a fourth axis would quadruple the grid).
-    min_area = min_area_pixels(ms, object_diameter)
-    base = [instances_from_probabilities(pr[0], pr[1], threshold=thr, foreground=fg, min_area=min_area)
-            for pr in probs]
+    bars = area_bars(ms, object_diameter)
+    base = [instances_from_probabilities(pr[0], pr[1], threshold=thr, foreground=fg, **bars) for pr in probs]
     by_contrast = {float(c): round(evaluate(truth, [drop_dim_objects(b, img, c) for b, (img, _) in zip(base, pairs)]).map, 4)
                    for c in MIN_CONTRAST_GRID}
     contrast = max(by_contrast, key=by_contrast.get)
