@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "real_nuclei.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "real_nuclei.png"))
     parser.add_argument("--merge", action="store_true",
-                        help="keep the rows of --out for engines not rerun (the table shows every engine)")
+                        help="keep the rows of --out for engine / folder pairs not rerun")
     args = parser.parse_args(argv)
 
     import torch
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
     engines = list(args.engines)
     if args.merge and Path(args.out).exists():
-        old = [r for r in json.loads(Path(args.out).read_text())["rows"] if r["engine"] not in engines]
+        done = {(r["engine"], r["dataset"]) for r in rows}
+        old = [r for r in json.loads(Path(args.out).read_text())["rows"] if (r["engine"], r["dataset"]) not in done]
         order = {"classical": 0, "kaizen": 1, "fcn": 2}
         engines = sorted({r["engine"] for r in old} | set(engines), key=lambda e: order.get(e, 9))
         rows = sorted(old + rows, key=lambda r: (order.get(r["engine"], 9), r["dataset"]))
