@@ -104,6 +104,16 @@ def quarter_correction(labels: np.ndarray, *, fraction: float = QUARTER, seed: i
     return out, region, [int(i) for i in chosen]
 
 
+#: The quarter / full ratio is reported only where the full correction gained at least
+#: this much mAP: a ratio to a gain of a few thousandths (frame-to-frame noise) means nothing.
+RATIO_MIN_GAIN = 0.005
+
+
+def quarter_over_full(full_gain: float, quarter_gain: float) -> float | None:
+    """The quarter's gain over the full correction's, where the latter is large enough."""
+    return round(quarter_gain / full_gain, 3) if full_gain >= RATIO_MIN_GAIN else None
+
+
 def score(gts: list[np.ndarray], preds: list[np.ndarray]) -> dict:
     from napari_kaizen import metrics
 
@@ -171,7 +181,7 @@ def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndar
         draws=draws)
     row["quarter_cells"] = [d["cells"] for d in draws]
     full, quarter = row["full"]["gain"], row["quarter"]["gain"]
-    row["quarter_over_full"] = round(quarter / full, 3) if full > 0 else None
+    row["quarter_over_full"] = quarter_over_full(full, quarter)
     return row
 
 
