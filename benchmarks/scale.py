@@ -39,8 +39,17 @@ RESULTS = HERE / "results" / "scale.json"
 BLOCK = 2048
 
 
-def make_field(n: int, path: Path, seed: int = 0) -> Path:
-    """Write an n x n uint16 synthetic nuclei field to ``path`` (zarr) and its labels beside it if small."""
+def _channel(field, channel: str) -> np.ndarray:
+    """A synthetic field's ``channel`` as uint16 (the label-free one is float, about 0-1.3)."""
+    img = getattr(field, channel)
+    if img.dtype == np.uint16:
+        return img
+    return np.clip(np.asarray(img, np.float32) / 2.0 * 65535.0, 0, 65535).astype(np.uint16)
+
+
+def make_field(n: int, path: Path, seed: int = 0, channel: str = "nuclei") -> Path:
+    """Write an n x n uint16 synthetic field to ``path`` (zarr): its nuclei (fluorescence)
+    or, for engines that take label-free input, its ``label_free`` channel."""
     import zarr
 
     from napari_kaizen.data import SynthParams, synthesize
@@ -53,13 +62,14 @@ def make_field(n: int, path: Path, seed: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     arr = zarr.create_array(str(tmp), shape=(n, n), chunks=(1024, 1024), dtype="uint16", zarr_format=2)
     if n <= BLOCK:
-        arr[:] = synthesize(SynthParams(shape=(n, n), dtype="uint16"), seed=seed).nuclei
+        arr[:] = _channel(synthesize(SynthParams(shape=(n, n), dtype="uint16"), seed=seed), channel)
         tmp.rename(path)
         return path
     # A mosaic of a few distinct blocks, each flipped / rotated at random: the cost of
     # drawing 64 blocks of 2048^2 would dominate the benchmark, and a block boundary is
     # just another place where nuclei are cut.
-    blocks = [synthesize(SynthParams(shape=(BLOCK, BLOCK), dtype="uint16"), seed=seed + k).nuclei for k in range(4)]
+    blocks = [_channel(synthesize(SynthParams(shape=(BLOCK, BLOCK), dtype="uint16"), seed=seed + k), channel)
+              for k in range(4)]
     rng = np.random.default_rng(seed)
     for y in range(0, n, BLOCK):
         for x in range(0, n, BLOCK):
@@ -151,13 +161,18 @@ def _sub(argv: list[str], timeout: float) -> dict:
 def fields(args: argparse.Namespace) -> None:
     import zarr
 
+    from napari_kaizen.engines import get_engine
     from napari_kaizen.metrics import average_precision
 
     work = Path(args.work or tempfile.mkdtemp(prefix="kaizen_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     for n in args.sizes:
-        field = make_field(n, work / f"field_{n}.zarr")
         for name in args.engines:
+            # The U-Net takes label-free input: its field is the same synthetic scene's
+            # label-free channel.
+            label_free = get_engine(name).input_kind == "label-free"
+            field = make_field(n, work / (f"field_{n}_label_free.zarr" if label_free else f"field_{n}.zarr"),
+                               channel="label_free" if label_free else "nuclei")
             # Runs with non-default parameters are kept apart from the defaults' runs.
             tag = "".join(f" {item}" for item in args.set)
             key = f"{name}@{n}{tag}"
