@@ -273,3 +273,19 @@ def test_pure_noise_gives_no_objects_and_says_why(engine, noise):
     img = rng.normal(1000, 40, (192, 192)) if noise == "gaussian" else rng.poisson(30, (192, 192)).astype(np.uint16)
     last = run_to_end(get_engine(engine).segment(img, device="cpu"))
     assert last.labels.max() == 0 and "noise without structure" in last.message
+
+
+def test_a_damaged_tiff_is_one_line_in_a_real_process(tmp_path):
+    # In a real process (not under pytest's log capture) tifffile's own log lines would
+    # reach stderr before our message: the lazy reader must silence them too.
+    import subprocess
+    import sys
+
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\0garbage")
+    code = "import sys; from napari_kaizen.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "segment", str(bad), "-o", str(tmp_path / "out.tif")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "broken.tif" in done.stderr, done.stderr
+    assert not (tmp_path / "out.tif").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +13,22 @@ from ..errors import InputError
 
 #: Suffixes :func:`read_image` understands.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+
+
+@contextlib.contextmanager
+def quiet_tifffile():
+    """Silence tifffile's logger for the duration.
+
+    tifffile logs a damaged file's problems and may then return nothing or raise: the
+    caller says it once, in our words, instead of log lines and a puzzling shape.
+    """
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -32,18 +50,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if suffix == ".npy":
             arr = np.load(src, allow_pickle=False)
         elif suffix in (".tif", ".tiff"):
-            import logging
-
             import tifffile
 
-            # tifffile logs a damaged file's problems and may then return nothing: say it
-            # once, in our words, instead of a log line and a puzzling shape.
-            log = logging.getLogger("tifffile")
-            level, log.level = log.level, logging.CRITICAL
-            try:
+            with quiet_tifffile():
                 arr = tifffile.imread(src)
-            finally:
-                log.setLevel(level)
         else:
             import imageio.v3 as iio
 

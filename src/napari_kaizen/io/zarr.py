@@ -89,8 +89,11 @@ def open_lazy(path: str | os.PathLike) -> Any:
             import tifffile
             import zarr
 
+            from .images import quiet_tifffile
+
             # level 0 of a pyramidal TIFF; tifffile decodes only the tiles a slice touches.
-            store = tifffile.imread(src, aszarr=True, level=0)
+            with quiet_tifffile():
+                store = tifffile.imread(src, aszarr=True, level=0)
             return zarr.open(store, mode="r")
         if suffix == ".npy":
             return np.load(src, mmap_mode="r", allow_pickle=False)
