@@ -156,12 +156,10 @@ def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndar
                corrected_cells=int(np.count_nonzero(np.unique(truths[0]))), steps=steps,
                learning_rate=learning_rate, before=before)
     print(json.dumps(dict(engine=engine_name, dataset=dataset, before=before)), flush=True)
-    cases = {"full": (truths[0], None, None)}
-    for seed in quarter_seeds:
-        q_labels, q_region, chosen = quarter_correction(truths[0], seed=seed)
-        cases[f"quarter {seed}"] = (q_labels, q_region, chosen)
+    cases = [("full", None, truths[0], None, None)]  # (name, quarter seed, labels, region, checked cells)
+    cases += [(f"quarter {seed}", seed, *quarter_correction(truths[0], seed=seed)) for seed in quarter_seeds]
     draws = []
-    for case, (labels, region, chosen) in cases.items():
+    for case, seed, labels, region, chosen in cases:
         out = tmp / f"{engine_name}_{dataset}_{case.replace(' ', '_')}"
         weights, timing = finetune_timed(engine, frames[0], labels, model=base, regions=region, steps=steps,
                                          learning_rate=learning_rate, output=out)
@@ -172,7 +170,7 @@ def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndar
         if region is None:
             row[case] = result
         else:
-            draws.append(dict(seed=int(case.split()[1]), cells=len(chosen),
+            draws.append(dict(seed=seed, cells=len(chosen),
                               region_fraction=round(float(region.mean()), 4), **result))
         print(json.dumps(dict(engine=engine_name, dataset=dataset, case=case, **result)), flush=True)
     row["quarter"] = dict(

@@ -25,7 +25,7 @@ def small_objects(labels: np.ndarray, min_area: float, border_min_area: float | 
         Pixels; objects below it are small (at least 1: absent ids are always small).
     border_min_area : float, optional
         The bar for objects that touch the edge of ``labels`` (they show only part of
-        their area); ``None``: the same as ``min_area``.
+        their area), never above ``min_area``; ``None``: the same as ``min_area``.
     n : int, optional
         The largest id of the table (default ``labels.max()``).
 
@@ -42,7 +42,7 @@ def small_objects(labels: np.ndarray, min_area: float, border_min_area: float | 
     if border_min_area is not None and lab.ndim == 2 and lab.size:
         edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
         edge = edge[(edge > 0) & (edge <= n)]
-        small[edge] = counts[edge] < max(1.0, float(border_min_area))
+        small[edge] = counts[edge] < max(1.0, min(float(border_min_area), float(min_area)))
     small[0] = False
     return small
 

@@ -124,10 +124,10 @@ def area_bars(min_size: float, object_diameter: float | None) -> dict[str, int]:
     """``{min_area, border_min_area}`` of :func:`instances_from_probabilities` in pixels.
 
     Objects cut by the image's edge are held to ``BORDER_AREA_FRACTION`` of a typical
-    object's area (or ``min_size``, if lower).
+    object's area (or ``min_size``, if lower: :func:`small_objects` takes the lower bar).
     """
     return {"min_area": min_area_pixels(min_size, object_diameter),
-            "border_min_area": min_area_pixels(min(min_size, BORDER_AREA_FRACTION), object_diameter)}
+            "border_min_area": min_area_pixels(BORDER_AREA_FRACTION, object_diameter)}
 
 
 def segment(

@@ -123,7 +123,7 @@ def image_outlines(
     median = float(np.median(kept))
     # A cell cut by the image's edge shows only part of its area, so its size says
     # nothing of whether it is a rim fragment: it is held to a lower bar.
-    border = None if border_area_fraction is None else min(border_area_fraction, min_area_fraction) * median
+    border = None if border_area_fraction is None else border_area_fraction * median
     keep = ~small_objects(out, min_area_fraction * median, border, n=n)
     keep[0] = False
     dim = dim_objects(out, img, min_contrast)  # ids up to out.max(), which may be below n
