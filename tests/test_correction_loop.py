@@ -104,3 +104,57 @@ def test_quarter_correction_learns_only_inside_its_region(session, fcn, tmp_path
         np.testing.assert_array_equal(clean[name], noisy[name], err_msg=name)
     # ... and the partial correction did train the model.
     assert any(not np.array_equal(clean[n], start[n]) for n in clean if n in start)
+
+
+@pytest.fixture(scope="module")
+def kaizen():
+    torch.set_num_threads(1)
+    engine = get_engine("kaizen")
+    return engine, engine.load_model("bundled:kaizen_nuclei", "cpu")
+
+
+def test_kaizen_learns_the_correctors_outlines_and_they_carry_to_other_fields(session, kaizen, tmp_path):
+    engine, base = kaizen
+    corrected, *held_out = session
+    before = _map(engine, base, held_out)
+    weights = _finetune(engine, base, corrected.nuclei, corrected.nucleus_labels, tmp_path / "full", steps=20)
+    tuned = engine.load_model(str(weights), "cpu")
+    # The learned outline rule is saved with the weights and loads strictly with them.
+    assert tuned.net.outline_rule is not None and tuned.net.config.outline_rule > 0
+    record = tuned.metadata["training"]["outline_rule"]
+    n_true = len(np.unique(corrected.nucleus_labels)) - 1
+    assert 0.8 * n_true <= record["cells"] <= n_true  # those near a cell the decomposition found
+    after = _map(engine, tuned, held_out)
+    without_rule = metrics.evaluate(
+        [f.nucleus_labels for f in held_out],
+        [run_to_end(engine.segment(f.nuclei, engine.params(learned_outline=False), model=tuned,
+                                   device="cpu")).labels for f in held_out]).map
+    # Measured: before 0.381, after 0.709; the same weights at the calibrated level 0.399
+    # (20 VQ-VAE steps; about 8 s of one CPU core).
+    assert after > before + 0.15, (before, after)
+    assert after > without_rule + 0.15, (without_rule, after)
+
+
+def test_kaizen_outline_rule_learns_only_inside_the_checked_region(session, kaizen, tmp_path):
+    from correction_loop import quarter_correction
+
+    engine, base = kaizen
+    field = session[0]
+    labels, region, chosen = quarter_correction(field.nucleus_labels)
+    # Outside the region every pixel is called background: a rule fitted there would
+    # learn to shrink every outline.
+    weights = _finetune(engine, base, field.nuclei, labels, tmp_path / "quarter", regions=region, steps=2)
+    record = engine.load_model(str(weights), "cpu").metadata["training"]["outline_rule"]
+    assert record["cells"] == len(np.unique(labels[region & (labels > 0)]))
+    assert record["pixels"] <= int(region.sum())
+
+
+def test_an_outline_rule_needs_an_edge_to_learn_from():
+    from napari_kaizen.engines.kaizen.outline_rule import fit_outline_rule
+    from napari_kaizen.engines.kaizen.outlines import FEATURES
+
+    x = np.random.default_rng(0).random((500, len(FEATURES)), np.float32)
+    with pytest.raises(ValueError, match="no edge"):
+        fit_outline_rule([x], [np.ones(500, bool)], steps=2)
+    rule, loss = fit_outline_rule([x], [x[:, 1] > 0.5], steps=200)
+    assert loss < 0.3 and ((rule.probability(x) >= 0.5) == (x[:, 1] > 0.5)).mean() > 0.95

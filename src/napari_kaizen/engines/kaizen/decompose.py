@@ -703,7 +703,8 @@ def decompose(
         from .outlines import image_outlines
 
         seen = input_image if input_image is not None else img
-        final, lut = image_outlines(final, seen, **outline)
+        learned = getattr(getattr(model, "net", model), "outline_rule", None) if p.learned_outline else None
+        final, lut = image_outlines(final, seen, **outline, rule=None if learned is None else learned.probability)
         merged: dict[int, float] = {}
         for old_id, new_id in enumerate(lut[1:], start=1):
             if new_id and int(new_id) not in merged and old_id in final_scores:

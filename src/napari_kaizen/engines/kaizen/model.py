@@ -88,6 +88,9 @@ class VQVAEConfig:
         Weight ``beta`` of the commitment loss (0.25).
     decay : float
         EMA decay of the codebook statistics.
+    outline_rule : int
+        Hidden units of the learned outline rule a fine-tune on corrections adds
+        (:class:`~napari_kaizen.engines.kaizen.outline_rule.OutlineRule`); 0: none.
     """
 
     patch_size: int = 40
@@ -100,6 +103,7 @@ class VQVAEConfig:
     num_embeddings: int = 128
     commitment_cost: float = 0.25
     decay: float = 0.99
+    outline_rule: int = 0
 
     def __post_init__(self) -> None:
         if self.patch_size < 8 or self.patch_size % 8:
@@ -108,6 +112,8 @@ class VQVAEConfig:
                      "num_embeddings"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.outline_rule) < 0:
+            raise ValueError(f"outline_rule must be 0 (none) or a number of hidden units, got {self.outline_rule}")
         if not 0.0 < self.decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {self.decay}")
 
@@ -299,6 +305,19 @@ class KaizenVQVAE(nn.Module):
         self.encoder = Encoder(c)
         self.codebook = EMACodebook(c.num_embeddings, c.embedding_dim, c.commitment_cost, c.decay)
         self.decoder = Decoder(c)
+        self.outline_rule = None
+        if c.outline_rule:
+            from .outline_rule import OutlineRule
+
+            self.outline_rule = OutlineRule(int(c.outline_rule))
+
+    def attach_outline_rule(self, rule) -> None:
+        """Keep a learned :class:`~napari_kaizen.engines.kaizen.outline_rule.OutlineRule`
+        with this network (its weights are saved and loaded with the VQ-VAE's)."""
+        from dataclasses import replace
+
+        self.outline_rule = rule.to(next(self.encoder.parameters()).device).eval()
+        self.config = replace(self.config, outline_rule=int(rule.layers[0].out_features))
 
     @property
     def patch_size(self) -> int:

@@ -22,6 +22,17 @@ micronucleus) is dropped (a cell cut by the image's edge is held to a lower bar:
 only part of it is visible), as is a cell much dimmer than the typical one
 (``min_contrast``). The constants are calibrated per model on annotated real nuclei
 (``scripts/calibrate_kaizen_outlines.py``) and stored in its metadata.
+
+A model fine-tuned on a person's corrections also carries a learned outline rule
+(:mod:`~napari_kaizen.engines.kaizen.outline_rule`): a small per-pixel classifier of
+:func:`outline_features` (the pixel's brightness relative to its nearest cell's own
+contrast at three smoothings, the gradient, the curvature, and how far it lies inside
+or outside the decomposition's mask) fitted to the corrected outlines. Given ``rule``,
+:func:`image_outlines` takes the pixels the rule calls inside a cell instead of the
+pixels above the fixed ``edge_level``; the watershed, merges and size and contrast
+filters are the same. One fixed level is what the annotators of many sessions agree
+on; the rule is how the person who corrected this session outlines, where that level
+and the cell's shape disagree.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ def image_outlines(
     valley: float = 0.9,
     min_contrast: float = 0.0,
     border_area_fraction: float | None = BORDER_AREA_FRACTION,
+    rule=None,
 ) -> np.ndarray:
     """Redraw every cell of ``labels`` at ``edge_level`` of its own contrast in ``image``.
 
@@ -69,6 +81,10 @@ def image_outlines(
         would drop it; people outline such cells). ``None``: the same bar as the others.
         On the real annotated nuclei, 12.6 % of the nuclei touch the edge, and holding
         them to ``min_area_fraction`` lost most of those the decomposition had found.
+    rule : callable, optional
+        A learned outline rule: a callable mapping :func:`outline_features` rows to
+        probabilities (:meth:`~napari_kaizen.engines.kaizen.outline_rule.OutlineRule.probability`);
+        the pixels it gives at least 0.5 are inside a cell, in place of ``edge_level``.
 
     Returns
     -------
@@ -90,27 +106,26 @@ def image_outlines(
     grow = max(1, int(round(margin * d_typ)))
     ring = max(2, int(round(0.3 * d_typ)))
     smooth = ndi.gaussian_filter(img, max(0.5, d_typ / 25.0))
+    peak, back = _cell_contrasts(lab, smooth, grow, ring, n)
     # Per-pixel level: the lowest level of any cell whose grown region covers it.
     level = np.full(lab.shape, np.inf, np.float32)
     region_any = np.zeros(lab.shape, bool)
-    pad = grow + ring + 1
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None:
+        if sl is None or peak[i] <= back[i]:
             continue
-        sl = tuple(slice(max(0, s.start - pad), min(dim, s.stop + pad)) for s, dim in zip(sl, lab.shape))
-        own = lab[sl] == i
-        region = ndi.binary_dilation(own, iterations=grow)
-        outer = ndi.binary_dilation(region, iterations=ring) & ~region & (lab[sl] == 0)
-        values = smooth[sl]
-        peak = float(np.percentile(values[own], 90))
-        back = float(np.percentile(values[outer], 20)) if outer.any() else float(values[~own].min(initial=peak))
-        if peak <= back:
-            continue
-        cut = back + edge_level * (peak - back)
+        sl = tuple(slice(max(0, s.start - grow - 1), min(dim, s.stop + grow + 1)) for s, dim in zip(sl, lab.shape))
+        region = ndi.binary_dilation(lab[sl] == i, iterations=grow)
+        cut = back[i] + edge_level * (peak[i] - back[i])
         sub = level[sl]
         sub[region] = np.minimum(sub[region], cut)
         region_any[sl] |= region
-    foreground = region_any & (smooth > level)
+    if rule is None:
+        foreground = region_any & (smooth > level)
+    else:
+        feats, where = outline_features(lab, img, margin=margin)
+        foreground = np.zeros(lab.shape, bool)
+        if feats.shape[0]:
+            foreground[where] = np.asarray(rule(feats)) >= 0.5
     markers = np.where(foreground | (lab > 0), ndi.grey_erosion(lab, size=3), 0)
     out = watershed(-smooth, markers, mask=foreground | (markers > 0))
     out = np.where(foreground, out, 0)
@@ -200,3 +215,89 @@ def merge_without_valley(labels: np.ndarray, smooth: np.ndarray, *, valley: floa
             parent[gone] = keep
             size[keep] += size[gone]
     return np.array([root(i) for i in range(n + 1)], np.int32)
+
+
+#: Names of the columns of :func:`outline_features`, in order (stored with a learned rule).
+FEATURES = ("intensity", "smoothed", "blurred", "gradient", "signed_distance", "curvature")
+
+
+def outline_features(labels: np.ndarray, image: np.ndarray, *, margin: float = 0.25
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel features of the pixels near the cells found, for a learned outline rule.
+
+    Every pixel within ``margin`` typical diameters of a cell belongs to its nearest
+    cell. Brightness is measured relative to that cell's own contrast (0 at its local
+    background, 1 at its peak, as :func:`image_outlines` measures them), so one rule
+    fits dim and bright nuclei alike; lengths are in typical cell diameters, so it
+    fits any magnification.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+        The decomposition's cells (ids 1..N).
+    image : ndarray of float, shape (H, W)
+        The normalised input image.
+    margin : float
+        How far past its mask a cell's pixels reach, in typical cell diameters.
+
+    Returns
+    -------
+    features : ndarray of float32, shape (M, 6)
+        Columns :data:`FEATURES`: the pixel's value, its value smoothed at 1/25 and
+        at 1/8 of a diameter, the gradient magnitude and the Laplacian of Gaussian
+        (at 1/6 diameter), all relative to the cell's contrast, and the signed
+        distance to the cell mask's edge (positive inside) in diameters.
+    where : ndarray of bool, shape (H, W)
+        The M pixels, in row-major order.
+    """
+    from skimage.segmentation import expand_labels
+
+    lab = np.asarray(labels)
+    img = np.asarray(image, np.float32)
+    n = int(lab.max()) if lab.size else 0
+    areas = np.bincount(lab.ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
+    if n == 0 or not (areas > 0).any():
+        return np.zeros((0, len(FEATURES)), np.float32), np.zeros(lab.shape, bool)
+    d = 2.0 * np.sqrt(np.median(areas[areas > 0]) / np.pi)
+    grow = max(1, int(round(margin * d)))
+    ring = max(2, int(round(0.3 * d)))
+    smooth = ndi.gaussian_filter(img, max(0.5, d / 25.0))
+    peak, back = _cell_contrasts(lab, smooth, grow, ring, n)
+    nearest = expand_labels(lab, grow)
+    nearest = np.where(peak[nearest] > back[nearest], nearest, 0)
+    where = nearest > 0
+    cell = nearest[where]
+    b = back[cell]
+    scale = (peak - back)[cell]
+    gy, gx = np.gradient(smooth)
+    inside = ndi.distance_transform_edt(lab > 0)
+    outside = ndi.distance_transform_edt(lab == 0)
+    # Gradient and curvature are scaled to about unit size for a cell of contrast 1.
+    columns = (
+        (img[where] - b) / scale,
+        (smooth[where] - b) / scale,
+        (ndi.gaussian_filter(img, d / 8.0)[where] - b) / scale,
+        np.hypot(gy, gx)[where] * d / scale / 10.0,
+        (inside - outside)[where] / d,
+        ndi.gaussian_laplace(img, d / 6.0)[where] * d * d / scale / 10.0,
+    )
+    return np.stack(columns, -1).astype(np.float32), where
+
+
+def _cell_contrasts(lab: np.ndarray, smooth: np.ndarray, grow: int, ring: int, n: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's peak (90th percentile inside) and local background (20th of a ring)."""
+    peak = np.zeros(n + 1, np.float32)
+    back = np.zeros(n + 1, np.float32)
+    pad = grow + ring + 1
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(0, s.start - pad), min(dim, s.stop + pad)) for s, dim in zip(sl, lab.shape))
+        own = lab[sl] == i
+        region = ndi.binary_dilation(own, iterations=grow)
+        outer = ndi.binary_dilation(region, iterations=ring) & ~region & (lab[sl] == 0)
+        values = smooth[sl]
+        peak[i] = np.percentile(values[own], 90)
+        back[i] = np.percentile(values[outer], 20) if outer.any() else values[~own].min(initial=peak[i])
+    return peak, back

@@ -64,6 +64,11 @@ class KaizenParams:
         calibrated values (its metadata's ``outlines``, chosen on annotated training
         images), else 0.2, 0.9, 0.25 and 0 (``min_contrast``: cells dimmer than this
         fraction of the typical cell are dropped; 0 keeps all).
+    learned_outline : bool
+        Under ``outline='image'``, use the outline rule a fine-tuned model learned
+        from the person's corrections (:mod:`~napari_kaizen.engines.kaizen.outline_rule`)
+        in place of ``edge_level``, when the model has one (default True). A model
+        without one, or False, draws at the calibrated level.
     min_size : int
         Masks with fewer pixels (on the model's grid) are dropped (paper: 20).
     mirror_pad : int
@@ -134,6 +139,7 @@ class KaizenParams:
     valley: float | None = None
     min_area_fraction: float | None = None
     min_contrast: float | None = None
+    learned_outline: bool = True
     min_size: int = 20
     mirror_pad: int = 8
     diameter: float | str | None = "auto"
@@ -180,6 +186,8 @@ class KaizenParams:
             isinstance(self.mask_fraction, (int, float)) and 0.0 < float(self.mask_fraction) < 1.0
         ):
             raise InputError(f"KaizenParams.mask_fraction must be a fraction in (0, 1) or None, got {self.mask_fraction!r}")
+        if not isinstance(self.learned_outline, bool):
+            raise InputError(f"KaizenParams.learned_outline must be True or False, got {self.learned_outline!r}")
         if self.outline not in ("image", "model"):
             raise InputError(f"KaizenParams.outline must be 'image' or 'model', got {self.outline!r}")
         for name, hi in (("edge_level", 1.0), ("valley", 2.0), ("min_area_fraction", 1.0), ("min_contrast", 1.0)):

@@ -71,6 +71,7 @@ def train(
     calibrate_mask: bool = True,
     regions: Any = None,
     freeze_codebook: bool = False,
+    before_save: Any = None,
 ) -> Generator[TrainingSnapshot, None, Path]:
     """Train a Kaizen VQ-VAE and write its weights; yields progress.
 
@@ -141,6 +142,11 @@ def train(
         outlines the annotated cells (the ``'cell'`` mask rule of
         :class:`~napari_kaizen.engines.kaizen.params.KaizenParams`), and store it as
         ``mask_fraction`` in the metadata.
+    before_save : callable, optional
+        ``before_save(model)``, a generator run on the trained network before its
+        weights are written: it may yield progress and change the network (the
+        fine-tune adds its learned outline rule); it returns a dict merged into the
+        metadata's ``training`` record.
 
     Yields
     ------
@@ -349,8 +355,13 @@ def train(
                                step=steps, total_steps=steps)
         cal_imgs, cal_labs = (imgs[:n_real], labs[:n_real]) if n_real else (imgs, labs)
         mask_fraction, _ = calibrate_mask_fraction(model, cal_imgs, cal_labs, patch_size=patch_size, seed=seed)
+    extra: dict = {}
+    if before_save is not None:
+        model.eval()
+        extra = (yield from before_save(model)) or {}
     model.freeze_codebook(False)
     meta = metadata(steps, summary)
+    meta["training"].update(extra)
     path = save_weights(out_path, model.state_dict(), meta, overwrite=overwrite)
     yield TrainingSnapshot(
         stage="done", progress=1.0, message=f"wrote {path}", step=steps, total_steps=steps,
@@ -384,7 +395,10 @@ def finetune(
     frozen (the encoder and decoder adapt to the new cells around the codes the model
     has), the images are brought to the model's object diameter, and patches are cut
     as in training: centred on corrected cells (target: that cell only) and on
-    background (target: nothing).
+    background (target: nothing). Then the fine-tuned model decomposes the corrected
+    image(s) and an outline rule is fitted to the corrected outlines and saved with
+    the weights (:func:`~napari_kaizen.engines.kaizen.outline_rule.learn_from_corrections`):
+    the VQ-VAE decides which cells are found, the rule where their outlines run.
 
     Parameters
     ----------
@@ -414,17 +428,24 @@ def finetune(
     """
     import copy
 
-    from .._common.training import check_output
+    from .._common.training import check_output, check_regions, training_pairs
     from .model import KaizenModel, load_model
+    from .outline_rule import learn_from_corrections
 
     check_output(output, overwrite)
     base = model if isinstance(model, KaizenModel) else load_model(model, "cpu")
     start = KaizenModel(copy.deepcopy(base.net).cpu(), base.metadata, base.source)
+    imgs, labs = training_pairs(images, labels, require_objects=False)
+    masks = check_regions(regions, [i.shape for i in imgs]) if regions is not None else None
+
+    def outline_rule(net):
+        return (yield from learn_from_corrections(net, base.metadata, imgs, labs, masks, seed=seed))
+
     return (yield from train(
         images, labels, output=output, steps=int(steps), batch_size=int(batch_size),
         learning_rate=float(learning_rate), warmup_steps=max(1, min(20, int(steps) // 5)), device=device,
         seed=seed, report_every=report_every, validate_every=0, overwrite=overwrite, reproduce=reproduce,
-        init=start, regions=regions, freeze_codebook=True, calibrate_mask=False,
+        init=start, regions=regions, freeze_codebook=True, calibrate_mask=False, before_save=outline_rule,
         data_description={"description": description or "corrected labels", "finetuned_from": base.source},
     ))
 
