@@ -147,6 +147,18 @@ def test_kaizen_outline_rule_learns_only_inside_the_checked_region(session, kaiz
     record = engine.load_model(str(weights), "cpu").metadata["training"]["outline_rule"]
     assert record["cells"] == len(np.unique(labels[region & (labels > 0)]))
     assert record["pixels"] <= int(region.sum())
+    # A JSON whose rule width does not fit the saved rule is refused in one line.
+    import json
+    import shutil
+
+    from napari_kaizen.errors import WeightsError
+
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    meta["config"]["outline_rule"] = 16
+    shutil.copy(weights, tmp_path / "edited.safetensors")
+    (tmp_path / "edited.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="does not fit its architecture"):
+        engine.load_model(str(tmp_path / "edited.safetensors"), "cpu")
 
 
 def test_an_outline_rule_needs_an_edge_to_learn_from():
@@ -158,3 +170,39 @@ def test_an_outline_rule_needs_an_edge_to_learn_from():
         fit_outline_rule([x], [np.ones(500, bool)], steps=2)
     rule, loss = fit_outline_rule([x], [x[:, 1] > 0.5], steps=200)
     assert loss < 0.3 and ((rule.probability(x) >= 0.5) == (x[:, 1] > 0.5)).mean() > 0.95
+
+
+def test_a_checked_corner_of_a_large_field_is_decomposed_alone(kaizen, monkeypatch):
+    """Learning the outline rule decomposes only around the checked region, not the field."""
+    import importlib
+
+    from napari_kaizen.engines.kaizen.outline_rule import learn_from_corrections, region_window
+
+    segment_module = importlib.import_module("napari_kaizen.engines.kaizen.segment")
+    field = synthesize(seed=10_009, shape=(512, 512), density=0.3)
+    region = np.zeros(field.nuclei.shape, bool)
+    region[20:80, 30:100] = True
+    window = region_window(region, field.nucleus_labels)
+    assert window[0].start == 0 and window[1].start == 0 and 144 <= window[0].stop < 300
+    shapes = []
+    real = segment_module.segment
+
+    def recording(image, *args, **kwargs):
+        shapes.append(np.shape(image))
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(segment_module, "segment", recording)
+    engine, base = kaizen
+    import copy
+
+    net = copy.deepcopy(base.net)
+    img = field.nuclei.astype(np.float32) / field.nuclei.max()
+    gen = learn_from_corrections(net, base.metadata, [img], [field.nucleus_labels], [region])
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            record = stop.value
+            break
+    assert shapes == [(window[0].stop, window[1].stop)]
+    assert record["outline_rule"]["pixels"] <= int(region.sum()) and net.outline_rule is not None

@@ -172,12 +172,20 @@ def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], la
     for k, (img, lab, region) in enumerate(zip(images, labels, regions)):
         yield TrainingSnapshot(stage="calibrating", progress=1.0,
                                message=f"learning the outlines: decomposing corrected image {k + 1}/{len(images)}")
+        img, lab, region = np.asarray(img), np.asarray(lab), None if region is None else np.asarray(region, bool)
+        if region is not None and not region.any():
+            continue
+        if region is not None:
+            # Only around the checked region: a person who checked a corner of a large
+            # field should not wait for the whole field's decomposition.
+            sl = region_window(region, lab)
+            img, lab, region = img[sl], lab[sl], region[sl]
         found = run_to_end(segment(img, KaizenParams(outline="model"), model=model, device="auto")).labels
         f, where = outline_features(found, img)
         checked = where if region is None else where & np.asarray(region, bool)
         feats.append(f[checked[where]])
-        inside.append(np.asarray(lab)[checked] > 0)
-        cells += len(np.unique(np.asarray(lab)[checked & (np.asarray(lab) > 0)]))
+        inside.append(lab[checked] > 0)
+        cells += len(np.unique(lab[checked & (lab > 0)]))
     try:
         rule, loss = fit_outline_rule(feats, inside, seed=seed)
     except ValueError as exc:
@@ -186,3 +194,17 @@ def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], la
     return {"outline_rule": {"pixels": int(sum(len(t) for t in inside)), "cells": int(cells),
                              "final_loss": round(loss, 4), "steps": STEPS, "learning_rate": LEARNING_RATE,
                              "features": list(FEATURES)}}
+
+
+def region_window(region: np.ndarray, labels: np.ndarray) -> tuple[slice, slice]:
+    """The part of an image to decompose for a checked ``region``: its bounding box
+    grown by four typical cell diameters (at least 64 pixels), so every cell in it is
+    decomposed with its neighbours around it as in the whole image."""
+    from .._common.scale import equivalent_diameters
+
+    ys, xs = np.nonzero(region)
+    near = np.unique(labels[region])
+    sizes = equivalent_diameters(np.where(np.isin(labels, near[near > 0]), labels, 0))
+    pad = int(max(64, 4 * float(np.median(sizes)) if sizes.size else 64))
+    return (slice(max(0, int(ys.min()) - pad), int(ys.max()) + pad + 1),
+            slice(max(0, int(xs.min()) - pad), int(xs.max()) + pad + 1))
