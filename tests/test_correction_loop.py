@@ -1,5 +1,6 @@
 """The correction loop on CPU: fine-tuning on one corrected field helps on another, and
-a partial correction teaches only inside its checked region.
+a partial correction teaches only inside its checked region (FCN), and Kaizen learns
+the corrector's outlines (its outline rule) and carries them to other fields.
 
 ``benchmarks/correction_loop.py`` measures the loop on real and synthetic sessions
 (``docs/correction_loop.md``); these are its fast, deterministic checks.
@@ -206,3 +207,31 @@ def test_a_checked_corner_of_a_large_field_is_decomposed_alone(kaizen, monkeypat
             break
     assert shapes == [(window[0].stop, window[1].stop)]
     assert record["outline_rule"]["pixels"] <= int(region.sum()) and net.outline_rule is not None
+
+
+def test_no_edge_among_the_checked_pixels_learns_no_rule_and_keeps_the_old_one(kaizen):
+    import copy
+
+    from napari_kaizen.engines.kaizen.outline_rule import OutlineRule, learn_from_corrections
+
+    engine, base = kaizen
+    field = synthesize(seed=10_010, shape=(128, 128), density=0.3)
+    img = field.nuclei.astype(np.float32) / field.nuclei.max()
+    region = np.zeros(img.shape, bool)
+    region[:8, :8] = True  # a background corner: nothing inside a cell
+    labels = np.where(region, 0, field.nucleus_labels).astype(np.int32)
+
+    def run(net):
+        gen = learn_from_corrections(net, base.metadata, [img], [labels], [region])
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value["outline_rule"]
+
+    net = copy.deepcopy(base.net)
+    assert run(net) == "not learned: the corrected pixels hold no edge (all inside or all outside a cell)"
+    assert net.outline_rule is None
+    earlier = OutlineRule()
+    net.attach_outline_rule(earlier)
+    assert run(net).endswith("the starting model's rule is kept") and net.outline_rule is earlier

@@ -186,10 +186,13 @@ def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], la
         feats.append(f[checked[where]])
         inside.append(lab[checked] > 0)
         cells += len(np.unique(lab[checked & (lab > 0)]))
+    if not feats:
+        feats, inside = [np.zeros((0, len(FEATURES)), np.float32)], [np.zeros(0, bool)]
     try:
         rule, loss = fit_outline_rule(feats, inside, seed=seed)
     except ValueError as exc:
-        return {"outline_rule": f"not learned: {exc}"}
+        kept = "; the starting model's rule is kept" if getattr(net, "outline_rule", None) is not None else ""
+        return {"outline_rule": f"not learned: {exc}{kept}"}
     net.attach_outline_rule(rule)
     return {"outline_rule": {"pixels": int(sum(len(t) for t in inside)), "cells": int(cells),
                              "final_loss": round(loss, 4), "steps": STEPS, "learning_rate": LEARNING_RATE,
