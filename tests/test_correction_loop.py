@@ -66,6 +66,15 @@ def _finetune(engine, model, image, labels, output, regions=None, steps=40):
     return snaps[-1].weights_path
 
 
+def _returned(generator):
+    """What a generator returns, after running it to the end (its progress is dropped)."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
 def _tensors(path) -> dict:
     from safetensors.numpy import load_file
 
@@ -198,13 +207,7 @@ def test_a_checked_corner_of_a_large_field_is_decomposed_alone(kaizen, monkeypat
 
     net = copy.deepcopy(base.net)
     img = field.nuclei.astype(np.float32) / field.nuclei.max()
-    gen = learn_from_corrections(net, base.metadata, [img], [field.nucleus_labels], [region])
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            record = stop.value
-            break
+    record = _returned(learn_from_corrections(net, base.metadata, [img], [field.nucleus_labels], [region]))
     assert shapes == [(window[0].stop, window[1].stop)]
     assert record["outline_rule"]["pixels"] <= int(region.sum()) and net.outline_rule is not None
 
@@ -222,12 +225,7 @@ def test_no_edge_among_the_checked_pixels_learns_no_rule_and_keeps_the_old_one(k
     labels = np.where(region, 0, field.nucleus_labels).astype(np.int32)
 
     def run(net):
-        gen = learn_from_corrections(net, base.metadata, [img], [labels], [region])
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return stop.value["outline_rule"]
+        return _returned(learn_from_corrections(net, base.metadata, [img], [labels], [region]))["outline_rule"]
 
     net = copy.deepcopy(base.net)
     assert run(net) == "not learned: the corrected pixels hold no edge (all inside or all outside a cell)"

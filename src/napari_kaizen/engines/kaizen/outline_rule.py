@@ -36,6 +36,8 @@ LEARNING_RATE = 1e-2
 BATCH = 8192
 #: Hidden units of each of the rule's two hidden layers.
 HIDDEN = 32
+#: Pixels per forward pass when applying a rule (a large tile has millions near its cells).
+CHUNK = 1 << 18
 
 
 class OutlineRule(nn.Module):
@@ -64,9 +66,8 @@ class OutlineRule(nn.Module):
         """Probabilities (float32, shape (M,)) for features of shape (M, len(FEATURES))."""
         dev = next(self.parameters()).device
         out = np.empty(len(features), np.float32)
-        # In chunks: a large tile has millions of pixels near its cells.
-        for start in range(0, len(features), 1 << 18):
-            x = torch.from_numpy(np.ascontiguousarray(features[start:start + (1 << 18)], np.float32)).to(dev)
+        for start in range(0, len(features), CHUNK):
+            x = torch.from_numpy(np.ascontiguousarray(features[start:start + CHUNK], np.float32)).to(dev)
             out[start:start + len(x)] = torch.sigmoid(self(x)).cpu().numpy()
         return out
 
@@ -182,7 +183,7 @@ def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], la
             img, lab, region = img[sl], lab[sl], region[sl]
         found = run_to_end(segment(img, KaizenParams(outline="model"), model=model, device="auto")).labels
         f, where = outline_features(found, img)
-        checked = where if region is None else where & np.asarray(region, bool)
+        checked = where if region is None else where & region
         feats.append(f[checked[where]])
         inside.append(lab[checked] > 0)
         cells += len(np.unique(lab[checked & (lab > 0)]))
@@ -203,11 +204,11 @@ def region_window(region: np.ndarray, labels: np.ndarray) -> tuple[slice, slice]
     """The part of an image to decompose for a checked ``region``: its bounding box
     grown by four typical cell diameters (at least 64 pixels), so every cell in it is
     decomposed with its neighbours around it as in the whole image."""
-    from .._common.scale import equivalent_diameters
+    from .._common.scale import median_diameter
 
     ys, xs = np.nonzero(region)
     near = np.unique(labels[region])
-    sizes = equivalent_diameters(np.where(np.isin(labels, near[near > 0]), labels, 0))
-    pad = int(max(64, 4 * float(np.median(sizes)) if sizes.size else 64))
+    d = median_diameter(np.where(np.isin(labels, near[near > 0]), labels, 0))
+    pad = int(max(64, 4 * d)) if np.isfinite(d) else 64
     return (slice(max(0, int(ys.min()) - pad), int(ys.max()) + pad + 1),
             slice(max(0, int(xs.min()) - pad), int(xs.max()) + pad + 1))

@@ -107,22 +107,10 @@ def image_outlines(
     ring = max(2, int(round(0.3 * d_typ)))
     smooth = ndi.gaussian_filter(img, max(0.5, d_typ / 25.0))
     peak, back = _cell_contrasts(lab, smooth, grow, ring, n)
-    # Per-pixel level: the lowest level of any cell whose grown region covers it.
-    level = np.full(lab.shape, np.inf, np.float32)
-    region_any = np.zeros(lab.shape, bool)
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None or peak[i] <= back[i]:
-            continue
-        sl = tuple(slice(max(0, s.start - grow - 1), min(dim, s.stop + grow + 1)) for s, dim in zip(sl, lab.shape))
-        region = ndi.binary_dilation(lab[sl] == i, iterations=grow)
-        cut = back[i] + edge_level * (peak[i] - back[i])
-        sub = level[sl]
-        sub[region] = np.minimum(sub[region], cut)
-        region_any[sl] |= region
     if rule is None:
-        foreground = region_any & (smooth > level)
+        foreground = _above_own_level(lab, smooth, peak, back, grow, edge_level)
     else:
-        feats, where = outline_features(lab, img, margin=margin)
+        feats, where = _features(lab, img, smooth, peak, back, d_typ, grow)
         foreground = np.zeros(lab.shape, bool)
         if feats.shape[0]:
             foreground[where] = np.asarray(rule(feats)) >= 0.5
@@ -146,6 +134,24 @@ def image_outlines(
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[out], lut[root]
+
+
+def _above_own_level(lab: np.ndarray, smooth: np.ndarray, peak: np.ndarray, back: np.ndarray, grow: int,
+                     edge_level: float) -> np.ndarray:
+    """Pixels within ``grow`` of a cell that are above ``edge_level`` of its contrast
+    (where grown cells overlap, the lowest of their levels)."""
+    level = np.full(lab.shape, np.inf, np.float32)
+    region_any = np.zeros(lab.shape, bool)
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None or peak[i] <= back[i]:
+            continue
+        sl = tuple(slice(max(0, s.start - grow - 1), min(dim, s.stop + grow + 1)) for s, dim in zip(sl, lab.shape))
+        region = ndi.binary_dilation(lab[sl] == i, iterations=grow)
+        cut = back[i] + edge_level * (peak[i] - back[i])
+        sub = level[sl]
+        sub[region] = np.minimum(sub[region], cut)
+        region_any[sl] |= region
+    return region_any & (smooth > level)
 
 
 #: A merge may not make a cell larger than this many median cells: two halves of one
@@ -250,8 +256,6 @@ def outline_features(labels: np.ndarray, image: np.ndarray, *, margin: float = 0
     where : ndarray of bool, shape (H, W)
         The M pixels, in row-major order.
     """
-    from skimage.segmentation import expand_labels
-
     lab = np.asarray(labels)
     img = np.asarray(image, np.float32)
     n = int(lab.max()) if lab.size else 0
@@ -263,6 +267,14 @@ def outline_features(labels: np.ndarray, image: np.ndarray, *, margin: float = 0
     ring = max(2, int(round(0.3 * d)))
     smooth = ndi.gaussian_filter(img, max(0.5, d / 25.0))
     peak, back = _cell_contrasts(lab, smooth, grow, ring, n)
+    return _features(lab, img, smooth, peak, back, d, grow)
+
+
+def _features(lab: np.ndarray, img: np.ndarray, smooth: np.ndarray, peak: np.ndarray, back: np.ndarray,
+              d: float, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`outline_features` from what :func:`image_outlines` has already measured."""
+    from skimage.segmentation import expand_labels
+
     nearest = expand_labels(lab, grow)
     nearest = np.where(peak[nearest] > back[nearest], nearest, 0)
     where = nearest > 0
