@@ -13,10 +13,18 @@ the model's weights again with the best combination in its metadata
 
 ``--lodo DIR`` also writes, for every dataset folder D, ``DIR/kaizen_<D>`` calibrated
 on the other folders only (for ``benchmarks/real_nuclei.py``); the decompositions are
-shared, so this costs one pass over the images. Usage::
+shared, so this costs one pass over the images.
+
+``--sources`` calibrates on the real nuclei of every source of
+``scripts/nuclei_sources.py`` instead (mnfinder and the DSB2018 acquisition groups; at
+most ``--max-images`` per source, a fixed draw), the score being the mean over sources,
+and ``--lodo DIR`` then writes ``DIR/kaizen_<SOURCE>`` calibrated without each source.
+Usage::
 
     python scripts/calibrate_kaizen_outlines.py --init bundled:kaizen_nuclei \\
         --output src/napari_kaizen/weights/kaizen_nuclei --lodo runs/real_lodo --overwrite
+    python scripts/calibrate_kaizen_outlines.py --sources --init bundled:kaizen_nuclei \\
+        --output src/napari_kaizen/weights/kaizen_nuclei --lodo runs/real_loso --overwrite
 """
 
 from __future__ import annotations
@@ -77,8 +85,8 @@ def write(init: str, output: str, combo: tuple, score: float, folders: list[str]
     meta["outlines"] = {
         **dict(zip(GRID, combo)),
         "min_contrast": contrast,
-        "chosen_on": f"real annotated nuclei of scripts/real_nuclei.py, folders {', '.join(folders)} "
-                     f"(mean folder mAP {score:.4f}; grid {GRID}, then min_contrast {MIN_CONTRAST})",
+        "chosen_on": f"real annotated nuclei of {'scripts/nuclei_sources.py, sources' if any('/' in f or f.startswith('dsb') or f == 'mnfinder' for f in folders) else 'scripts/real_nuclei.py, folders'} "
+                     f"{', '.join(folders)} (mean mAP over them {score:.4f}; grid {GRID}, then min_contrast {MIN_CONTRAST})",
         "reproduce": command,
     }
     return save_weights(output, state, meta, overwrite=overwrite)
@@ -95,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep each image's decomposition here (keyed by the weights' checksum) for reruns")
     parser.add_argument("--report", default=None, help="write every grid point's folder scores here (JSON)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--sources", action="store_true",
+                        help="calibrate on every source of scripts/nuclei_sources.py (a folder = a source)")
+    parser.add_argument("--max-images", type=int, default=8, help="--sources: images per source (default 8)")
     args = parser.parse_args(argv)
 
     import torch
@@ -108,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     command = "python scripts/calibrate_kaizen_outlines.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    data = [x for x in load_real_nuclei() if x.dataset not in set(args.exclude)]
+    if args.sources:
+        from nuclei_sources import load_sources, per_source_sample
+
+        data = per_source_sample(load_sources(exclude=args.exclude), args.max_images)
+    else:
+        data = [x for x in load_real_nuclei() if x.dataset not in set(args.exclude)]
     engine = get_engine("kaizen")
     model = engine.module.load_model(args.init, "cpu")
     start = time.perf_counter()
@@ -119,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     key = str(model.metadata.get("sha256", "unknown"))[:16]
     raws = []
     for k, x in enumerate(data):
-        cached = cache / f"{key}_{x.dataset}_{x.name}.npy" if cache is not None else None
+        cached = cache / f"{key}_{x.dataset}_{x.name.replace('/', '__')}.npy" if cache is not None else None
         if cached is not None and cached.exists():
             raw = np.load(cached)
         else:

@@ -1,14 +1,18 @@
 """Train the bundled GoogLeNet FCN weights (``fcn_nuclei``, ``fcn_cells``) on the CPU.
 
-``nuclei``: the real annotated nuclei of ``scripts/real_nuclei.py`` (every dataset folder
-but ``--exclude``, each image brought to a median nucleus diameter of 24 px) mixed with
-24 synthetic 384 x 384 fields (training seeds 0..23, ``random_params(..., hard=...)``,
-nominal diameter 27 px so their labels' median is about 24 px), 60 % of the crops from
-the real images; stride 4 (outlines fine enough for AP at IoU 0.9), the real-world
-augmentation (zoom 0.5-2x, gamma, contrast, blur, shot noise, quantisation, flips,
-rotations, elastic, rolls), the post's edge over-weighting; the outline threshold is
-then the post-processing thresholds (seed threshold, outline
-threshold, smallest object) are calibrated on 12 of the real training images.
+``nuclei``: the real annotated nuclei of every source in ``scripts/data/nuclei_manifest.csv``
+(``scripts/nuclei_sources.py``: mnfinder and the DSB2018 acquisition groups) but
+``--exclude``, each image brought to a median nucleus diameter of 24 px, every source
+given the same share of the real crops (so 333 small DSB frames do not drown one lab's
+33), mixed with 24 synthetic 384 x 384 fields (training seeds 0..23,
+``random_params(..., hard=...)``, nominal diameter 27 px so their labels' median is about
+24 px), 70 % of the crops from the real images; stride 4 (outlines fine enough for AP at
+IoU 0.9), a distance-map output beside the three classes (instances by h-maxima seeds
+and a watershed: ours, not the post's), the real-world augmentation (zoom 0.5-2x,
+gamma, contrast, blur, shot noise, quantisation, flips, rotations, elastic, rolls), the
+post's edge over-weighting; the post-processing constants (seed contrast, outline
+threshold, smallest object, dim-object filter) are then calibrated on 12 of the real
+training images, taken round-robin over the sources.
 
 ``cells``: whole cells from the CellMask-like membrane channel of seven synthetic
 512 x 512 fields (the post's seven annotated images; seeds 0..6), stride 8.
@@ -17,7 +21,7 @@ Usage::
 
     python scripts/train_fcn.py nuclei            # -> src/napari_kaizen/weights/fcn_nuclei.*
     python scripts/train_fcn.py cells             # -> src/napari_kaizen/weights/fcn_cells.*
-    python scripts/train_fcn.py nuclei --exclude 2022-10-14_U2OS --output runs/real_lodo/fcn_2022-10-14_U2OS
+    python scripts/train_fcn.py nuclei --exclude dsb2018-360x360 --output runs/real_loso/fcn_dsb2018-360x360
 
 Each takes about a quarter of an hour on one CPU core.
 """
@@ -47,8 +51,9 @@ VALIDATION_SEEDS = (1000, 1001)
 
 #: The real-nuclei recipe of ``fcn_nuclei``.
 NUCLEI_REAL = dict(
-    object_diameter=24.0, synthetic=24, synthetic_shape=(384, 384), synthetic_diameter=27.0, real_share=0.6,
+    object_diameter=24.0, synthetic=24, synthetic_shape=(384, 384), synthetic_diameter=27.0, real_share=0.7,
     steps=1000, lr=1e-3, batch_size=8, crop=128, stride=4, edge_weight=5.0, edge_width=2.0, seed=0, calibrate=12,
+    distance=True,
 )
 
 
@@ -72,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("nuclei", "cells"))
     parser.add_argument("--output", default=None, help="default: the bundled weights folder")
-    parser.add_argument("--exclude", action="append", default=[], metavar="DATASET",
-                        help="nuclei: leave this real dataset folder out (repeatable)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="SOURCE",
+                        help="nuclei: leave this source out (repeatable; see scripts/nuclei_sources.py --list)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu")
@@ -98,28 +103,35 @@ def main(argv: list[str] | None = None) -> int:
     extra += "".join(f" --exclude {d}" for d in args.exclude)
     reproduce = f"python scripts/train_fcn.py {args.model} --threads {args.threads} --device {args.device}{extra}"
     if key == "nuclei":
-        from real_nuclei import load_real_nuclei, provenance_summary
+        from nuclei_sources import load_sources, provenance_summary, source_names
 
         from napari_kaizen.engines._common.scale import median_diameter
 
-        real = [x for x in load_real_nuclei() if x.dataset not in set(args.exclude)]
-        # Round-robin over the dataset folders, so the first `calibrate` images (the
+        unknown = set(args.exclude) - set(source_names())
+        if unknown:
+            parser.error(f"unknown source(s) {sorted(unknown)}; the sources are {source_names()}")
+        real = load_sources(exclude=args.exclude)
+        # Round-robin over the sources, so the first `calibrate` images (the
         # post-processing thresholds are chosen on them) span every lab, not one.
         groups: dict[str, list] = {}
         for x in real:
-            groups.setdefault(x.dataset, []).append(x)
+            groups.setdefault(x.source, []).append(x)
         real = [x for row in itertools.zip_longest(*groups.values()) for x in row if x is not None]
         s_imgs, s_labs, s_desc = synthetic_nuclei(r["synthetic"], r["synthetic_shape"], r["synthetic_diameter"])
         images = [x.image for x in real] + s_imgs
         labels = [x.labels for x in real] + s_labs
         # Sampling weights per unit area (iter_batches multiplies by each image's area at
-        # the model's scale): real_share of the crops come from the real images.
+        # the model's scale): real_share of the crops come from the real images, the
+        # same share from every source; synthetic fields have the rest.
         scale2 = [(r["object_diameter"] / median_diameter(lab)) ** 2 for lab in labels]
         area = [img.size * f for img, f in zip(images, scale2)]
         n_real = len(real)
-        real_area, synth_area = sum(area[:n_real]), sum(area[n_real:])
-        weights = [r["real_share"] / real_area if i < n_real else (1 - r["real_share"]) / synth_area
-                   for i in range(len(area))]
+        source_area: dict[str, float] = {}
+        for x, a in zip(real, area):
+            source_area[x.source] = source_area.get(x.source, 0.0) + a
+        synth_area = sum(area[n_real:])
+        weights = [r["real_share"] / len(source_area) / source_area[real[i].source] if i < n_real
+                   else (1 - r["real_share"]) / synth_area for i in range(len(area))]
         desc = {"real": provenance_summary(real, excluded=args.exclude), "synthetic": s_desc,
                 "real_share_of_crops": r["real_share"]}
         if args.recalibrate:
@@ -136,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device, channel="nuclei", augment_params=REAL_WORLD, validation=None,
             data_description=desc, reproduce=reproduce, overwrite=args.overwrite, report_every=50,
             object_diameter=r["object_diameter"], weights=weights, calibrate=r["calibrate"],
+            distance=r["distance"],
         )
     else:
         vals = [synthesize(VALIDATION, seed=s) for s in VALIDATION_SEEDS]

@@ -18,7 +18,7 @@ from napari_kaizen.engines._common import run_to_end  # noqa: E402
 from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, TrainingSnapshot  # noqa: E402
 from napari_kaizen.engines._common.weights import save_weights, weights_paths  # noqa: E402
 from napari_kaizen.engines.fcn.model import GoogLeNetFCN  # noqa: E402
-from napari_kaizen.engines.fcn.segment import instances_from_probabilities  # noqa: E402
+from napari_kaizen.engines.fcn.segment import instances_from_distance, instances_from_probabilities  # noqa: E402
 from napari_kaizen.engines.fcn.targets import BACKGROUND, EDGE, INTERIOR, fcn_targets, pixel_weights  # noqa: E402
 from napari_kaizen.errors import (  # noqa: E402
     DeviceError,
@@ -444,3 +444,38 @@ def test_bundled_cells_model_sanity():
     print(f"cells AP50 {ev.ap50:.3f} mAP {ev.map:.3f} ({ev.n_pred} predicted, {ev.n_true} true)")
     assert ev.ap50 > 0.5
     assert 0.7 * ev.n_true <= ev.n_pred <= 1.3 * ev.n_true
+
+
+# --------------------------------------------------------------------------- distance output
+
+
+def test_distance_model_yields_its_map_and_trains_with_its_own_calibration(tmp_path, labelled_pair, small_field):
+    img, lab = labelled_pair
+    run_to_end(fcn.train(img, lab, output=tmp_path / "d", steps=3, batch_size=2, crop=48, width=0.25, seed=1,
+                         device="cpu", distance=True, calibrate=1))
+    meta = json.loads((tmp_path / "d.json").read_text())
+    assert meta["config"]["distance"] is True and "logistic loss of the distance map" in meta["training"]["loss"]
+    # A distance model is calibrated on its seed contrast h, not on the interior threshold.
+    assert "h" in meta["thresholds"] and "threshold" not in meta["thresholds"]
+    model = fcn.load_model(tmp_path / "d", "cpu")
+    assert model.has_distance and model.net.head.out_channels == 4
+    last = run_to_end(fcn.segment(small_field.nuclei, model=model, device="cpu"))
+    assert sorted(last.maps) == ["distance", "edge", "probability"]
+    assert last.maps["distance"].shape == small_field.nuclei.shape
+    # A class-only model keeps its three outputs and its config as it was.
+    assert "distance" not in GoogLeNetFCN(width=0.25).config
+
+
+def test_distance_instances_split_touching_nuclei_that_the_edge_band_merges():
+    # Two touching disks with no edge band between them (as the network sees nuclei
+    # pressed together): the interior threshold gives one object, the distance map two.
+    yy, xx = np.mgrid[:40, :60]
+    a, b = np.hypot(yy - 20, xx - 20), np.hypot(yy - 20, xx - 37)
+    dist = np.maximum(np.clip(1 - a / 10, 0, 1), np.clip(1 - b / 10, 0, 1))
+    cell = ((a < 10) | (b < 10)).astype(np.float32)
+    interior = cell * 0.9
+    edge = np.zeros_like(cell)
+    merged = instances_from_probabilities(interior, edge)
+    split = instances_from_distance(interior, edge, dist, h=0.1)
+    assert merged.max() == 1 and split.max() == 2
+    assert split[20, 20] != split[20, 37]

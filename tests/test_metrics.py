@@ -89,3 +89,55 @@ def test_bad_inputs():
         metrics.match(np.zeros((3, 3), int), np.zeros((4, 4), int))
     with pytest.raises(ValueError, match="integers"):
         metrics.match(np.zeros((3, 3)) + 0.5, np.zeros((3, 3), int))
+
+
+def test_error_types_count_each_kind_once():
+    gt = np.zeros((20, 40), np.int32)
+    gt[1:9, 1:9] = 1      # matched
+    gt[1:9, 10:18] = 2    # merged with 3
+    gt[1:9, 18:26] = 3
+    gt[11:19, 1:13] = 4   # split in two
+    gt[11:19, 20:26] = 5  # missed
+    pred = np.zeros_like(gt)
+    pred[1:9, 1:9] = 10
+    pred[1:9, 10:26] = 11
+    pred[11:19, 1:7] = 12
+    pred[11:19, 7:13] = 13
+    pred[12:16, 32:38] = 14  # nothing there
+    e = metrics.error_types(gt, pred)
+    assert (e.n_true, e.n_pred, e.matched) == (5, 5, 1)
+    assert (e.merges, e.merged_true, e.splits, e.misses, e.false_positives) == (1, 2, 1, 1, 1)
+    assert e.mean_iou == pytest.approx(1.0)
+    total = e + metrics.error_types(gt, gt)
+    assert (total.n_true, total.matched, total.merges) == (10, 6, 1) and total.mean_iou == pytest.approx(1.0)
+    assert metrics.count_merges(gt, pred) == 1
+    assert "merges 1" in e.line()
+
+
+def test_error_types_on_many_objects_use_memory_of_the_objects_not_their_square():
+    # 40,000 objects: a dense (true x predicted) table would need 12.8 GB.
+    gt = np.arange(1, 40_001, dtype=np.int32).repeat(4).reshape(400, 400)
+    e = metrics.error_types(gt, gt)
+    assert e.matched == 40_000 and e.merges == e.splits == e.misses == e.false_positives == 0
+
+
+def test_cli_evaluate_errors(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from napari_kaizen.cli import main
+
+    gt = np.zeros((20, 20), np.uint16)
+    gt[2:8, 2:8] = 1
+    gt[2:8, 8:14] = 2
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:14] = 1
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    assert main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "pred.tif"), "--errors"]) == 0
+    out = capsys.readouterr().out
+    assert "merges 1 (swallowing 2)" in out and "misses 0" in out
+    assert main(["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "pred.tif"), "--errors", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["errors_total"]["merges"] == 1 and res["errors"]["pred.tif"]["matched"] == 0

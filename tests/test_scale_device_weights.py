@@ -2,6 +2,8 @@
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,37 @@ def test_weights_round_trip_and_errors(tmp_path):
 def test_bundled_name_errors():
     with pytest.raises(WeightsError, match="no bundled model"):
         load_weights("bundled:does_not_exist")
+
+
+def test_auto_diameter_of_a_dim_8bit_field_of_small_real_nuclei():
+    # A crop of a DSB2018 field (CC0, tests/data/dsb2018): ~12 px nuclei, 198 of them,
+    # mean intensity 14 of 255 (5 over the whole field). The estimate used before read
+    # 270 px on that field and the learned engines refused it.
+    import tifffile
+
+    folder = Path(__file__).parent / "data" / "dsb2018"
+    image = tifffile.imread(folder / "dim_small_nuclei_image.tif")
+    labels = tifffile.imread(folder / "dim_small_nuclei_labels.tif")
+    assert image.dtype == np.uint8 and image.mean() < 20
+    est = estimate_diameter(prepare_image(image))
+    true = median_diameter(labels)
+    assert abs(est / true - 1) < 0.25, (est, true)
+
+
+def test_an_estimated_diameter_out_of_range_is_clamped_with_a_warning_a_given_one_refused():
+    from napari_kaizen.engines._common.normalize import InputWarning
+    from napari_kaizen.engines._common.scale import MAX_RESCALE, EstimatedDiameter
+
+    with pytest.warns(InputWarning, match="estimated object diameter 238 px"):
+        rs = rescale_for_model((603, 1272), EstimatedDiameter(238.0), 24.0)
+    assert rs.factor == pytest.approx(1 / MAX_RESCALE)
+    with pytest.raises(InputError, match="out of range"):
+        rescale_for_model((603, 1272), 238.0, 24.0)
+    # A tiny estimate on a large field is held under the memory bar instead of refused.
+    with pytest.warns(InputWarning):
+        rs = rescale_for_model((8000, 8000), EstimatedDiameter(4.0), 24.0)
+    assert np.prod(rs.model_shape) <= 2.6e8
+    img = np.zeros((64, 64), np.float32)
+    img[10:20, 10:20] = img[40:50, 10:20] = img[10:20, 40:50] = img[40:50, 40:50] = 1
+    assert isinstance(resolve_diameter(img, "auto"), EstimatedDiameter)
+    assert not isinstance(resolve_diameter(img, 12), EstimatedDiameter)

@@ -2,7 +2,7 @@
 
     kaizen segment IMAGE... --engine classical --output PATH
     kaizen synth OUTPUT_DIR --n 4
-    kaizen evaluate GT PRED
+    kaizen evaluate GT PRED [--errors]
     kaizen train ENGINE ...
     kaizen engines
 
@@ -377,7 +377,7 @@ def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import read_labels
-    from .metrics import evaluate
+    from .metrics import error_types, evaluate
 
     pairs = _pair_files(Path(args.gt), Path(args.pred))
     gts, preds = [], []
@@ -388,11 +388,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         gts.append(a)
         preds.append(b)
     result = evaluate(gts, preds)
+    errors = [error_types(g, p) for g, p in zip(gts, preds)] if args.errors else []
     if args.json:
-        print(json.dumps({"ap": {f"{k:.2f}": v for k, v in result.ap.items()}, "map": result.map,
-                          "n_images": result.n_images, "n_true": result.n_true, "n_pred": result.n_pred}, indent=2))
+        out = {"ap": {f"{k:.2f}": v for k, v in result.ap.items()}, "map": result.map,
+               "n_images": result.n_images, "n_true": result.n_true, "n_pred": result.n_pred}
+        if errors:
+            out["errors"] = {p.name: e.as_dict() for (_, p), e in zip(pairs, errors)}
+            out["errors_total"] = sum(errors[1:], errors[0]).as_dict()
+        print(json.dumps(out, indent=2))
     else:
         print(result.table())
+        for (_, p), e in zip(pairs, errors):
+            print(f"{p.name}: {e.line()}")
+        if len(errors) > 1:
+            print(f"all: {sum(errors[1:], errors[0]).line()}")
     return 0
 
 
@@ -503,6 +512,9 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
     ev.add_argument("gt", metavar="GT", help="ground-truth labels file or folder")
     ev.add_argument("pred", metavar="PRED", help="predicted labels file or folder (matched by name)")
     ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.add_argument("--errors", action="store_true",
+                    help="also count, per image, matches at IoU 0.5, merges, splits, misses, false positives "
+                         "and the mean IoU of the matches")
     ev.set_defaults(func=cmd_evaluate)
 
     eng = sub.add_parser("engines", help="list engines and bundled models")

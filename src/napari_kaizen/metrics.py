@@ -1,4 +1,5 @@
-"""Accuracy of segmentations: instance AP / mAP, Dice, IoU (Jaccard), PCC, merges.
+"""Accuracy of segmentations: instance AP / mAP, error types (merges, splits, misses, false
+positives), Dice, IoU (Jaccard), PCC.
 
 Average precision follows the Kaizen paper and the 2018 Data Science Bowl: at an IoU
 threshold ``t``, predicted and true objects are matched one-to-one (a pair may match
@@ -207,23 +208,136 @@ def evaluate(
     return Evaluation(ap=ap, n_images=len(per_image), n_true=n_true, n_pred=n_pred)
 
 
+def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """Sparse overlaps: ``(pairs (k, 2) of (true id, pred id), pixel counts (k,), true areas, pred areas)``.
+
+    Memory is proportional to the overlapping pixels and pairs, not to the product of
+    the object counts, so fields of tens of thousands of objects are fine.
+    """
+    gt, pred = _check_pair(gt, pred)
+    g_ids, g_area = np.unique(gt[gt > 0], return_counts=True)
+    p_ids, p_area = np.unique(pred[pred > 0], return_counts=True)
+    fg = (gt > 0) & (pred > 0)
+    if fg.any():
+        pairs, counts = np.unique(np.column_stack([gt[fg], pred[fg]]), axis=0, return_counts=True)
+    else:
+        pairs, counts = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    return pairs, counts, dict(zip(g_ids.tolist(), g_area.tolist())), dict(zip(p_ids.tolist(), p_area.tolist()))
+
+
 def count_merges(gt: np.ndarray, pred: np.ndarray, coverage: float = 0.5) -> int:
     """Predicted objects that swallowed two or more true objects.
 
     A true object counts as swallowed by a predicted one when at least ``coverage`` of
     its area lies inside it.
     """
-    gt, pred = _check_pair(gt, pred)
-    fg = (gt > 0) & (pred > 0)
-    if not fg.any():
-        return 0
-    pairs, counts = np.unique(np.column_stack([gt[fg], pred[fg]]), axis=0, return_counts=True)
-    area = np.bincount(gt.ravel())
-    swallowed = pairs[counts >= coverage * area[pairs[:, 0]]]
-    if swallowed.size == 0:
-        return 0
-    _, per_pred = np.unique(swallowed[:, 1], return_counts=True)
-    return int((per_pred >= 2).sum())
+    return error_types(gt, pred, coverage=coverage).merges
+
+
+@dataclass(frozen=True)
+class ErrorTypes:
+    """What went wrong in one segmentation, by kind of error.
+
+    Attributes
+    ----------
+    n_true, n_pred : int
+        Objects in the ground truth and in the prediction.
+    matched : int
+        One-to-one matches at IoU > 0.5.
+    merges : int
+        Predicted objects that cover ``coverage`` or more of the area of two or more true
+        objects (touching nuclei drawn as one).
+    merged_true : int
+        True objects swallowed by those merges.
+    splits : int
+        True objects of which two or more predicted objects each lie mostly
+        (``coverage`` of their own area) inside (one nucleus drawn as several).
+    misses : int
+        Unmatched true objects that are part of no merge or split (nothing, or too
+        little, was drawn there).
+    false_positives : int
+        Unmatched predicted objects that are part of no merge or split (drawn where
+        there is no nucleus: background, debris, fragments).
+    mean_iou : float
+        Mean IoU of the matched pairs (NaN when there are none).
+    """
+
+    n_true: int
+    n_pred: int
+    matched: int
+    merges: int
+    merged_true: int
+    splits: int
+    misses: int
+    false_positives: int
+    mean_iou: float
+
+    def __add__(self, other: ErrorTypes) -> ErrorTypes:
+        """Totals over images; ``mean_iou`` weighted by the matches."""
+        m = self.matched + other.matched
+        ious = [(x.mean_iou, x.matched) for x in (self, other) if x.matched]
+        mean = float(sum(v * n for v, n in ious) / m) if m else float("nan")
+        counts = {f: getattr(self, f) + getattr(other, f) for f in
+                  ("n_true", "n_pred", "matched", "merges", "merged_true", "splits", "misses", "false_positives")}
+        return ErrorTypes(**counts, mean_iou=mean)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def line(self) -> str:
+        """One line a person reads."""
+        return (f"true {self.n_true}  predicted {self.n_pred}  matched@0.5 {self.matched}  merges {self.merges} "
+                f"(swallowing {self.merged_true})  splits {self.splits}  misses {self.misses}  "
+                f"false positives {self.false_positives}  mean matched IoU {self.mean_iou:.3f}")
+
+
+def error_types(gt: np.ndarray, pred: np.ndarray, *, coverage: float = 0.5) -> ErrorTypes:
+    """Count matches, merges, splits, misses and false positives of one segmentation.
+
+    Parameters
+    ----------
+    gt, pred : ndarray of int
+        Label images of the same shape (0 = background).
+    coverage : float
+        Share of an object's area that must lie inside another for it to count as
+        swallowed by it (merges) or as a piece of it (splits).
+
+    Returns
+    -------
+    ErrorTypes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> gt = np.zeros((6, 12), int); gt[1:5, 1:5] = 1; gt[1:5, 5:9] = 2; gt[1:3, 10:12] = 3
+    >>> pred = np.zeros_like(gt); pred[1:5, 1:9] = 4; pred[4:6, 10:12] = 5
+    >>> e = error_types(gt, pred)
+    >>> e.matched, e.merges, e.merged_true, e.misses, e.false_positives
+    (0, 1, 2, 1, 1)
+    """
+    pairs, counts, g_area, p_area = _overlaps(gt, pred)
+    g_a = np.array([g_area[g] for g in pairs[:, 0]], np.float64)
+    p_a = np.array([p_area[p] for p in pairs[:, 1]], np.float64)
+    iou = counts / np.maximum(g_a + p_a - counts, 1)
+    good = iou > 0.5  # unique both ways: a one-to-one matching without an assignment problem
+    matched_g, matched_p = set(pairs[good, 0].tolist()), set(pairs[good, 1].tolist())
+    swallowed = pairs[counts >= coverage * g_a]  # (true, pred): the true object lies mostly in pred
+    merge_preds, merged_true = set(), set()
+    if swallowed.size:
+        preds, per_pred = np.unique(swallowed[:, 1], return_counts=True)
+        merge_preds = set(preds[per_pred >= 2].tolist())
+        merged_true = {int(g) for g, p in swallowed if int(p) in merge_preds}
+    pieces = pairs[counts >= coverage * p_a]  # (true, pred): the prediction lies mostly in true
+    split_true, split_preds = set(), set()
+    if pieces.size:
+        trues, per_true = np.unique(pieces[:, 0], return_counts=True)
+        split_true = set(trues[per_true >= 2].tolist())
+        split_preds = {int(p) for g, p in pieces if int(g) in split_true}
+    misses = set(g_area) - matched_g - merged_true - split_true
+    fps = set(p_area) - matched_p - merge_preds - split_preds
+    return ErrorTypes(n_true=len(g_area), n_pred=len(p_area), matched=int(good.sum()), merges=len(merge_preds),
+                      merged_true=len(merged_true), splits=len(split_true), misses=len(misses),
+                      false_positives=len(fps), mean_iou=float(iou[good].mean()) if good.any() else float("nan"))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

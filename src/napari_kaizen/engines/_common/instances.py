@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .normalize import whole_image_value
 
@@ -82,3 +83,115 @@ def drop_dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float)
     if not dim.any():
         return lab
     return relabel_sequential(np.where(dim[lab], 0, lab).astype(np.int32))[0].astype(np.int32)
+
+
+def distance_peaks(distance: np.ndarray, h: float) -> np.ndarray:
+    """The h-maxima of a distance map (boolean), before any mask: see :func:`find_seeds`.
+
+    Apart so that a search over masks (thresholds) computes the costly h-maxima
+    transform once per ``h``.
+    """
+    from skimage.morphology import h_maxima
+
+    # h_maxima works on the map's own grey levels; clipping negatives keeps the
+    # background flat so it cannot host spurious maxima.
+    d = np.clip(np.asarray(distance, dtype=np.float32), 0.0, None)
+    if float(d.max()) <= 0:
+        return np.zeros(d.shape, bool)
+    return h_maxima(d, max(float(h), 1e-6)).astype(bool)
+
+
+def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: float = 0.0,
+               peaks: np.ndarray | None = None) -> np.ndarray:
+    """Label the h-maxima of ``distance`` inside ``mask``: one id per seed.
+
+    Parameters
+    ----------
+    distance : ndarray of float, shape (H, W)
+        Predicted distance map (about 1 at object centres, 0 on the background).
+    mask : ndarray of bool, shape (H, W)
+    h : float
+        Minimum contrast (dynamic) of a maximum to be kept; maxima lower than this above
+        the saddle to a higher neighbour merge into it.
+    smooth : float
+        Gaussian sigma (pixels) applied first, to remove pixel noise from the map.
+    peaks : ndarray of bool, optional
+        :func:`distance_peaks` of the (smoothed) map, when already computed.
+
+    Returns
+    -------
+    ndarray of int32
+        Seed labels 1..N (0 elsewhere).
+    """
+    d = np.asarray(distance, dtype=np.float32)
+    if not mask.any():
+        return np.zeros(d.shape, np.int32)
+    if peaks is None:
+        peaks = distance_peaks(ndi.gaussian_filter(d, smooth) if smooth > 0 else d, h)
+    seeds, _ = ndi.label(peaks & mask, structure=np.ones((3, 3)))
+    return seeds.astype(np.int32)
+
+
+def watershed_instances(distance: np.ndarray, mask: np.ndarray, seeds: np.ndarray, min_area: int) -> np.ndarray:
+    """Watershed of ``-distance`` from ``seeds`` within ``mask``; small objects removed.
+
+    Mask components that received no seed (an object whose distance peak was lower
+    than ``h`` everywhere, e.g. a tiny one) keep their own id rather than being lost.
+
+    Returns
+    -------
+    ndarray of int32
+        Labels 1..N.
+    """
+    from skimage.segmentation import relabel_sequential, watershed
+
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    labels = watershed(-np.asarray(distance, np.float32), seeds, mask=mask)
+    orphans, n_orphans = ndi.label(mask & (labels == 0))
+    if n_orphans:
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    counts = np.bincount(labels.ravel())
+    small = counts < max(1, int(min_area))
+    small[0] = False
+    labels = np.where(small[labels], 0, labels)
+    return relabel_sequential(labels.astype(np.int32))[0].astype(np.int32)
+
+
+def distance_map(labels: np.ndarray) -> np.ndarray:
+    """Distance to the background inside each object, normalised to 1 at each object's peak.
+
+    The background of an object is everything outside it, *including touching
+    neighbours*, so the map dips to near 0 on every contact line: that dip is what
+    lets h-maxima seeds and the watershed split touching objects.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W), values in [0, 1]
+
+    Examples
+    --------
+    >>> lab = np.zeros((7, 9), int); lab[1:6, 1:4] = 1; lab[1:6, 4:8] = 2
+    >>> d = distance_map(lab)
+    >>> float(d.max()), float(d[0, 0])
+    (1.0, 0.0)
+    """
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        # One pixel of margin so the box edge counts as outside the object.
+        y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, lab.shape[0])
+        x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, lab.shape[1])
+        own = lab[y0:y1, x0:x1] == i
+        d = ndi.distance_transform_edt(np.pad(own, 1))[1:-1, 1:-1]
+        peak = float(d.max())
+        if peak > 0:
+            sub = out[y0:y1, x0:x1]
+            sub[own] = (d[own] / peak).astype(np.float32)
+    return out

@@ -2,7 +2,8 @@
 by one transposed convolution back to full size, three classes (background, cell
 interior, cell edge), edge errors over-weighted in training; instances by thresholding
 the interior probability, connected components, and growing each back over its edge
-band.
+band. Ours, not the post's: an optional distance-map output (the bundled nucleus
+model has it) whose h-maxima seed a watershed, which splits touching nuclei.
 
 The engine contract (see :mod:`napari_kaizen.engines`): ``Params``, ``segment``,
 ``load_model``, ``finetune``, ``DEFAULT_MODEL``, ``TITLE``; ``train`` and the network
@@ -11,7 +12,7 @@ are here too. Everything that needs torch is imported on first use.
 
 from .. import lazy_exports
 from .params import FCNParams
-from .segment import instances_from_probabilities, segment
+from .segment import instances_from_distance, instances_from_probabilities, segment
 from .targets import fcn_targets, pixel_weights
 
 TITLE = "GoogLeNet FCN"
@@ -33,5 +34,5 @@ __getattr__ = lazy_exports(__name__, {
 __all__ = [
     "ARCHITECTURE", "CELLS_MODEL", "CLASSES", "DEFAULT_MODEL", "FCNModel", "FCNParams", "GoogLeNetFCN",
     "INPUT_KIND", "Params", "TITLE", "add_train_arguments", "fcn_targets", "finetune",
-    "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate", "run_train", "segment", "train",
+    "instances_from_distance", "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate", "run_train", "segment", "train",
 ]

@@ -95,9 +95,16 @@ class GoogLeNetFCN(nn.Module):
         Output classes; 3 = background, cell interior, cell edge.
     width : float
         Multiplier on the (quarter-GoogLeNet) channel widths.
-    stride : {8, 16}
+    stride : {4, 8, 16}
         Total stride of the backbone; the transposed convolution upsamples by it. 16
         adds GoogLeNet's max pool between inception 3b and 4a.
+    distance : bool
+        Also output a distance map (one more channel of the same transposed
+        convolution: each object's distance to its outline, 1 at its centre; a logit).
+        Not the post's: its interior class stops an edge band short of each outline,
+        which separates touching nuclei only where the band is visible; the distance
+        map dips on every contact line, so its h-maxima seed one object per nucleus
+        and a watershed splits a touching clump (the ISL U-Net's instance step).
 
     Notes
     -----
@@ -105,7 +112,8 @@ class GoogLeNetFCN(nn.Module):
     and the output cropped back, so ``forward(x).shape[-2:] == x.shape[-2:]``.
     """
 
-    def __init__(self, in_channels: int = 1, n_classes: int = 3, width: float = 1.0, stride: int = 8) -> None:
+    def __init__(self, in_channels: int = 1, n_classes: int = 3, width: float = 1.0, stride: int = 8,
+                 distance: bool = False) -> None:
         super().__init__()
         if stride not in (4, 8, 16):
             raise ValueError(f"stride must be 4, 8 or 16, got {stride}")
@@ -113,7 +121,12 @@ class GoogLeNetFCN(nn.Module):
             raise ValueError("n_classes >= 2, in_channels >= 1 and width > 0 are required")
         self.config = {"in_channels": int(in_channels), "n_classes": int(n_classes), "width": float(width),
                        "stride": int(stride)}
+        if distance:
+            # Only written when on, so the configs of class-only models stay as they were.
+            self.config["distance"] = True
         self.stride = int(stride)
+        self.n_classes = int(n_classes)
+        self.distance = bool(distance)
         s1, s2, s3 = _w(16, width), _w(32, width), _w(64, width)
         # GoogLeNet's stem: strided conv, max pool, 1x1, 3x3, max pool (7x7 first conv
         # made 3x3: objects here are ~20 px, not ImageNet-sized).
@@ -140,7 +153,8 @@ class GoogLeNetFCN(nn.Module):
         # The post's head: one transposed convolution from the strided map to full size.
         # Kernel 2*stride, padding stride/2: output is exactly stride * input, and every
         # output pixel mixes the 2x2 nearest feature vectors (a learned interpolation).
-        self.head = nn.ConvTranspose2d(cin, n_classes, kernel_size=2 * stride, stride=stride, padding=stride // 2)
+        self.head = nn.ConvTranspose2d(cin, n_classes + int(bool(distance)), kernel_size=2 * stride, stride=stride,
+                                       padding=stride // 2)
         self._freeze_bn = False
 
     def freeze_batchnorm(self, frozen: bool = True) -> None:
@@ -157,7 +171,10 @@ class GoogLeNetFCN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores (logits), shape ``(B, n_classes, H, W)`` for input ``(B, C, H, W)``."""
+        """Class scores (logits), shape ``(B, n_classes, H, W)`` for input ``(B, C, H, W)``.
+
+        With ``distance``, one more channel last: the distance map's logit.
+        """
         h, w = x.shape[-2:]
         s = self.stride
         ph, pw = (-h) % s, (-w) % s
@@ -172,7 +189,7 @@ class GoogLeNetFCN(nn.Module):
 def build_model(config: Mapping[str, Any] | None = None) -> GoogLeNetFCN:
     """Build a :class:`GoogLeNetFCN` from a metadata ``config`` (constructor kwargs)."""
     cfg = dict(config or {})
-    unknown = set(cfg) - {"in_channels", "n_classes", "width", "stride"}
+    unknown = set(cfg) - {"in_channels", "n_classes", "width", "stride", "distance"}
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}")
     return GoogLeNetFCN(**cfg)
@@ -212,14 +229,20 @@ class FCNModel(LoadedModel):
     def stride(self) -> int:
         return int(self.net.stride)
 
+    @property
+    def has_distance(self) -> bool:
+        """Whether the network also predicts a distance map (instances by seeded watershed)."""
+        return bool(getattr(self.net, "distance", False))
+
     def calibrated(self, name: str, override: float | None = None) -> float:
         """A post-processing value: ``override``, else the model's calibrated one, else the default.
 
         ``name`` is ``'threshold'``, ``'foreground'`` (defaults 0.5), ``'min_size'``
-        (default 0.1) or ``'min_contrast'`` (default 0, off); calibrated values are in the metadata's ``thresholds``, chosen
-        on the model's training images.
+        (default 0.1), ``'min_contrast'`` (default 0, off) or ``'h'`` (the seed contrast
+        of a distance model, default 0.1); calibrated values are in the metadata's
+        ``thresholds``, chosen on the model's training images.
         """
-        default = {"threshold": 0.5, "foreground": 0.5, "min_size": 0.1, "min_contrast": 0.0}[name]
+        default = {"threshold": 0.5, "foreground": 0.5, "min_size": 0.1, "min_contrast": 0.0, "h": 0.1}[name]
         if override is not None:
             return float(override)
         value = self.metadata.get("thresholds", {}).get(name)

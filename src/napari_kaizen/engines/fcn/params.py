@@ -30,6 +30,12 @@ class FCNParams:
         grow over these pixels (their edge band) so cells are not shrunk. ``None``
         (default): the model's calibrated value (metadata ``thresholds.foreground``,
         chosen on its training images), else 0.5.
+    h : float or None
+        Seed contrast of a model with a distance output (ours, not the post's): a
+        maximum of the predicted distance map (1 at a nucleus' centre) seeds an object
+        only if it stands this far above the saddle to a higher one. ``None``
+        (default): the model's calibrated value (metadata ``thresholds.h``), else 0.1.
+        Models without a distance output use ``threshold`` instead.
     min_size : float or None
         Objects smaller than this fraction of a typical object's area (from the
         model's ``object_diameter``) are removed. ``None`` (default): the model's
@@ -60,6 +66,7 @@ class FCNParams:
     diameter: float | str | None = "auto"
     threshold: float | None = None
     foreground: float | None = None
+    h: float | None = None
     min_size: float | None = None
     min_contrast: float | None = None
     tile: int = 1024
@@ -70,7 +77,7 @@ class FCNParams:
 
     def check(self) -> FCNParams:
         """Raise a one-line :class:`InputError` for out-of-range values; return self."""
-        for name in ("threshold", "foreground"):
+        for name in ("threshold", "foreground", "h"):
             v = getattr(self, name)
             if v is None:
                 continue

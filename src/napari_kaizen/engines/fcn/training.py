@@ -129,8 +129,12 @@ def iter_batches(
     augment_params: AugmentParams = FCN_AUGMENT,
     weights: Sequence[float] | None = None,
     regions: Sequence[np.ndarray | None] | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    distance: bool = False,
+) -> Iterator[tuple[np.ndarray, ...]]:
     """Endless ``(images (B,1,c,c), classes (B,c,c), weights (B,c,c))`` training batches.
+
+    With ``distance``, a fourth array: the distance-map targets ``(B,c,c)``
+    (:func:`~napari_kaizen.engines.unet.targets.distance_map` of the augmented labels).
 
     A sample is a random ``crop x crop`` window of a random image (chosen in proportion
     to its area, times ``weights`` when given). With ``augment_params.roll`` the window
@@ -151,8 +155,10 @@ def iter_batches(
         areas = areas * np.asarray(weights, np.float64)
     prob = areas / areas.sum()
     geo = replace(augment_params, roll=False, scale_range=(1.0, 1.0), scale_spread=0.0)
+    if distance:
+        from .._common.instances import distance_map
     while True:
-        xs, cs, ws = [], [], []
+        xs, cs, ws, ds = [], [], [], []
         for _ in range(batch_size):
             k = int(rng.choice(len(pairs), p=prob))
             img, lab = pairs[k]
@@ -180,7 +186,10 @@ def iter_batches(
             cs.append(cls)
             w_px = pixel_weights(cls, edge_weight)
             ws.append(w_px if a_reg is None else w_px * (a_reg > 0))
-        yield np.stack(xs)[:, None].astype(np.float32), np.stack(cs).astype(np.int64), np.stack(ws)
+            if distance:
+                ds.append(distance_map(a_lab))
+        batch = (np.stack(xs)[:, None].astype(np.float32), np.stack(cs).astype(np.int64), np.stack(ws))
+        yield batch + (np.stack(ds),) if distance else batch
 
 
 # --------------------------------------------------------------------------- the loop
@@ -215,21 +224,21 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         from ...metrics import evaluate
         from .._common.tiling import tiled_predict
         from .params import FCNParams
-        from .segment import instances_from_probabilities, min_area_pixels
+        from .segment import instances, min_area_pixels, predictor
 
         p = FCNParams()
         dev = next(net.parameters()).device
         gts, preds, acc = [], [], []
+        predict = predictor(net, False)
         for img, lab in val_pairs:
-            probs = tiled_predict(lambda b: torch.softmax(net(b), 1), img, tile=p.tile, overlap=p.overlap,
-                                  multiple_of=net.stride, device=dev)
-            pred = instances_from_probabilities(
-                probs[1], probs[2], threshold=0.5, foreground=0.5,
-                min_area=min_area_pixels(0.1, object_diameter),
-            )
+            probs = tiled_predict(predict, img, tile=p.tile, overlap=p.overlap, multiple_of=net.stride, device=dev)
+            maps = dict(zip(("probability", "edge", "distance"), probs))
+            pred = instances(maps, {"threshold": 0.5, "foreground": 0.5, "h": 0.1},
+                             min_area=min_area_pixels(0.1, object_diameter))
             gts.append(lab)
             preds.append(pred)
-            acc.append(float((probs.argmax(0) == fcn_targets(lab, edge_width)).mean()))
+            classes = np.stack([1.0 - probs[0] - probs[1], probs[0], probs[1]]).argmax(0)
+            acc.append(float((classes == fcn_targets(lab, edge_width)).mean()))
         ev = evaluate(gts, preds)
         return {"ap50": ev.ap50, "map": ev.map, "pixel_accuracy": float(np.mean(acc))}
 
@@ -254,8 +263,10 @@ def _fit(
     report_every: int = 10,
     weights: Sequence[float] | None = None,
     regions: Sequence[np.ndarray | None] | None = None,
+    distance_weight: float = 1.0,
 ) -> Generator[TrainingSnapshot, None, dict[str, Any]]:
     import torch
+    import torch.nn.functional as F
 
     from .._common.losses import weighted_cross_entropy
     from .._common.training import seed_everything, train_loop
@@ -263,21 +274,33 @@ def _fit(
     rng = seed_everything(seed)
     batches = iter_batches(
         pairs, rng, crop=crop, batch_size=batch_size, edge_width=edge_width, edge_weight=edge_weight,
-        augment_params=augment_params, weights=weights, regions=regions,
+        augment_params=augment_params, weights=weights, regions=regions, distance=net.distance,
     )
+    n_classes = net.n_classes
     # RMSprop with a cosine-annealed learning rate (the post: "RMSprop with an annealed
     # learning rate"); eps 1e-6 keeps early steps of rarely-updated weights bounded.
     optimizer = torch.optim.RMSprop(net.parameters(), lr=lr, alpha=0.9, eps=1e-6, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * 0.02)
 
     def loss_fn(model, batch):
-        x, cls, w = batch
-        logits = model(x)
+        x, cls, w = batch[:3]
+        out = model(x)
+        logits = out[:, :n_classes]
         loss = weighted_cross_entropy(logits, cls, w)
+        parts = {"weighted_ce": float(loss.detach())}
+        if len(batch) > 3:
+            # The distance map as a soft target of a logistic output: the same scale as
+            # the cross-entropy, so one weight of 1 balances the two. Unchecked pixels of
+            # a partial correction (weight 0) do not count.
+            seen = (w > 0).float()
+            bce = F.binary_cross_entropy_with_logits(out[:, n_classes], batch[3], reduction="none")
+            dist_loss = (bce * seen).sum() / seen.sum().clamp_min(1.0)
+            loss = loss + distance_weight * dist_loss
+            parts["distance_bce"] = float(dist_loss.detach())
         with torch.no_grad():
             edge = cls == 2
-            edge_acc = float((logits.argmax(1)[edge] == 2).float().mean()) if bool(edge.any()) else float("nan")
-        return loss, {"weighted_ce": float(loss.detach()), "edge_recall": edge_acc}
+            parts["edge_recall"] = float((logits.argmax(1)[edge] == 2).float().mean()) if bool(edge.any()) else float("nan")
+        return loss, parts
 
     return (
         yield from train_loop(
@@ -296,14 +319,32 @@ CALIBRATION_GRID = {
     "foreground": (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9),
     "min_size": (0.1, 0.25),
 }
+#: The grid of a model with a distance output: the seed contrast ``h`` instead of the
+#: interior threshold.
+DISTANCE_CALIBRATION_GRID = {
+    "h": (0.05, 0.1, 0.2, 0.3),
+    "foreground": (0.4, 0.5, 0.6, 0.7, 0.8),
+    "min_size": (0.1, 0.25),
+}
+
+
+#: Side of the central window of each image that :func:`calibrate_thresholds` scores.
+CALIBRATION_SIDE = 768
+
+
+def _central(n: int, side: int = CALIBRATION_SIDE) -> slice:
+    start = max(0, (n - side) // 2)
+    return slice(start, start + side)
 
 
 def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mapping[str, Sequence[float]] | None = None,
                          *, flip_average: bool = False) -> dict:
     """The seed ``threshold``, ``foreground``, ``min_size`` and ``min_contrast`` with the best mAP on ``pairs``.
 
-    The probabilities are predicted once per image (model grid); every combination of
-    ``grid`` (default :data:`CALIBRATION_GRID`) is then scored, and with the best of
+    The probabilities are predicted once per image (model grid, a central window of at
+    most :data:`CALIBRATION_SIDE` pixels square); every combination of ``grid``
+    (default :data:`CALIBRATION_GRID`, or :data:`DISTANCE_CALIBRATION_GRID` for a model
+    with a distance output) is then scored, and with the best of
     them every level of :data:`MIN_CONTRAST_GRID`. The images are the model's own
     training images: nothing held out is looked at.
 
@@ -316,12 +357,18 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     import torch
 
     from ...metrics import evaluate
-    from .._common.instances import drop_dim_objects
+    from .._common.instances import distance_peaks, drop_dim_objects, small_objects
     from .._common.tiling import tiled_predict
     from .params import FCNParams
-    from .segment import area_bars, instances_from_probabilities, predictor
+    from .segment import area_bars, instances, predictor
 
-    grid = dict(grid or CALIBRATION_GRID)
+    distance = bool(getattr(net, "distance", False))
+    grid = dict(grid or (DISTANCE_CALIBRATION_GRID if distance else CALIBRATION_GRID))
+    # A central window of each image bounds the time (h-maxima and watersheds of a
+    # 3-megapixel field rescaled from small nuclei take seconds each, times the grid).
+    pairs = [(img[_central(img.shape[0])], lab[_central(lab.shape[0])]) for img, lab in pairs]
+    pairs = [(img[:, _central(img.shape[1])], lab[:, _central(lab.shape[1])]) for img, lab in pairs]
+    seed_key = "h" if distance else "threshold"
     p = FCNParams()
     dev = next(net.parameters()).device
     net.eval()
@@ -336,20 +383,27 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
             probs.append(tiled_predict(predict, img, tile=p.tile, overlap=p.overlap, multiple_of=net.stride,
                                        device=dev))
     truth = [lab for _, lab in pairs]
+    maps = [dict(zip(("probability", "edge", "distance"), pr)) for pr in probs]
     scores: dict[tuple[float, float, float], float] = {}
-    for thr, fg, ms in itertools.product(grid["threshold"], grid["foreground"], grid["min_size"]):
-        bars = area_bars(ms, object_diameter)
-        preds = [instances_from_probabilities(pr[0], pr[1], threshold=thr, foreground=fg, **bars) for pr in probs]
-        scores[(float(thr), float(fg), float(ms))] = round(evaluate(truth, preds).map, 4)
+    for thr in grid[seed_key]:
+        # The h-maxima transform is the costly step, and depends on h alone.
+        peaks = [distance_peaks(m["distance"], thr) if distance else None for m in maps]
+        for fg in grid["foreground"]:
+            # The smallest-object bar only removes objects: one watershed serves every bar.
+            full = [instances(m, {seed_key: thr, "foreground": fg}, peaks=pk) for m, pk in zip(maps, peaks)]
+            for ms in grid["min_size"]:
+                bars = area_bars(ms, object_diameter)
+                preds = [np.where(small_objects(f, bars["min_area"], bars["border_min_area"])[f], 0, f) for f in full]
+                scores[(float(thr), float(fg), float(ms))] = round(evaluate(truth, preds).map, 4)
     thr, fg, ms = max(scores, key=scores.get)
     by_fg = {f: max(v for k, v in scores.items() if k[1] == f) for f in sorted({k[1] for k in scores})}
     # Then, with those, the dim-object filter (a fourth axis would quadruple the grid).
     bars = area_bars(ms, object_diameter)
-    base = [instances_from_probabilities(pr[0], pr[1], threshold=thr, foreground=fg, **bars) for pr in probs]
+    base = [instances(m, {seed_key: thr, "foreground": fg}, **bars) for m in maps]
     by_contrast = {float(c): round(evaluate(truth, [drop_dim_objects(b, img, c) for b, (img, _) in zip(base, pairs)]).map, 4)
                    for c in MIN_CONTRAST_GRID}
     contrast = max(by_contrast, key=by_contrast.get)
-    return {"threshold": thr, "foreground": fg, "min_size": ms, "min_contrast": contrast,
+    return {seed_key: thr, "foreground": fg, "min_size": ms, "min_contrast": contrast,
             "chosen_on": f"{len(pairs)} training images (mAP, grid {grid}, then min_contrast {MIN_CONTRAST_GRID})"
                          + (", probabilities averaged over the four mirror images" if flip_average else ""),
             "map": by_fg, "map_by_min_contrast": by_contrast}
@@ -413,6 +467,8 @@ def train(
     object_diameter: float | None = None,
     weights: Sequence[float] | None = None,
     calibrate: int = 0,
+    distance: bool = False,
+    distance_weight: float = 1.0,
 ) -> Generator[TrainingSnapshot, None, None]:
     """Train a GoogLeNet FCN from scratch on annotated images.
 
@@ -466,6 +522,13 @@ def train(
         keeps the defaults. The edge weighting shifts where the summed cell probability
         crosses one half, so a model's own thresholds draw outlines closer to its
         annotators'.
+    distance : bool
+        Add a distance-map output (ours, not the post's), trained with a logistic loss
+        against each object's distance to its outline (1 at its centre); instances are
+        then seeded at its h-maxima and split by a watershed, which separates touching
+        nuclei that the edge band alone merges.
+    distance_weight : float
+        Weight of the distance loss beside the cross-entropy.
 
     Yields
     ------
@@ -493,7 +556,7 @@ def train(
     val_pairs = prepare_pairs(*validation) if validation is not None else []
     dev = choose_device(device)
     try:
-        net = GoogLeNetFCN(in_channels=1, n_classes=len(CLASSES), width=width, stride=stride)
+        net = GoogLeNetFCN(in_channels=1, n_classes=len(CLASSES), width=width, stride=stride, distance=distance)
     except ValueError as exc:
         raise InputError(f"cannot build the network: {exc}") from None
     crop = _fit_crop(pairs, crop, net.stride)
@@ -504,7 +567,7 @@ def train(
         net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
         edge_weight=edge_weight, seed=seed, dev=dev, augment_params=augment_params,
         validate=_validation_fn(val_pairs, diameter, edge_width), validate_every=validate_every,
-        report_every=report_every, weights=weights,
+        report_every=report_every, weights=weights, distance_weight=distance_weight,
     )
     thresholds = {}
     if calibrate:
@@ -531,7 +594,8 @@ def train(
             "optimizer": "RMSprop(alpha=0.9, eps=1e-6, weight_decay=1e-5)",
             "lr": float(lr),
             "schedule": "cosine annealing to 0.02 * lr",
-            "loss": "cross-entropy, edge pixels weighted by edge_weight",
+            "loss": "cross-entropy, edge pixels weighted by edge_weight"
+                    + (f"; + {distance_weight:g} x logistic loss of the distance map" if distance else ""),
             "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(augment_params).items()},
             "seed": int(seed),
             "device": str(dev),

@@ -18,46 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._common.instances import distance_map  # noqa: F401 - shared with the FCN's distance output
 from .._common.training import check_labels  # noqa: F401 - part of this module's API
-
-
-def distance_map(labels: np.ndarray) -> np.ndarray:
-    """Distance to the background inside each object, normalised to 1 at each object's peak.
-
-    The background of an object is everything outside it, *including touching
-    neighbours*, so the map dips to near 0 on every contact line: that dip is what
-    lets h-maxima seeds and the watershed split touching objects.
-
-    Parameters
-    ----------
-    labels : ndarray of int, shape (H, W)
-
-    Returns
-    -------
-    ndarray of float32, shape (H, W), values in [0, 1]
-
-    Examples
-    --------
-    >>> lab = np.zeros((7, 9), int); lab[1:6, 1:4] = 1; lab[1:6, 4:8] = 2
-    >>> d = distance_map(lab)
-    >>> float(d.max()), float(d[0, 0])
-    (1.0, 0.0)
-    """
-    lab = np.asarray(labels)
-    out = np.zeros(lab.shape, np.float32)
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        # One pixel of margin so the box edge counts as outside the object.
-        y0, y1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, lab.shape[0])
-        x0, x1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, lab.shape[1])
-        own = lab[y0:y1, x0:x1] == i
-        d = ndi.distance_transform_edt(np.pad(own, 1))[1:-1, 1:-1]
-        peak = float(d.max())
-        if peak > 0:
-            sub = out[y0:y1, x0:x1]
-            sub[own] = (d[own] / peak).astype(np.float32)
-    return out
 
 
 def segmentation_targets(labels: np.ndarray) -> np.ndarray:
