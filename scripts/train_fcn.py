@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             chosen = recalibrate(output, images, labels, object_diameter=r["object_diameter"], calibrate=r["calibrate"],
                                  device=args.device)
             print(f"recalibrated {output}: " + ", ".join(f"{k} {chosen[k]}" for k in
-                                                         ("threshold", "foreground", "min_size", "min_contrast")))
+                                                         ("threshold", "h", "foreground", "min_size", "min_contrast")
+                                                         if k in chosen))
             return 0
         gen = train(
             images, labels, output=output, edge_weight=r["edge_weight"], edge_width=r["edge_width"], steps=r["steps"],

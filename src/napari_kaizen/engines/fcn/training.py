@@ -323,7 +323,7 @@ CALIBRATION_GRID = {
 #: interior threshold.
 DISTANCE_CALIBRATION_GRID = {
     "h": (0.05, 0.1, 0.2, 0.3),
-    "foreground": (0.4, 0.5, 0.6, 0.7, 0.8),
+    "foreground": (0.5, 0.6, 0.7, 0.8, 0.85, 0.9),
     "min_size": (0.1, 0.25),
 }
 
