@@ -23,7 +23,9 @@ import ctypes
 import dataclasses
 import gc
 import math
-from collections.abc import Generator, Iterable
+import os
+import time
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +37,24 @@ from .engines._common.stitch import Tile, choose_halo, merge_tile, owned_objects
 from .errors import InputError, KaizenError
 
 #: Default core side of a tile (pixels): big enough that per-tile work (a network's own
-#: tiling, Otsu's histogram) is efficient, small enough that any engine's peak memory
+#: window, Otsu's histogram) is efficient, small enough that any engine's peak memory
 #: for one window stays well under a gigabyte or two.
 DEFAULT_TILE = 2048
+
+#: Smallest stitching tile (pixels): below it the halo would be most of every window.
+MIN_TILE = 64
+
+#: Fields with more pixels than this are segmented tile by tile, by every front end (an
+#: 8000^2 field took 8.4 GB untiled with the classical engine).
+TILED_ABOVE_PIXELS = 4096 * 4096
+
+#: A lazy (dask, zarr) image with more pixels than this is segmented tile by tile too:
+#: loading it whole into memory is what tiling avoids.
+TILED_LAZY_ABOVE_PIXELS = 2048 * 2048
+
+#: Tile tasks in flight per dask worker thread: enough to keep workers busy, few enough
+#: that windows waiting to be stitched stay a bounded amount of memory.
+INFLIGHT_PER_THREAD = 2
 
 #: Pixels in the strided sample used for the whole image's percentiles.
 SAMPLE_PIXELS = 2_000_000
@@ -115,6 +132,31 @@ class TilePlan:
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+def check_tile(tile: Any, *, what: str = "tile size") -> int:
+    """The stitching tile side as an int, or one line saying why it is refused.
+
+    Examples
+    --------
+    >>> check_tile(256)
+    256
+    """
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
+        raise InputError(f"{what} {tile!r} is too small: give at least {MIN_TILE} pixels (e.g. {DEFAULT_TILE})")
+    return int(tile)
+
+
+def should_tile(shape: tuple[int, ...], *, lazy: bool = False) -> bool:
+    """Whether an image of ``shape`` is segmented tile by tile (lazy: a dask / zarr array).
+
+    Examples
+    --------
+    >>> should_tile((512, 512)), should_tile((5000, 5000)), should_tile((3000, 3000), lazy=True)
+    (False, True, True)
+    """
+    pixels = math.prod(int(s) for s in shape[-2:]) if len(shape) >= 2 else 0
+    return pixels > TILED_ABOVE_PIXELS or (lazy and pixels > TILED_LAZY_ABOVE_PIXELS)
 
 
 def as_2d_source(image: Any, *, name: str = "image") -> Any:
@@ -265,11 +307,16 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     from .engines._common.normalize import prepare_image
     from .engines._common.scale import resolve_diameter
 
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 64:
-        raise InputError(f"tile size {tile!r} is too small: give at least 64 pixels (e.g. {DEFAULT_TILE})")
+    from .engines._common.scale import parse_diameter
+
+    check_tile(tile)
     engine = resolve_engine(engine)
     src = as_2d_source(image)
     p = params if params is not None else engine.params_class()
+    if isinstance(getattr(p, "diameter", None), str):
+        # Read once here too, for callers of this public function that pass text: a
+        # diameter of '60' must size the halo as 60 does, not fall back to the default.
+        p = dataclasses.replace(p, diameter=parse_diameter(p.diameter))
     h, w = (int(s) for s in src.shape)
     dtype = np.dtype(src.dtype)
     offset = None
@@ -302,7 +349,7 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         else:
             diameter = None  # learned engines fall back to the model's own scale, as untiled
     if isinstance(diameter, str):
-        diameter = None
+        diameter = None  # 'auto' left to the engine (a membrane model runs at its own scale)
     if getattr(engine, "name", None) in CALIBRATE_ON_CROPS:
         stats = _decide_on_crops(engine, src, p, stats, offset, model, device)
     object_diameter = getattr(model, "object_diameter", None)
@@ -443,7 +490,7 @@ def segment_tiled(
         e.g. from :func:`napari_kaizen.io.zarr.create_label_levels`), which are kept up
         to date tile by tile. Default: an in-memory (compressed) zarr pyramid.
     client : dask.distributed.Client, optional
-        Run the tiles as dask tasks (:mod:`napari_kaizen.distributed`); the labels are
+        Run the tiles as dask tasks (:func:`iter_tile_labels`); the labels are
         identical to a run without it.
     plan : TilePlan, optional
         A plan from :func:`plan_tiles` (otherwise made here).
@@ -473,8 +520,6 @@ def segment_tiled(
     yield TiledSnapshot(stage="tiles", progress=0.0, n_tiles=n_tiles,
                         message=f"{n_tiles} tiles of {tile} px (+{plan.halo} px halo)")
     if client is not None:
-        from .distributed import iter_tile_labels
-
         results: Iterable[tuple[Tile, np.ndarray]] = iter_tile_labels(client, engine, src, plan, model=model,
                                                                        device=device)
     else:
@@ -502,3 +547,68 @@ def segment_tiled(
         flush()
     yield TiledSnapshot(stage="labels", progress=1.0, labels=levels[0], done=True, n_tiles=n_tiles,
                         n_objects=next_id - 1, message=f"{next_id - 1} objects")
+
+
+# --------------------------------------------------------------------------- tiles as dask tasks
+
+_MODELS: dict[tuple[str, str, str], Any] = {}
+
+
+def cached_model(engine: Any, spec: Any, device: Any) -> Any:
+    """A loaded model that this process keeps: a worker loads each model once for all its tasks."""
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        return spec
+    key = (engine.name, str(spec), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_engine_model(engine, spec, device)
+    return _MODELS[key]
+
+
+def tile_task(engine_name: str, window: np.ndarray, plan: TilePlan, tile: Tile, model: Any, device: str) -> np.ndarray:
+    """A dask task: one tile's owned labels (see :func:`segment_window`)."""
+    engine = resolve_engine(engine_name)
+    return compact(segment_window(engine, window, plan, tile, model=cached_model(engine, model, device),
+                                  device=device))
+
+
+def _threads(client: Any) -> int:
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 (a cluster without workers yet still takes tasks)
+        return 1
+
+
+def iter_tile_labels(client: Any, engine: Any, src: Any, plan: TilePlan, *, model: Any = None, device: str = "auto"
+                     ) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Run a plan's tiles as dask tasks on ``client``; yield ``(tile, owned labels)`` in raster order.
+
+    Windows are read here and sent with their task, at most
+    :data:`INFLIGHT_PER_THREAD` per worker thread at a time; finished tiles wait
+    (small, compact dtype) until every tile before them is done.
+    """
+    from distributed import wait  # dask's own package (an absolute import)
+
+    plan_future = client.scatter(plan, broadcast=True)
+    limit = INFLIGHT_PER_THREAD * _threads(client)
+    tiles = list(plan.tiles)
+    futures: dict[Any, Any] = {}
+    ready: dict[int, np.ndarray] = {}
+    nxt, submitted = 0, 0
+    try:
+        while nxt < len(tiles):
+            while submitted < len(tiles) and len(futures) < limit:
+                t = tiles[submitted]
+                f = client.submit(tile_task, engine.name, read_region(src, t.window), plan_future, t, model, device,
+                                  pure=False, key=f"kaizen-tile-{t.index}-{os.getpid()}-{time.monotonic_ns()}")
+                futures[f] = t
+                submitted += 1
+            done = wait(list(futures), return_when="FIRST_COMPLETED").done
+            for f in done:
+                t = futures.pop(f)
+                ready[t.index] = f.result()
+            while nxt in ready:
+                yield tiles[nxt], ready.pop(nxt)
+                nxt += 1
+    finally:
+        if futures:
+            client.cancel(list(futures), force=True)

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..errors import KaizenError
 from ..io import write_labels, write_measurements_csv, write_roi_zip
-from ._engine_widget import LayerChoice
+from ._controls import LayerChoice
 
 
 def features_columns(layer) -> dict[str, dict[int, float]]:

@@ -6,6 +6,19 @@ from dataclasses import dataclass
 
 from ...errors import InputError
 
+# The engine's constants live here, beside its Params, at the bottom of the package:
+# the network (model.py), segment.py and the package's __init__ all read them, and
+# none of those may import another just for a name.
+
+#: The bundled nucleus model, used when no model is given.
+DEFAULT_MODEL = "bundled:fcn_nuclei"
+#: Bundled model for whole cells from a membrane (CellMask-like) channel.
+CELLS_MODEL = "bundled:fcn_cells"
+#: ``architecture`` of this engine's weights files.
+ARCHITECTURE = "googlenet-fcn"
+#: What the default model expects.
+INPUT_KIND = "nuclei"
+
 
 @dataclass(frozen=True)
 class FCNParams:

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The engine's constants live here, beside its Params, at the bottom of the package:
+# the network (model.py), segment.py and the package's __init__ all read them, and
+# none of those may import another just for a name.
+
+#: The bundled fine-tuned nucleus model (label-free -> nuclei instances).
+DEFAULT_MODEL = "bundled:unet_nuclei"
+#: The bundled ISL-pretrained models (label-free -> DAPI-like / CellMask-like).
+PRETRAINED_NUCLEI = "bundled:unet_isl_nuclei"
+PRETRAINED_MEMBRANE = "bundled:unet_isl_membrane"
+#: ``architecture`` value of every U-Net weights file of this engine.
+ARCHITECTURE = "unet_isl"
+#: What the engine's models expect: the label-free channel.
+INPUT_KIND = "label-free"
+
 
 @dataclass(frozen=True)
 class UNetParams:

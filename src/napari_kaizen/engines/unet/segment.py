@@ -11,17 +11,12 @@ from ...errors import DeviceError, InputError
 from .._common.normalize import prepare_image
 from .._common.scale import median_diameter, rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
-from .params import UNetParams
+from .params import DEFAULT_MODEL, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, UNetParams
 
 if TYPE_CHECKING:  # the model module imports torch; segment() loads it on first call
     from .model import UNetModel
 
-#: The bundled fine-tuned nucleus model (label-free -> nuclei instances).
-DEFAULT_MODEL = "bundled:unet_nuclei"
-
-#: The bundled ISL-pretrained models (label-free -> DAPI-like / CellMask-like).
-PRETRAINED_NUCLEI = "bundled:unet_isl_nuclei"
-PRETRAINED_MEMBRANE = "bundled:unet_isl_membrane"
+__all__ = ["DEFAULT_MODEL", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI", "segment"]
 
 
 def _predict_fn(net, segmentation: bool):
