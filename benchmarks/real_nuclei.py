@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from real_nuclei import load_real_nuclei
 
     from napari_kaizen.engines import get_engine
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
 
     torch.set_num_threads(args.threads)
     lodo = Path(args.lodo) if args.lodo else None

@@ -20,7 +20,7 @@ pytest.importorskip("safetensors")
 from napari_kaizen import metrics  # noqa: E402
 from napari_kaizen.data import random_params, synthesize  # noqa: E402
 from napari_kaizen.engines import get_engine  # noqa: E402
-from napari_kaizen.engines._common import run_to_end  # noqa: E402
+from napari_kaizen import run_to_end  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

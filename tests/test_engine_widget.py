@@ -200,7 +200,7 @@ def test_a_lazy_layer_is_segmented_tile_by_tile_into_a_lazy_labels_layer(make_na
     from napari_kaizen import metrics
     from napari_kaizen.data import synthesize
     from napari_kaizen.engines import get_engine
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
     from napari_kaizen.widgets._engine_widget import ClassicalWidget
 
     field = synthesize(seed=10_613, shape=(384, 384), density=0.3)

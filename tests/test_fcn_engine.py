@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines import classical, fcn, get_engine  # noqa: E402
-from napari_kaizen.engines._common import run_to_end  # noqa: E402
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, TrainingSnapshot  # noqa: E402
 from napari_kaizen.engines._common.weights import save_weights, weights_paths  # noqa: E402
 from napari_kaizen.engines.fcn.model import GoogLeNetFCN  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .engines import ENGINE_MODULES
 from .errors import KaizenError
 

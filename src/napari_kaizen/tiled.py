@@ -504,7 +504,7 @@ def segment_tiled(
     Examples
     --------
     >>> from napari_kaizen.data import synthesize, SynthParams
-    >>> from napari_kaizen.engines._common import run_to_end
+    >>> from napari_kaizen import run_to_end
     >>> field = synthesize(SynthParams(shape=(512, 512)), seed=1)
     >>> last = run_to_end(segment_tiled("classical", field.nuclei, tile=256))
     >>> last.labels.shape, int(last.n_tiles)
