@@ -228,7 +228,7 @@ def test_segment_rescales_to_the_model_and_back(nuclei_model, small_field):
 def test_tiled_matches_untiled(nuclei_model, dense_field):
     whole = run_to_end(fcn.segment(dense_field.nuclei, model=nuclei_model, device="cpu"))
     tiled = run_to_end(
-        fcn.segment(dense_field.nuclei, fcn.Params(tile=96, overlap=32, batch_size=4), model=nuclei_model,
+        fcn.segment(dense_field.nuclei, fcn.Params(window=96, overlap=32, batch_size=4), model=nuclei_model,
                     device="cpu")
     )
     diff = np.abs(whole.maps["probability"] - tiled.maps["probability"])
@@ -256,7 +256,7 @@ def test_bad_images_give_one_line_errors(tiny_model, image, words):
 
 @pytest.mark.parametrize(
     "params",
-    [dict(threshold=1.5), dict(threshold=0.0), dict(foreground=-1.0), dict(min_size=-1), dict(tile=8),
+    [dict(threshold=1.5), dict(threshold=0.0), dict(foreground=-1.0), dict(min_size=-1), dict(window=8),
      dict(overlap=-3), dict(batch_size=0), dict(edge_weight=0)],
 )
 def test_bad_params_give_one_line_errors(tiny_model, small_field, params):

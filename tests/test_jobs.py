@@ -97,3 +97,31 @@ def test_skip_existing_is_the_same_rule_plain_and_tiled(tmp_path, image_file, ca
         assert "already exists; not overwriting it" in capsys.readouterr().err
         assert main(["segment", str(image_file), "-o", str(out), "-q", "--skip-existing", *extra]) == 0
         assert "skipping 1 image(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("engine", ["unet", "fcn"])
+def test_the_networks_window_is_window_and_tile_says_so(tmp_path, image_file, capsys, engine):
+    """``tile`` means only the stitching tile; the networks' own window is ``window``."""
+    (job,) = build_jobs([image_file], tmp_path / "out.tif", engine=engine, params=["window=256"]).jobs
+    assert job.params.window == 256 and not job.tiled
+    out = tmp_path / "never.tif"
+    assert main(["segment", str(image_file), "-o", str(out), "-q", "--engine", engine, "--param", "tile=256"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "window" in err and "--tile is the stitching tile" in err and err.count("\n") == 0, err
+    assert not out.exists()
+    import napari_kaizen
+
+    with pytest.raises(KaizenError, match="tile= is now window="):
+        napari_kaizen.segment(np.zeros((64, 64)), engine=engine, tile=256)
+
+
+def test_the_stitching_tile_is_checked_in_one_place(tmp_path, image_file, capsys):
+    from napari_kaizen.engines._common.stitch import DEFAULT_TILE, check_tile
+
+    assert check_tile(None) == DEFAULT_TILE
+    (job,) = build_jobs([image_file], tmp_path / "a.tif", engine="classical", tile=None, scale_out=True).jobs
+    assert job.tile == DEFAULT_TILE
+    assert main(["segment", str(image_file), "-o", str(tmp_path / "b.tif"), "-q", "--tile", "32"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --tile 32 is too small: give at least 64 pixels (e.g. 2048)"
+    with pytest.raises(KaizenError, match="tile size 32 is too small"):
+        plan_tiles("classical", np.zeros((256, 256)), tile=32)

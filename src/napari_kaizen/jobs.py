@@ -33,6 +33,10 @@ import numpy as np
 from .errors import InputError, KaizenError
 from .tiled import DEFAULT_TILE, TILED_ABOVE_PIXELS, check_tile
 
+#: Said when someone sets the networks' old ``tile`` parameter (now ``window``).
+RENAMED_TILE = ("--param tile= is now --param window= (the network's own window); "
+                "--tile is the stitching tile of huge images")
+
 #: File suffixes labels are written as (lossless); a tiled field also takes ``.zarr``.
 LABEL_OUTPUT_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 
@@ -145,8 +149,7 @@ def parse_param_overrides(params_class: type, items: Sequence[str]) -> dict[str,
             raise KaizenError(f"--param '{item}' is not NAME=VALUE")
         name, text = (s.strip() for s in item.split("=", 1))
         if name == "tile" and "window" in fields:
-            raise KaizenError("--param tile= is now --param window= (the network's own window); "
-                              "--tile is the stitching tile of huge images")
+            raise InputError(RENAMED_TILE)
         if name not in fields:
             raise KaizenError(f"--param: '{name}' is not a parameter of this engine; parameters: {', '.join(fields)}")
         if name == "diameter":
@@ -189,6 +192,8 @@ def make_params(engine: Any, overrides: dict[str, Any]) -> Any:
 
     if "diameter" in overrides:
         overrides = {**overrides, "diameter": parse_diameter(overrides["diameter"])}
+    if "tile" in overrides and "window" in {f.name for f in dataclasses.fields(engine.params_class)}:
+        raise InputError(RENAMED_TILE.replace("--param ", ""))
     try:
         return engine.params_class(**overrides)
     except (TypeError, ValueError) as exc:
@@ -436,7 +441,7 @@ def build_jobs(
     from .io.zarr import is_zarr_path
 
     if tile is not None:
-        check_tile(tile, what="--tile")
+        check_tile(tile, what="--tile")  # the one tile check (None: the default tile)
     check_halo(halo)
     eng = get_engine(engine)
     overrides = dict(params) if isinstance(params, dict) else parse_param_overrides(eng.params_class, params or [])
@@ -470,7 +475,7 @@ def build_jobs(
         model_entry_for(eng, model or eng.default_model)
     jobs = [SegmentJob(src=inputs[i], dest=outputs[i], engine=eng.name, params=built, model=model, device=device,
                        channel=channel, plane=planes, all_planes=all_planes, measurements=measurements, rois=rois,
-                       tiled=tiled[i], tile=tile or DEFAULT_TILE, halo=halo, overwrite=overwrite) for i in keep]
+                       tiled=tiled[i], tile=check_tile(tile), halo=halo, overwrite=overwrite) for i in keep]
     return JobBatch(jobs=jobs, skipped=skipped)
 
 

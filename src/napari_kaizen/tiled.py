@@ -33,16 +33,8 @@ import numpy as np
 
 from .engines._common.normalize import MIN_SIDE, WholeImageStats, as_float, noise_sd, pooled_values, whole_image_stats
 from .engines._common.snapshots import SegmentationSnapshot, run_to_end
-from .engines._common.stitch import Tile, choose_halo, merge_tile, owned_objects, tile_grid
+from .engines._common.stitch import DEFAULT_TILE, Tile, check_tile, choose_halo, merge_tile, owned_objects, tile_grid
 from .errors import InputError, KaizenError
-
-#: Default core side of a tile (pixels): big enough that per-tile work (a network's own
-#: window, Otsu's histogram) is efficient, small enough that any engine's peak memory
-#: for one window stays well under a gigabyte or two.
-DEFAULT_TILE = 2048
-
-#: Smallest stitching tile (pixels): below it the halo would be most of every window.
-MIN_TILE = 64
 
 #: Fields with more pixels than this are segmented tile by tile, by every front end (an
 #: 8000^2 field took 8.4 GB untiled with the classical engine).
@@ -132,19 +124,6 @@ class TilePlan:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def check_tile(tile: Any, *, what: str = "tile size") -> int:
-    """The stitching tile side as an int, or one line saying why it is refused.
-
-    Examples
-    --------
-    >>> check_tile(256)
-    256
-    """
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
-        raise InputError(f"{what} {tile!r} is too small: give at least {MIN_TILE} pixels (e.g. {DEFAULT_TILE})")
-    return int(tile)
 
 
 def should_tile(shape: tuple[int, ...], *, lazy: bool = False) -> bool:
@@ -276,7 +255,7 @@ def whole_image_intensity(image: Any, offset: float | None = None) -> WholeImage
     return WholeImageStats(sample=sample, noise=float(np.median(noises)))
 
 
-def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None, tile: int = DEFAULT_TILE,
+def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None, tile: int | None = DEFAULT_TILE,
                halo: int | None = None, device: Any = "auto") -> TilePlan:
     """Decide once, for the whole image, what every tile must agree on.
 
@@ -292,8 +271,8 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     model : loaded model, optional
         For the model's object diameter (halo) and its stain (a membrane model's
         ``'auto'`` is left to the engine, which then runs at the model's scale).
-    tile : int
-        Core side in pixels.
+    tile : int, optional
+        Core side in pixels (None: :data:`DEFAULT_TILE`).
     halo : int, optional
         Pixels of context on each side; default from the diameter.
     device : str
@@ -309,7 +288,7 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
 
     from .engines._common.scale import parse_diameter
 
-    check_tile(tile)
+    tile = check_tile(tile)
     engine = resolve_engine(engine)
     src = as_2d_source(image)
     p = params if params is not None else engine.params_class()
@@ -460,7 +439,7 @@ def segment_tiled(
     *,
     model: Any = None,
     device: Any = "auto",
-    tile: int = DEFAULT_TILE,
+    tile: int | None = DEFAULT_TILE,
     halo: int | None = None,
     out: Any = None,
     client: Any = None,
@@ -479,8 +458,8 @@ def segment_tiled(
     model : loaded model, weights path or ``'bundled:NAME'``, optional
         Loaded once here (default: the engine's default model).
     device : str
-    tile : int
-        Core side of a tile (pixels).
+    tile : int, optional
+        Core side of a tile (pixels; None: :data:`DEFAULT_TILE`).
     halo : int, optional
         Context on each side (default: :data:`~.engines._common.stitch.HALO_DIAMETERS`
         object diameters).
@@ -511,6 +490,7 @@ def segment_tiled(
     ((512, 512), 4)
     """
     engine = resolve_engine(engine)
+    tile = check_tile(tile)
     src = as_2d_source(image)
     loaded = load_engine_model(engine, model, device)
     if plan is None:

@@ -205,7 +205,7 @@ def segment(
 
     probs = yield from relay(
         iter_tiled_predict(
-            predict, x, tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, multiple_of=fcn.stride, device=dev
+            predict, x, tile=p.window, overlap=p.overlap, batch_size=p.batch_size, multiple_of=fcn.stride, device=dev
         ),
         0.0,
         0.8,

@@ -221,7 +221,7 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         dev = next(net.parameters()).device
         gts, preds, acc = [], [], []
         for img, lab in val_pairs:
-            probs = tiled_predict(lambda b: torch.softmax(net(b), 1), img, tile=p.tile, overlap=p.overlap,
+            probs = tiled_predict(lambda b: torch.softmax(net(b), 1), img, tile=p.window, overlap=p.overlap,
                                   multiple_of=net.stride, device=dev)
             pred = instances_from_probabilities(
                 probs[1], probs[2], threshold=0.5, foreground=0.5,
@@ -333,7 +333,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     predict = predictor(net, flip_average)
     with torch.no_grad():
         for img, _ in pairs:
-            probs.append(tiled_predict(predict, img, tile=p.tile, overlap=p.overlap, multiple_of=net.stride,
+            probs.append(tiled_predict(predict, img, tile=p.window, overlap=p.overlap, multiple_of=net.stride,
                                        device=dev))
     truth = [lab for _, lab in pairs]
     scores: dict[tuple[float, float, float], float] = {}

@@ -47,7 +47,7 @@ def predict_maps(
             yield from iter_tiled_predict(
                 _predict_fn(model.net, model.segmentation),
                 image,
-                tile=int(params.tile),
+                tile=int(params.window),
                 overlap=int(params.overlap),
                 batch_size=int(params.batch_size),
                 multiple_of=model.net.stride,
@@ -57,7 +57,7 @@ def predict_maps(
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             raise DeviceError(
-                f"out of memory on {model.device}: lower the tile size (now {params.tile}) or use device 'cpu'"
+                f"out of memory on {model.device}: lower the window (now {params.window}) or use device 'cpu'"
             ) from None
         raise
 
