@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .engines._common.metadata import read_model_metadata
 from .engines._common.normalize import MIN_SIDE, WholeImageStats, as_float, noise_sd, pooled_values, whole_image_stats
 from .engines._common.snapshots import SegmentationSnapshot, run_to_end
 from .engines._common.stitch import DEFAULT_TILE, Tile, check_tile, choose_halo, merge_tile, owned_objects, tile_grid
@@ -50,11 +51,6 @@ INFLIGHT_PER_THREAD = 2
 
 #: Pixels in the strided sample used for the whole image's percentiles.
 SAMPLE_PIXELS = 2_000_000
-
-#: Engines whose image-wide decisions (``whole_image_value``) are measured by running
-#: them on the sample crops first: cheap enough to do so (seconds; Kaizen's
-#: decomposition would take minutes, so its tiles keep their own dim-object contrast).
-CALIBRATE_ON_CROPS = frozenset({"classical", "fcn"})
 
 #: The engines' whole-image thresholds are measured on a grid of up to this many crops
 #: per axis, each 8 object diameters wide (within these bounds, pixels).
@@ -304,10 +300,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         offset = float(_strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))).min())
     stats = whole_image_intensity(src, offset)
     learned = model is not None
-    meta = getattr(model, "metadata", None) or {}
+    # What the model reads, from its JSON in any spelling: a membrane stain gives no object size.
+    membrane = read_model_metadata(getattr(model, "metadata", None) or {}).membrane
     diameter = getattr(p, "diameter", None)
     auto = diameter is None and not learned or (isinstance(diameter, str) and diameter.strip().lower() == "auto")
-    if auto and meta.get("channel") != "membrane" and hasattr(p, "diameter"):
+    if auto and not membrane and hasattr(p, "diameter"):
         estimates = []
         with whole_image_stats(stats):
             for box in _crops((h, w), CROP):
@@ -329,7 +326,7 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
             diameter = None  # learned engines fall back to the model's own scale, as untiled
     if isinstance(diameter, str):
         diameter = None  # 'auto' left to the engine (a membrane model runs at its own scale)
-    if getattr(engine, "name", None) in CALIBRATE_ON_CROPS:
+    if getattr(engine, "calibrates_on_crops", False):
         stats = _decide_on_crops(engine, src, p, stats, offset, model, device)
     object_diameter = getattr(model, "object_diameter", None)
     size = diameter if diameter is not None else object_diameter

@@ -16,6 +16,8 @@ from .targets import fcn_targets, pixel_weights
 
 TITLE = "GoogLeNet FCN"
 Params = FCNParams
+#: A tiled run measures the whole image's thresholds on sample crops first (seconds).
+CALIBRATE_ON_CROPS = True
 
 __getattr__ = lazy_exports(__name__, {
     "CLASSES": ".model", "FCNModel": ".model", "GoogLeNetFCN": ".model", "load_model": ".model",

@@ -25,10 +25,12 @@ import numpy as np
 
 from ...errors import InputError
 from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
+from .._common.metadata import with_kind_keys
 from .._common.normalize import DEFAULT_PERCENTILES
 from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
 from .._common.training import check_output, resample_mask, training_pairs
+from .params import INPUT_KIND
 from .targets import fcn_targets, pixel_weights
 
 #: Augmentation of the post (crops are taken by the sampler): rolls, flips, rotations;
@@ -542,7 +544,7 @@ def train(
             "reproduce": reproduce or "",
         },
     }
-    saved = _save(net.cpu(), path, meta, overwrite)
+    saved = _save(net.cpu(), path, with_kind_keys(meta, default_input=INPUT_KIND), overwrite)
     yield TrainingSnapshot(
         stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
         loss=result["final_loss"], validation=result["validation"], weights_path=saved, done=True,
@@ -702,7 +704,7 @@ def finetune(
         "seconds": round(result["seconds"], 1),
         "reproduce": reproduce or "",
     }
-    saved = _save(net.cpu(), path, meta, overwrite)
+    saved = _save(net.cpu(), path, with_kind_keys(meta, default_input=INPUT_KIND), overwrite)
     yield TrainingSnapshot(
         stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
         loss=result["final_loss"], weights_path=saved, done=True,

@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import InputError
 from .._common.snapshots import TrainingSnapshot
 from .dataset import PatchSampler, synthetic_training_set
+from .params import INPUT_KIND
 
 #: Default optimiser steps of :func:`train`.
 DEFAULT_STEPS = 6000
@@ -277,7 +278,9 @@ def train(
         reproduce = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
     def metadata(done_steps: int, summary: dict) -> dict:
-        return {
+        from .._common.metadata import with_kind_keys
+
+        return with_kind_keys({
             "architecture": ARCHITECTURE,
             "config": model.config.to_dict(),
             "patch_size": int(patch_size),
@@ -327,7 +330,7 @@ def train(
                 "torch_version": torch.__version__,
                 "reproduce": reproduce,
             },
-        }
+        }, default_input=INPUT_KIND)
 
     batches = sampler.batches(batch_size)
     loop = train_loop(
