@@ -66,3 +66,37 @@ class Section(QWidget):
         self.toggle.setChecked(expanded)
         self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
         self.content.setVisible(expanded)
+
+
+#: The width every panel must fit (pixels): napari's dock area at a 1500-px-wide window.
+DOCK_WIDTH = 420
+
+#: Characters a combo box shows before it elides (its popup lists the whole names).
+COMBO_CHARS = 12
+
+
+def fit_width(panel: QWidget) -> None:
+    """Let ``panel`` and everything in it shrink to a :data:`DOCK_WIDTH` dock.
+
+    A combo box sizes itself to its longest entry (a model's full label is 600 px), a
+    label without wrapping to its text, and either makes the panel wider than the
+    dock, which cuts text and buttons at the right edge. Combo boxes keep a few
+    characters and list the full names in their popup; labels wrap.
+    """
+    from qtpy.QtWidgets import QComboBox, QLabel, QSizePolicy
+
+    for combo in panel.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_CHARS)
+        policy = combo.sizePolicy()
+        policy.setHorizontalPolicy(QSizePolicy.Policy.Expanding)
+        combo.setSizePolicy(policy)
+    for label in panel.findChildren(QLabel):
+        # A label given a width on purpose (a short counter beside a slider) keeps it.
+        if (label.pixmap() is None or label.pixmap().isNull()) and label.minimumWidth() == 0:
+            # Wrapped, and its width given by the panel, not asked by its text: a wrapped
+            # label still asks for a wide minimum when its text is long (a status line).
+            label.setWordWrap(True)
+            policy = label.sizePolicy()
+            policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+            label.setSizePolicy(policy)

@@ -30,7 +30,7 @@ from ..engines._common.device import DEVICE_CHOICES
 from ..engines._common.snapshots import SegmentationSnapshot
 from ..errors import KaizenError, WeightsError
 from . import _layers
-from ._controls import LayerChoice, Section
+from ._controls import LayerChoice, Section, fit_width
 from ._params_form import ParamsForm
 from ._worker import SnapshotRunner
 
@@ -141,6 +141,8 @@ class EngineWidget(QWidget):
             self.finetune_section = Section("Fine-tune on my corrections", self.finetune, expanded=False)
             self.body_layout.addWidget(self.finetune_section)
         self.body_layout.addStretch(1)
+        # Before the scroll area measures the body (it keeps that first measure as its size hint).
+        fit_width(self.body)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
