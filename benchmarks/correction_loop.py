@@ -122,7 +122,7 @@ def score(gts: list[np.ndarray], preds: list[np.ndarray]) -> dict:
 
 
 def segment_all(engine, model, images: list[np.ndarray]) -> list[np.ndarray]:
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -51,7 +51,7 @@ def held_out_seeds(modality: str) -> list[int]:
 
 
 def score(model, fields, h: float) -> dict:
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
     from napari_kaizen.engines.unet import UNetParams, segment
     from napari_kaizen.metrics import evaluate
 

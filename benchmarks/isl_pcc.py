@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     import torch
 
     from napari_kaizen.data import random_params, synthesize
-    from napari_kaizen.engines._common import prepare_image, run_to_end
+    from napari_kaizen import run_to_end
+    from napari_kaizen.engines._common import prepare_image
     from napari_kaizen.engines.unet import load_model, segment
     from napari_kaizen.metrics import pcc
 

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_kaizen.data import random_params
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
     from napari_kaizen.engines.unet import load_model, segment
     from napari_kaizen.engines.unet.training import synthetic_pairs
     from napari_kaizen.metrics import evaluate

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_kaizen.data import synthesize
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
     from napari_kaizen.engines.unet import UNetParams, load_model, segment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     result = {
         "image": f"{args.size}x{args.size} synthetic phase-contrast field (seed 10900)",
         "model": "bundled:unet_nuclei", "device": args.device, "torch_threads": torch.get_num_threads(),
-        "tile": params.tile, "overlap": params.overlap,
+        "window": params.window, "overlap": params.overlap,
         "seconds_median": float(np.median(times)), "seconds_all": [round(t, 3) for t in times],
         "objects": n, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
     }

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_kaizen import metrics
     from napari_kaizen.engines import get_engine
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
     from napari_kaizen.engines._common.normalize import prepare_image
     from napari_kaizen.engines.kaizen.outlines import image_outlines
 

@@ -20,7 +20,7 @@ pytest.importorskip("safetensors")
 from napari_kaizen import metrics  # noqa: E402
 from napari_kaizen.data import random_params, synthesize  # noqa: E402
 from napari_kaizen.engines import get_engine  # noqa: E402
-from napari_kaizen.engines._common import run_to_end  # noqa: E402
+from napari_kaizen import run_to_end  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -186,7 +186,7 @@ def test_a_checked_corner_of_a_large_field_is_decomposed_alone(kaizen, monkeypat
     """Learning the outline rule decomposes only around the checked region, not the field."""
     import importlib
 
-    from napari_kaizen.engines.kaizen.outline_rule import learn_from_corrections, region_window
+    from napari_kaizen.engines.kaizen.training import learn_from_corrections, region_window
 
     segment_module = importlib.import_module("napari_kaizen.engines.kaizen.segment")
     field = synthesize(seed=10_009, shape=(512, 512), density=0.3)
@@ -215,7 +215,8 @@ def test_a_checked_corner_of_a_large_field_is_decomposed_alone(kaizen, monkeypat
 def test_no_edge_among_the_checked_pixels_learns_no_rule_and_keeps_the_old_one(kaizen):
     import copy
 
-    from napari_kaizen.engines.kaizen.outline_rule import OutlineRule, learn_from_corrections
+    from napari_kaizen.engines.kaizen.outline_rule import OutlineRule
+    from napari_kaizen.engines.kaizen.training import learn_from_corrections
 
     engine, base = kaizen
     field = synthesize(seed=10_010, shape=(128, 128), density=0.3)

@@ -194,13 +194,13 @@ def test_kaizen_paused_text_legend_and_review_frame(make_napari_viewer, qtbot, f
     assert sum(layer.name.startswith(MARK_LAYER) for layer in viewer.layers) == 1
 
 
-def test_a_lazy_layer_is_segmented_tile_by_tile_into_a_lazy_labels_layer(make_napari_viewer, qtbot):
+def test_a_lazy_layer_is_segmented_tile_by_tile_into_a_lazy_labels_layer(make_napari_viewer, qtbot, monkeypatch):
     import dask.array as da
 
     from napari_kaizen import metrics
     from napari_kaizen.data import synthesize
     from napari_kaizen.engines import get_engine
-    from napari_kaizen.engines._common import run_to_end
+    from napari_kaizen import run_to_end
     from napari_kaizen.widgets._engine_widget import ClassicalWidget
 
     field = synthesize(seed=10_613, shape=(384, 384), density=0.3)
@@ -209,7 +209,7 @@ def test_a_lazy_layer_is_segmented_tile_by_tile_into_a_lazy_labels_layer(make_na
     viewer.window.add_dock_widget(widget)
     layer = viewer.add_image(da.from_array(field.nuclei, chunks=128), name="lazy")
     widget.image.value = layer
-    widget.TILED_LAZY_PIXELS = 256 * 256  # as for a huge plane, at a test's size
+    monkeypatch.setattr("napari_kaizen.tiled.TILED_LAZY_ABOVE_PIXELS", 256 * 256)  # as for a huge plane, at a test's size
     assert widget._needs_tiles(layer)
     assert widget.run() is not None, widget.status.text()
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT)

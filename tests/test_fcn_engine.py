@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines import classical, fcn, get_engine  # noqa: E402
-from napari_kaizen.engines._common import run_to_end  # noqa: E402
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, TrainingSnapshot  # noqa: E402
 from napari_kaizen.engines._common.weights import save_weights, weights_paths  # noqa: E402
 from napari_kaizen.engines.fcn.model import GoogLeNetFCN  # noqa: E402
@@ -228,7 +228,7 @@ def test_segment_rescales_to_the_model_and_back(nuclei_model, small_field):
 def test_tiled_matches_untiled(nuclei_model, dense_field):
     whole = run_to_end(fcn.segment(dense_field.nuclei, model=nuclei_model, device="cpu"))
     tiled = run_to_end(
-        fcn.segment(dense_field.nuclei, fcn.Params(tile=96, overlap=32, batch_size=4), model=nuclei_model,
+        fcn.segment(dense_field.nuclei, fcn.Params(window=96, overlap=32, batch_size=4), model=nuclei_model,
                     device="cpu")
     )
     diff = np.abs(whole.maps["probability"] - tiled.maps["probability"])
@@ -256,7 +256,7 @@ def test_bad_images_give_one_line_errors(tiny_model, image, words):
 
 @pytest.mark.parametrize(
     "params",
-    [dict(threshold=1.5), dict(threshold=0.0), dict(foreground=-1.0), dict(min_size=-1), dict(tile=8),
+    [dict(threshold=1.5), dict(threshold=0.0), dict(foreground=-1.0), dict(min_size=-1), dict(window=8),
      dict(overlap=-3), dict(batch_size=0), dict(edge_weight=0)],
 )
 def test_bad_params_give_one_line_errors(tiny_model, small_field, params):

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from napari_kaizen.data import random_params  # noqa: E402
 from napari_kaizen.engines import get_engine, unet  # noqa: E402
-from napari_kaizen.engines._common import run_to_end  # noqa: E402
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common.weights import bundled_dir  # noqa: E402
 from napari_kaizen.engines.unet.model import build_model  # noqa: E402
 from napari_kaizen.engines.unet.postprocess import instances  # noqa: E402
@@ -183,8 +183,8 @@ def test_tiled_equals_untiled(tiny_weights):
 
     img = synthesize(seed=10_400, shape=(300, 260)).label_free
     model = unet.load_model(str(tiny_weights), device="cpu")
-    whole = run_to_end(unet.segment(img, unet.Params(tile=512), model=model))
-    tiled_snaps = list(unet.segment(img, unet.Params(tile=96, overlap=48), model=model))
+    whole = run_to_end(unet.segment(img, unet.Params(window=512), model=model))
+    tiled_snaps = list(unet.segment(img, unet.Params(window=96, overlap=48), model=model))
     n_tiles = sum(1 for s in tiled_snaps if s.stage == "tiles" and "tile" in s.message)
     assert n_tiles >= 9  # the image really needed several tiles
     a = next(s for s in tiled_snaps if s.stage == "maps").maps
@@ -228,7 +228,7 @@ def test_bad_params_and_devices():
     with pytest.raises(InputError, match="h must be"):
         unet.Params(h=1.5)
     with pytest.raises(InputError, match="overlap"):
-        unet.Params(tile=64, overlap=64)
+        unet.Params(window=64, overlap=64)
     with pytest.raises(InputError, match="params must be UNetParams"):
         run_to_end(unet.segment(np.random.default_rng(0).random((32, 32)), {"h": 0.1}))
     from napari_kaizen.errors import DeviceError

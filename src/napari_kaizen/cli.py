@@ -16,18 +16,14 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
-import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .engines import ENGINE_MODULES
 from .errors import KaizenError
-
-LABEL_OUTPUT_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -37,272 +33,47 @@ def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def _progress_bar(total: float, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="", bar_format="{desc} {bar} {percentage:3.0f}% {elapsed}",
-                disable=not enabled, leave=False, file=sys.stderr)
-
-
-def drive(snapshots, desc: str, *, progress: bool = True):
-    """Run a snapshot generator to the end with a progress bar; return the last snapshot."""
-    last = None
-    with _progress_bar(1000, desc, progress) as bar:
-        for snap in snapshots:
-            last = snap
-            target = int(1000 * float(snap.progress))
-            if target > bar.n:
-                bar.update(target - bar.n)
-            if snap.message:
-                bar.set_postfix_str(snap.message[:60], refresh=False)
-    if last is None:
-        raise KaizenError("the engine produced no result")
-    return last
-
-
-def parse_param_overrides(params_class: type, items: list[str]) -> dict[str, Any]:
-    """Turn ``['h=0.2', 'batched=false']`` into typed keyword arguments for ``params_class``."""
-    fields = {f.name: f for f in dataclasses.fields(params_class)}
-    hints = typing.get_type_hints(params_class)
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise KaizenError(f"--param '{item}' is not NAME=VALUE")
-        name, text = (s.strip() for s in item.split("=", 1))
-        if name not in fields:
-            raise KaizenError(f"--param: '{name}' is not a parameter of this engine; parameters: {', '.join(fields)}")
-        default = fields[name].default
-        hint = str(hints.get(name, ""))
-        try:
-            if isinstance(default, bool) or hint == "bool":
-                if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError
-                value: Any = text.lower() in ("1", "true", "yes", "on")
-            elif text.lower() == "none":
-                value = None
-            elif isinstance(default, int) or (default is None and "int" in hint and "float" not in hint):
-                value = _read_int(text)
-            elif isinstance(default, float):
-                value = float(text)
-            elif isinstance(default, tuple):
-                value = tuple(type(default[0])(v) for v in text.split(",")) if default else tuple(text.split(","))
-            else:
-                try:
-                    value = float(text)
-                except ValueError:
-                    value = text
-        except ValueError:
-            kind = type(default).__name__ if default is not None else hint.replace("typing.", "")
-            raise KaizenError(f"--param {name}: cannot read '{text}' as {kind}") from None
-        if isinstance(value, float) and not np.isfinite(value):
-            # NaN / inf reach loops and allocations that never end (h=nan hung the
-            # classical reconstruction); no parameter has a meaning for them.
-            raise KaizenError(f"--param {name}={text}: NaN and infinite values are not accepted; give a finite number")
-        out[name] = value
-    return out
-
-
-def _read_int(text: str) -> int:
-    """An integer from ``'5'`` or ``'5.0'`` (not ``'5.5'``)."""
-    try:
-        return int(text)
-    except ValueError:
-        value = float(text)
-        if not value.is_integer():
-            raise ValueError(text) from None
-        return int(value)
-
-
-def _output_paths(inputs: list[Path], output: Path) -> list[Path]:
-    """One output path per input: a file for a single input with a label suffix, else a folder.
-
-    Nothing is created here: a name with another suffix (``lab.jpg``) is refused
-    rather than silently becoming a folder.
-    """
-    suffix = output.suffix.lower()
-    if suffix and suffix not in LABEL_OUTPUT_SUFFIXES and not output.is_dir():
-        raise KaizenError(f"--output {output}: labels are written as {', '.join(LABEL_OUTPUT_SUFFIXES)} "
-                          "(lossless); give such a file name or a folder")
-    if len(inputs) == 1 and suffix in LABEL_OUTPUT_SUFFIXES:
-        return [output]
-    if suffix in LABEL_OUTPUT_SUFFIXES:
-        raise KaizenError(f"--output {output} is a file name but {len(inputs)} images were given: give a folder")
-    names = [p.stem for p in inputs]
-    if len(set(names)) != len(names):
-        raise KaizenError("two input images share a file name; their outputs would collide: rename or run separately")
-    return [output / f"{p.stem}.tif" for p in inputs]
-
-
-def _check_writable(outputs: list[Path]) -> None:
-    """Create the output folders and refuse an unwritable one before any work is done."""
-    import os
-
-    for folder in sorted({o.parent for o in outputs}):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise KaizenError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise KaizenError(f"the output folder {folder} is not writable: choose another --output")
-
-
-def _parse_plane(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(i) for i in text.split(","))
-    except ValueError:
-        raise KaizenError(f"--plane '{text}': expected a plane index such as 3, or 0,3 for (t, z)") from None
-
-
 # --------------------------------------------------------------------------- segment
 
 
-def segment_setup(args: argparse.Namespace):
-    """``(engine, params, plane)`` of a ``kaizen segment`` command line, checked before any work.
+def build_segment_jobs(args: argparse.Namespace):
+    """The checked :class:`~napari_kaizen.jobs.JobBatch` of a ``kaizen segment`` command line."""
+    from .distributed import check_scheduler
+    from .jobs import build_jobs
 
-    Shared by the plain run here and the scaled-out one (:mod:`napari_kaizen.distributed`).
-    """
-    from .engines import get_engine, learned_engines
-
-    engine = get_engine(args.engine)
-    overrides = parse_param_overrides(engine.params_class, args.param or [])
-    if args.diameter is not None:
-        overrides["diameter"] = None if args.diameter.lower() == "none" else args.diameter
-    try:
-        params = engine.params_class(**overrides)
-    except (TypeError, ValueError) as exc:
-        raise KaizenError(f"invalid parameters for the {engine.name} engine: {exc}") from None
-    plane = _parse_plane(args.plane)
-    if args.plane is not None and args.all_planes:
-        raise KaizenError("--plane picks one plane and --all-planes runs every plane: give one of them")
-    if not engine.learned and args.model:
-        raise KaizenError(f"the {engine.name} engine uses no model; --model applies to the learned engines "
-                          f"({', '.join(learned_engines())})")
-    if not engine.learned and args.device not in ("auto", "cpu"):
-        raise KaizenError(f"the {engine.name} engine runs on the CPU only; --device applies to the learned engines")
-    return engine, params, plane
+    scheduler = check_scheduler(getattr(args, "scheduler", None))
+    return build_jobs(
+        args.images, args.output, engine=args.engine, diameter=args.diameter, params=args.param or [],
+        model=args.model, device=args.device, channel=args.channel, plane=args.plane, all_planes=args.all_planes,
+        measurements=args.measurements, rois=args.rois, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
+        skip_existing=args.skip_existing, scale_out=True if scheduler else None)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .distributed import needs_scale_out, run_segment
-    from .engines.registry import input_warning
-    from .io import find_images
+    from .distributed import run_jobs
+    from .engines import get_engine
+    from .jobs import job_model
 
-    if needs_scale_out(args):
-        # Huge images (tile by tile), OME-Zarr, or a dask scheduler: see distributed.py.
-        return run_segment(args)
-    engine, params, plane = segment_setup(args)
-    inputs = find_images(args.images)
-    outputs = _output_paths(inputs, Path(args.output))
-    if args.skip_existing and args.overwrite:
-        raise KaizenError("--skip-existing keeps existing outputs and --overwrite replaces them: give one of them")
-    if args.skip_existing:
-        done = [o for o in outputs if o.exists()]
-        if done:
-            print(f"skipping {len(done)} image(s) whose labels already exist (--skip-existing)")
-        keep = [i for i, o in enumerate(outputs) if not o.exists()]
-        inputs, outputs = [inputs[i] for i in keep], [outputs[i] for i in keep]
-    elif not args.overwrite:
-        clash = [o for o in outputs if o.exists()]
-        if clash:
-            raise KaizenError(f"{clash[0]} already exists; not overwriting it (pass --overwrite, or --skip-existing "
-                              "to resume a run)")
-    _check_writable(outputs)
-    model = entry = None
-    if engine.learned and inputs:
-        entry = _model_entry(engine, args.model or engine.default_model)
-        model = engine.load_model(entry.spec if entry else args.model, device=args.device)
+    batch = build_segment_jobs(args)
+    if batch.skipped:
+        print(f"skipping {len(batch.skipped)} image(s) whose labels already exist (--skip-existing)")
+    scheduler = getattr(args, "scheduler", None)
+    if batch.jobs and not scheduler and not any(j.tiled for j in batch.jobs):
+        # Load the model once, up front: a model that cannot load is the run's one error
+        # line, not one per image.
+        job = batch.jobs[0]
+        job_model(get_engine(job.engine), job.model, job.device)
     failures = 0
-    for src, dest in zip(inputs, outputs):
-        try:
-            line, image = segment_file(
-                engine, params, src, dest, model=model, device=args.device, channel=args.channel, plane=plane,
-                all_planes=args.all_planes, measurements=args.measurements, rois=args.rois,
-                overwrite=args.overwrite, run=lambda gen, name=src.name: drive(gen, name, progress=not args.quiet))
-            print(line)
-            # After the result, not before: an error must stay the only line of a failure.
-            warning = input_warning(entry, image) if entry is not None and image.ndim == 2 else None
-            if warning:
-                print(f"warning: {src.name}: {warning}", file=sys.stderr)
-        except (KaizenError, OSError) as exc:
+    for job, result in run_jobs(batch.jobs, scheduler=scheduler, progress=not args.quiet):
+        if isinstance(result, Exception):
             failures += 1
-            _fail(f"{src.name}: {exc}")
+            _fail(f"{job.name}: {result}")
+            continue
+        print(result.line)
+        # After the result, not before: an error must stay the only line of a failure.
+        if result.warning:
+            print(f"warning: {job.name}: {result.warning}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def _model_entry(engine, spec: str):
-    """The registry entry of ``spec`` for ``engine`` (None for a file it cannot describe).
-
-    A model of another engine is refused here, in one line, instead of failing inside
-    the network; a model that finds no objects too.
-    """
-    from .engines.registry import model_entry
-    from .errors import WeightsError
-
-    try:
-        entry = model_entry(spec)
-    except WeightsError:
-        return None  # load_model gives the precise reason
-    if entry.engine != engine.name:
-        raise KaizenError(f"--model {spec} is a {entry.engine} model; the {engine.name} engine needs one of its own "
-                          f"(see `kaizen engines`)")
-    if not entry.segments:
-        raise KaizenError(f"--model {spec} predicts a fluorescence image only (no objects); choose a segmentation "
-                          "model (see `kaizen engines`)")
-    return entry
-
-
-def segment_file(engine, params, src: Path, dest: Path, *, model, device: str, channel: int | None,
-                 plane: tuple[int, ...] | None, all_planes: bool, measurements: bool, rois: bool, overwrite: bool,
-                 run) -> tuple[str, np.ndarray]:
-    """Read, segment and write one image file as ``kaizen segment`` does (plain and on dask).
-
-    ``run(snapshots)`` drives the engine's generator to its last snapshot (with or
-    without a progress bar). Returns the result line to print and the image (or plane)
-    that was segmented.
-    """
-    from .engines._common.normalize import to_plane
-    from .engines._common.planes import segment_planes
-    from .io import read_image, write_labels, write_measurements_csv, write_roi_zip
-
-    start = time.perf_counter()
-    image = read_image(src)
-    if all_planes:
-        if channel is not None:
-            image = to_plane(image, channel=channel) if image.ndim == 3 else image[..., channel]
-        gen = segment_planes(engine.segment, image, params, model=model, device=device)
-    else:
-        if plane is not None and image.ndim == 2:
-            raise KaizenError(f"--plane {','.join(map(str, plane))} was given but the image is 2-D; leave --plane out")
-        image = to_plane(image, channel=channel, plane=plane)
-        gen = engine.segment(image, params, model=model, device=device)
-    last = run(gen)
-    labels = last.labels
-    if labels is None:
-        raise KaizenError("the engine finished without labels")
-    write_labels(dest, labels, overwrite=overwrite)
-    extra = []
-    if measurements:
-        csv_path = dest.with_name(dest.stem + "_measurements.csv")
-        write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
-                               extra=_scores(last), overwrite=overwrite)
-        extra.append(csv_path.name)
-    if rois and labels.max() > 0:
-        roi_path = dest.with_name(dest.stem + "_rois.zip")
-        write_roi_zip(roi_path, labels, overwrite=overwrite)
-        extra.append(roi_path.name)
-    n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
-    also = f" (+ {', '.join(extra)})" if extra else ""
-    # No objects is a result, but never a silent one: say the engine's reason.
-    why = f" ({last.message})" if n == 0 and last.message else ""
-    took = time.perf_counter() - start
-    return f"{src.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}{why}", image
-
-
-def _scores(snapshot) -> dict[str, dict[int, float]]:
-    scores = getattr(snapshot, "scores", None)
-    return {"score": {int(k): float(v) for k, v in dict(scores).items()}} if scores else {}
 
 
 # --------------------------------------------------------------------------- synth

@@ -23,29 +23,34 @@ import ctypes
 import dataclasses
 import gc
 import math
-from collections.abc import Generator, Iterable
+import os
+import time
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .engines._common.metadata import read_model_metadata
 from .engines._common.normalize import MIN_SIDE, WholeImageStats, as_float, noise_sd, pooled_values, whole_image_stats
 from .engines._common.snapshots import SegmentationSnapshot, run_to_end
-from .engines._common.stitch import Tile, choose_halo, merge_tile, owned_objects, tile_grid
+from .engines._common.stitch import DEFAULT_TILE, Tile, check_tile, choose_halo, merge_tile, owned_objects, tile_grid
 from .errors import InputError, KaizenError
 
-#: Default core side of a tile (pixels): big enough that per-tile work (a network's own
-#: tiling, Otsu's histogram) is efficient, small enough that any engine's peak memory
-#: for one window stays well under a gigabyte or two.
-DEFAULT_TILE = 2048
+#: Fields with more pixels than this are segmented tile by tile, by every front end (an
+#: 8000^2 field took 8.4 GB untiled with the classical engine).
+TILED_ABOVE_PIXELS = 4096 * 4096
+
+#: A lazy (dask, zarr) image with more pixels than this is segmented tile by tile too:
+#: loading it whole into memory is what tiling avoids.
+TILED_LAZY_ABOVE_PIXELS = 2048 * 2048
+
+#: Tile tasks in flight per dask worker thread: enough to keep workers busy, few enough
+#: that windows waiting to be stitched stay a bounded amount of memory.
+INFLIGHT_PER_THREAD = 2
 
 #: Pixels in the strided sample used for the whole image's percentiles.
 SAMPLE_PIXELS = 2_000_000
-
-#: Engines whose image-wide decisions (``whole_image_value``) are measured by running
-#: them on the sample crops first: cheap enough to do so (seconds; Kaizen's
-#: decomposition would take minutes, so its tiles keep their own dim-object contrast).
-CALIBRATE_ON_CROPS = frozenset({"classical", "fcn"})
 
 #: The engines' whole-image thresholds are measured on a grid of up to this many crops
 #: per axis, each 8 object diameters wide (within these bounds, pixels).
@@ -115,6 +120,18 @@ class TilePlan:
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+def should_tile(shape: tuple[int, ...], *, lazy: bool = False) -> bool:
+    """Whether an image of ``shape`` is segmented tile by tile (lazy: a dask / zarr array).
+
+    Examples
+    --------
+    >>> should_tile((512, 512)), should_tile((5000, 5000)), should_tile((3000, 3000), lazy=True)
+    (False, True, True)
+    """
+    pixels = math.prod(int(s) for s in shape[-2:]) if len(shape) >= 2 else 0
+    return pixels > TILED_ABOVE_PIXELS or (lazy and pixels > TILED_LAZY_ABOVE_PIXELS)
 
 
 def as_2d_source(image: Any, *, name: str = "image") -> Any:
@@ -234,7 +251,7 @@ def whole_image_intensity(image: Any, offset: float | None = None) -> WholeImage
     return WholeImageStats(sample=sample, noise=float(np.median(noises)))
 
 
-def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None, tile: int = DEFAULT_TILE,
+def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None, tile: int | None = DEFAULT_TILE,
                halo: int | None = None, device: Any = "auto") -> TilePlan:
     """Decide once, for the whole image, what every tile must agree on.
 
@@ -250,8 +267,8 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     model : loaded model, optional
         For the model's object diameter (halo) and its stain (a membrane model's
         ``'auto'`` is left to the engine, which then runs at the model's scale).
-    tile : int
-        Core side in pixels.
+    tile : int, optional
+        Core side in pixels (None: :data:`DEFAULT_TILE`).
     halo : int, optional
         Pixels of context on each side; default from the diameter.
     device : str
@@ -265,11 +282,16 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     from .engines._common.normalize import prepare_image
     from .engines._common.scale import resolve_diameter
 
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 64:
-        raise InputError(f"tile size {tile!r} is too small: give at least 64 pixels (e.g. {DEFAULT_TILE})")
+    from .engines._common.scale import parse_diameter
+
+    tile = check_tile(tile)
     engine = resolve_engine(engine)
     src = as_2d_source(image)
     p = params if params is not None else engine.params_class()
+    if isinstance(getattr(p, "diameter", None), str):
+        # Read once here too, for callers of this public function that pass text: a
+        # diameter of '60' must size the halo as 60 does, not fall back to the default.
+        p = dataclasses.replace(p, diameter=parse_diameter(p.diameter))
     h, w = (int(s) for s in src.shape)
     dtype = np.dtype(src.dtype)
     offset = None
@@ -278,10 +300,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         offset = float(_strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))).min())
     stats = whole_image_intensity(src, offset)
     learned = model is not None
-    meta = getattr(model, "metadata", None) or {}
+    # What the model reads, from its JSON in any spelling: a membrane stain gives no object size.
+    membrane = read_model_metadata(getattr(model, "metadata", None) or {}).membrane
     diameter = getattr(p, "diameter", None)
     auto = diameter is None and not learned or (isinstance(diameter, str) and diameter.strip().lower() == "auto")
-    if auto and meta.get("channel") != "membrane" and hasattr(p, "diameter"):
+    if auto and not membrane and hasattr(p, "diameter"):
         estimates = []
         with whole_image_stats(stats):
             for box in _crops((h, w), CROP):
@@ -302,8 +325,8 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         else:
             diameter = None  # learned engines fall back to the model's own scale, as untiled
     if isinstance(diameter, str):
-        diameter = None
-    if getattr(engine, "name", None) in CALIBRATE_ON_CROPS:
+        diameter = None  # 'auto' left to the engine (a membrane model runs at its own scale)
+    if getattr(engine, "calibrates_on_crops", False):
         stats = _decide_on_crops(engine, src, p, stats, offset, model, device)
     object_diameter = getattr(model, "object_diameter", None)
     size = diameter if diameter is not None else object_diameter
@@ -413,7 +436,7 @@ def segment_tiled(
     *,
     model: Any = None,
     device: Any = "auto",
-    tile: int = DEFAULT_TILE,
+    tile: int | None = DEFAULT_TILE,
     halo: int | None = None,
     out: Any = None,
     client: Any = None,
@@ -432,8 +455,8 @@ def segment_tiled(
     model : loaded model, weights path or ``'bundled:NAME'``, optional
         Loaded once here (default: the engine's default model).
     device : str
-    tile : int
-        Core side of a tile (pixels).
+    tile : int, optional
+        Core side of a tile (pixels; None: :data:`DEFAULT_TILE`).
     halo : int, optional
         Context on each side (default: :data:`~.engines._common.stitch.HALO_DIAMETERS`
         object diameters).
@@ -443,7 +466,7 @@ def segment_tiled(
         e.g. from :func:`napari_kaizen.io.zarr.create_label_levels`), which are kept up
         to date tile by tile. Default: an in-memory (compressed) zarr pyramid.
     client : dask.distributed.Client, optional
-        Run the tiles as dask tasks (:mod:`napari_kaizen.distributed`); the labels are
+        Run the tiles as dask tasks (:func:`iter_tile_labels`); the labels are
         identical to a run without it.
     plan : TilePlan, optional
         A plan from :func:`plan_tiles` (otherwise made here).
@@ -457,13 +480,14 @@ def segment_tiled(
     Examples
     --------
     >>> from napari_kaizen.data import synthesize, SynthParams
-    >>> from napari_kaizen.engines._common import run_to_end
+    >>> from napari_kaizen import run_to_end
     >>> field = synthesize(SynthParams(shape=(512, 512)), seed=1)
     >>> last = run_to_end(segment_tiled("classical", field.nuclei, tile=256))
     >>> last.labels.shape, int(last.n_tiles)
     ((512, 512), 4)
     """
     engine = resolve_engine(engine)
+    tile = check_tile(tile)
     src = as_2d_source(image)
     loaded = load_engine_model(engine, model, device)
     if plan is None:
@@ -473,8 +497,6 @@ def segment_tiled(
     yield TiledSnapshot(stage="tiles", progress=0.0, n_tiles=n_tiles,
                         message=f"{n_tiles} tiles of {tile} px (+{plan.halo} px halo)")
     if client is not None:
-        from .distributed import iter_tile_labels
-
         results: Iterable[tuple[Tile, np.ndarray]] = iter_tile_labels(client, engine, src, plan, model=model,
                                                                        device=device)
     else:
@@ -502,3 +524,68 @@ def segment_tiled(
         flush()
     yield TiledSnapshot(stage="labels", progress=1.0, labels=levels[0], done=True, n_tiles=n_tiles,
                         n_objects=next_id - 1, message=f"{next_id - 1} objects")
+
+
+# --------------------------------------------------------------------------- tiles as dask tasks
+
+_MODELS: dict[tuple[str, str, str], Any] = {}
+
+
+def cached_model(engine: Any, spec: Any, device: Any) -> Any:
+    """A loaded model that this process keeps: a worker loads each model once for all its tasks."""
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        return spec
+    key = (engine.name, str(spec), str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_engine_model(engine, spec, device)
+    return _MODELS[key]
+
+
+def tile_task(engine_name: str, window: np.ndarray, plan: TilePlan, tile: Tile, model: Any, device: str) -> np.ndarray:
+    """A dask task: one tile's owned labels (see :func:`segment_window`)."""
+    engine = resolve_engine(engine_name)
+    return compact(segment_window(engine, window, plan, tile, model=cached_model(engine, model, device),
+                                  device=device))
+
+
+def _threads(client: Any) -> int:
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 (a cluster without workers yet still takes tasks)
+        return 1
+
+
+def iter_tile_labels(client: Any, engine: Any, src: Any, plan: TilePlan, *, model: Any = None, device: str = "auto"
+                     ) -> Iterator[tuple[Tile, np.ndarray]]:
+    """Run a plan's tiles as dask tasks on ``client``; yield ``(tile, owned labels)`` in raster order.
+
+    Windows are read here and sent with their task, at most
+    :data:`INFLIGHT_PER_THREAD` per worker thread at a time; finished tiles wait
+    (small, compact dtype) until every tile before them is done.
+    """
+    from distributed import wait  # dask's own package (an absolute import)
+
+    plan_future = client.scatter(plan, broadcast=True)
+    limit = INFLIGHT_PER_THREAD * _threads(client)
+    tiles = list(plan.tiles)
+    futures: dict[Any, Any] = {}
+    ready: dict[int, np.ndarray] = {}
+    nxt, submitted = 0, 0
+    try:
+        while nxt < len(tiles):
+            while submitted < len(tiles) and len(futures) < limit:
+                t = tiles[submitted]
+                f = client.submit(tile_task, engine.name, read_region(src, t.window), plan_future, t, model, device,
+                                  pure=False, key=f"kaizen-tile-{t.index}-{os.getpid()}-{time.monotonic_ns()}")
+                futures[f] = t
+                submitted += 1
+            done = wait(list(futures), return_when="FIRST_COMPLETED").done
+            for f in done:
+                t = futures.pop(f)
+                ready[t.index] = f.result()
+            while nxt in ready:
+                yield tiles[nxt], ready.pop(nxt)
+                nxt += 1
+    finally:
+        if futures:
+            client.cancel(list(futures), force=True)

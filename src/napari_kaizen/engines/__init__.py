@@ -127,6 +127,14 @@ class PackageEngine:
     def learned(self) -> bool:
         return self.default_model is not None
 
+    @property
+    def calibrates_on_crops(self) -> bool:
+        """Whether a tiled run measures the engine's image-wide values (``whole_image_value``)
+        by running it on sample crops first: the package says so with ``CALIBRATE_ON_CROPS``
+        (cheap engines; Kaizen's decomposition would take minutes, so its tiles keep their
+        own dim-object contrast)."""
+        return bool(getattr(self.module, "CALIBRATE_ON_CROPS", False))
+
     def params(self, **overrides: Any) -> Any:
         """The engine's params with ``overrides`` (unknown names raise TypeError)."""
         return self.Params(**overrides)

@@ -1,9 +1,10 @@
 """One list of models: the bundled ones and the person's own fine-tuned ones.
 
 Every model is a ``.safetensors`` file with a JSON beside it. The JSON's
-``architecture`` says which engine it belongs to, ``input_kind`` what image it expects
-(fluorescent nuclei, a membrane stain, or a label-free channel) and ``output_kind``
-what it finds. The CLI (``kaizen engines``, ``--model``), every widget's model list
+``architecture`` says which engine it belongs to, and what image it expects
+(fluorescent nuclei, a membrane stain, or a label-free channel) and what it finds are
+read in every spelling by :func:`~napari_kaizen.engines._common.metadata.read_model_metadata`
+(an engine's own ``INPUT_KIND`` when the JSON does not say). The CLI (``kaizen engines``, ``--model``), every widget's model list
 and the fine-tune panels read this registry; nothing else lists models.
 
 Fine-tuned models go to :func:`user_model_dir` (``$NAPARI_KAIZEN_MODELS``, else the
@@ -23,20 +24,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import WeightsError
-from ._common.loaded import INPUT_KINDS
+from ._common.metadata import INPUT_KINDS, OUTPUT_KINDS, read_model_metadata
 from ._common.weights import bundled_dir, read_metadata, weights_paths
-
-#: What a model finds, for menus: JSON ``output_kind`` -> words.
-OUTPUT_KINDS: dict[str, str] = {
-    "nuclei": "nuclei",
-    "cells": "whole cells",
-    "fluorescence": "a predicted fluorescence image only (no objects)",
-}
 
 
 @dataclass(frozen=True)
@@ -108,37 +101,16 @@ def new_model_path(stem: str, folder: str | Path | None = None) -> Path:
     raise WeightsError(f"no free model name for {stem} in {folder}")
 
 
-def _architectures() -> dict[str, str]:
+def _architectures() -> dict[str, tuple[str, str]]:
+    """``architecture`` -> (engine name, the engine's own input kind)."""
     from . import ENGINE_MODULES, get_engine
 
     out = {}
     for name in ENGINE_MODULES:
-        arch = get_engine(name).architecture
-        if arch:
-            out[arch] = name
+        engine = get_engine(name)
+        if engine.architecture:
+            out[engine.architecture] = (name, engine.input_kind)
     return out
-
-
-def input_kind_of(meta: dict[str, Any], engine: str) -> str:
-    """What a model expects, from its JSON (older files: from their architecture and channel)."""
-    kind = meta.get("input_kind")
-    if kind in INPUT_KINDS:
-        return str(kind)
-    if engine == "unet":
-        return "label-free"
-    channel = meta.get("channel")
-    return str(channel) if channel in INPUT_KINDS else "nuclei"
-
-
-def output_kind_of(meta: dict[str, Any], engine: str) -> str:
-    """What a model finds, from its JSON (older files: from task, target and channel)."""
-    kind = meta.get("output_kind")
-    if kind in OUTPUT_KINDS:
-        return str(kind)
-    if engine == "unet" and meta.get("task", "segmentation") == "fluorescence":
-        return "fluorescence"
-    which = meta.get("target") or meta.get("channel") or "nuclei"
-    return "cells" if which == "membrane" else "nuclei"
 
 
 def model_entry(spec: str | Path, *, source: str | None = None) -> ModelEntry:
@@ -158,17 +130,15 @@ def model_entry(spec: str | Path, *, source: str | None = None) -> ModelEntry:
     engines = _architectures()
     if arch not in engines:
         raise WeightsError(f"{json_path}: architecture {arch!r} belongs to no engine; known: {', '.join(engines)}")
-    engine = engines[arch]
+    engine, own_input = engines[arch]
+    info = read_model_metadata(meta, default_input=own_input)
     text = str(spec)
     if source is None:
         source = "bundled" if text.startswith("bundled:") else "file"
     if not text.startswith("bundled:"):
         text = str(tensor_path.resolve())
-    made = meta.get("training", {}) if isinstance(meta.get("training"), dict) else {}
-    description = str(meta.get("description") or made.get("description") or made.get("data") or "")
     return ModelEntry(spec=text, engine=engine, name=tensor_path.stem, source=source,
-                      input_kind=input_kind_of(meta, engine), output_kind=output_kind_of(meta, engine),
-                      description=description.splitlines()[0][:200] if description else "")
+                      input_kind=str(info.input_kind), output_kind=info.output_kind, description=info.description)
 
 
 def list_models(engine: str | None = None, *, user_dir: str | Path | None = None) -> list[ModelEntry]:

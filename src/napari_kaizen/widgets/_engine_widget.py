@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QLabel, QProgressBar, QScrollArea, QToolButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QProgressBar, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
@@ -30,61 +30,9 @@ from ..engines._common.device import DEVICE_CHOICES
 from ..engines._common.snapshots import SegmentationSnapshot
 from ..errors import KaizenError, WeightsError
 from . import _layers
+from ._controls import LayerChoice, Section, fit_width
 from ._params_form import ParamsForm
 from ._worker import SnapshotRunner
-
-
-class LayerChoice(mw.ComboBox):
-    """A combo box of the viewer's layers of one kind, kept in sync with the layer list."""
-
-    def __init__(self, viewer, kind: str = "image", label: str = "image", *, exclude_owner: str | None = None,
-                 **kwargs: Any) -> None:
-        self._viewer = viewer
-        self._kind = kind
-        self._exclude_owner = exclude_owner
-        super().__init__(label=label, choices=self._choices, nullable=False, **kwargs)
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
-            ev.connect(lambda e=None: self.reset_choices())
-
-    def _choices(self, widget=None):
-        getter = _layers.image_layers if self._kind == "image" else _layers.labels_layers
-        return [(layer.name, layer) for layer in getter(self._viewer)
-                if not (self._exclude_owner and _layers.owned_by(layer, self._exclude_owner))]
-
-    @property
-    def layer(self):
-        """The chosen layer, or None."""
-        try:
-            return self.value
-        except Exception:  # noqa: BLE001 - magicgui raises when there are no choices
-            return None
-
-
-class Section(QWidget):
-    """A titled part of a panel that folds away (click the title)."""
-
-    def __init__(self, title: str, content: QWidget, *, expanded: bool = True) -> None:
-        super().__init__()
-        self.toggle = QToolButton(text=title, checkable=True, checked=expanded)
-        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.toggle.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
-        self.content = content
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 2, 0, 2)
-        layout.setSpacing(2)
-        layout.addWidget(self.toggle)
-        layout.addWidget(content)
-        self.toggle.toggled.connect(self.set_expanded)
-        self.set_expanded(expanded)
-
-    @property
-    def expanded(self) -> bool:
-        return self.toggle.isChecked()
-
-    def set_expanded(self, expanded: bool) -> None:
-        self.toggle.setChecked(expanded)
-        self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
-        self.content.setVisible(expanded)
 
 
 class EngineWidget(QWidget):
@@ -114,11 +62,6 @@ class EngineWidget(QWidget):
     FINETUNE_DEFAULTS: dict[str, Any] = {}
     #: Keyword arguments of the :class:`~._worker.SnapshotRunner` (redraw throttling).
     RUNNER_OPTIONS: dict[str, Any] = {}
-    #: A 2-D plane with more pixels than this, or a lazy (dask / zarr) one with more than
-    #: :attr:`TILED_LAZY_PIXELS`, or a multiscale layer, is segmented tile by tile into a
-    #: zarr-backed labels layer (:mod:`napari_kaizen.tiled`), never loaded whole.
-    TILED_MIN_PIXELS = 4096 * 4096
-    TILED_LAZY_PIXELS = 2048 * 2048
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
@@ -198,6 +141,8 @@ class EngineWidget(QWidget):
             self.finetune_section = Section("Fine-tune on my corrections", self.finetune, expanded=False)
             self.body_layout.addWidget(self.finetune_section)
         self.body_layout.addStretch(1)
+        # Before the scroll area measures the body (it keeps that first measure as its size hint).
+        fit_width(self.body)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -358,14 +303,16 @@ class EngineWidget(QWidget):
         self.runner.cancel()
 
     def _needs_tiles(self, layer) -> bool:
-        """Whether ``layer`` is segmented tile by tile (see :attr:`TILED_MIN_PIXELS`)."""
+        """Whether ``layer`` is segmented tile by tile into a zarr-backed labels layer, never
+        loaded whole: a multiscale layer, or a 2-D plane the command line would tile too
+        (:func:`napari_kaizen.tiled.should_tile`, the one place that decides)."""
+        from ..tiled import should_tile
+
         if getattr(layer, "multiscale", False):
             return True
         if np.ndim(layer.data) != 2 or getattr(layer, "rgb", False):
             return False
-        pixels = int(np.prod(np.shape(layer.data)))
-        return pixels > self.TILED_MIN_PIXELS or (not isinstance(layer.data, np.ndarray)
-                                                  and pixels > self.TILED_LAZY_PIXELS)
+        return should_tile(np.shape(layer.data), lazy=not isinstance(layer.data, np.ndarray))
 
     def _run_tiled(self, layer, params, spec, device):
         """Segment a huge or lazy 2-D layer tile by tile; tiles appear as they finish."""

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..errors import KaizenError
 from ..io import write_labels, write_measurements_csv, write_roi_zip
-from ._engine_widget import LayerChoice
+from ._controls import LayerChoice, fit_width
 
 
 def features_columns(layer) -> dict[str, dict[int, float]]:
@@ -63,6 +63,7 @@ class ExportWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.export_button.changed.connect(self.export)
+        fit_width(self)
 
     def reset_choices(self, event=None) -> None:
         self.labels.reset_choices()

@@ -132,7 +132,7 @@ class FinetunePanel(QGroupBox):
     ) -> None:
         super().__init__(title)
         from ..engines import get_engine
-        from ._engine_widget import LayerChoice
+        from ._controls import LayerChoice
 
         self.viewer = viewer
         self.engine = get_engine(engine)

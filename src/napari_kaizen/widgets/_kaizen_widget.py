@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 
 from . import _layers
-from ._engine_widget import EngineWidget, Section
+from ._controls import Section
+from ._engine_widget import EngineWidget
 from ._kaizen_history import IterationScrubber, SnapshotHistory, keepable
 from ._kaizen_review import ReviewPanel
 from ._kaizen_view import ACCEPTED_COLOR, REJECTED_COLOR, KaizenLayers, scores_table

@@ -14,6 +14,8 @@ from typing import Any
 
 from magicgui import widgets as mw
 
+from ..engines._common.scale import parse_diameter
+
 
 def attribute_docs(cls: type) -> dict[str, str]:
     """Parse the numpydoc ``Attributes`` section of ``cls`` into ``{name: text}``."""
@@ -116,15 +118,8 @@ class ParamsForm(mw.Container):
             if isinstance(widget, mw.LineEdit):
                 text = str(v).strip()
                 if name == "diameter":
-                    if text.lower() in ("", "none"):
-                        v = None
-                    elif text.lower() == "auto":
-                        v = "auto"
-                    else:
-                        try:
-                            v = float(text)
-                        except ValueError:
-                            raise ValueError(f"diameter '{text}' is not a number of pixels, 'auto' or empty") from None
+                    # The same reading as the command line's --diameter (InputError is a ValueError).
+                    v = parse_diameter(text)
                 elif _optional_number(self._hints.get(name)) is not None:
                     v = _parse_optional_number(name, text, _optional_number(self._hints.get(name)))
                 else:

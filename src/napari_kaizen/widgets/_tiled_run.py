@@ -86,7 +86,7 @@ def tiled_job(
     """
     from ..engines import get_engine
     from ..io.zarr import create_label_levels
-    from ..tiled import DEFAULT_TILE, as_2d_source, segment_tiled
+    from ..tiled import as_2d_source, segment_tiled
 
     data = list(layer.data) if getattr(layer, "multiscale", False) else layer.data
     if getattr(layer, "rgb", False):
@@ -100,7 +100,7 @@ def tiled_job(
     title = name or f"{layer.name} labels"
 
     def make():
-        return segment_tiled(engine, src, params, model=model_spec, device=device, tile=tile or DEFAULT_TILE,
+        return segment_tiled(engine, src, params, model=model_spec, device=device, tile=tile,
                              halo=halo, out=levels)
 
     def draw(snapshot: Any) -> None:

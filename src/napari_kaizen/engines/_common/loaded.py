@@ -21,17 +21,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ...errors import WeightsError
-from .normalize import DEFAULT_PERCENTILES
+from .metadata import INPUT_KINDS, ModelMetadata, read_model_metadata
 
-#: What a model's input image is; a model's JSON says it under ``input``.
-INPUT_KINDS: dict[str, str] = {
-    "nuclei": "fluorescent nuclei (DAPI / Hoechst-like)",
-    "membrane": "fluorescent membrane / cytoplasm (CellMask-like)",
-    "label-free": "label-free (bright field, phase contrast or DIC)",
-}
+__all__ = ["INPUT_KINDS", "LoadedModel", "load_or_move"]
 
 
 class LoadedModel:
@@ -72,25 +65,24 @@ class LoadedModel:
 
     # -------------------------------------------------------------- metadata
     @property
+    def model_metadata(self) -> ModelMetadata:
+        """The JSON read into the one schema (:func:`~.metadata.read_model_metadata`)."""
+        return read_model_metadata(self.metadata)
+
+    @property
     def object_diameter(self) -> float | None:
         """Median object diameter (pixels) of the training data, if the JSON records a valid one."""
-        try:
-            d = float(self.metadata.get("object_diameter"))
-        except (TypeError, ValueError):
-            return None
-        return d if np.isfinite(d) and d > 0 else None
+        return self.model_metadata.object_diameter
 
     @property
     def percentiles(self) -> tuple[float, float]:
         """The normalisation percentiles the model was trained with."""
-        p = self.metadata.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES)
-        return float(p[0]), float(p[1])
+        return self.model_metadata.percentiles
 
     @property
     def input_kind(self) -> str | None:
         """What the model expects as input (a key of :data:`INPUT_KINDS`), if recorded."""
-        kind = self.metadata.get("input")
-        return kind if kind in INPUT_KINDS else None
+        return self.model_metadata.input_kind
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r}, object_diameter={self.object_diameter})"

@@ -156,6 +156,56 @@ class EstimatedDiameter(float):
     """
 
 
+def parse_diameter(value: float | str | None, *, what: str = "diameter") -> float | str | None:
+    """Read a diameter as a person gives it: a number of pixels, ``'auto'`` or ``None``.
+
+    Every front end reads the diameter through this one function (the command line's
+    ``--diameter`` and ``--param diameter=``, the widgets' forms, the Python API), so a
+    job carries a float, ``'auto'`` or ``None`` and nothing downstream parses text.
+
+    Parameters
+    ----------
+    value : float, str or None
+        ``17.5``, ``'17.5'``, ``'auto'`` (any case), ``'none'`` / ``''`` / ``None``.
+    what : str
+        How the value is named in an error (``'--diameter'``).
+
+    Returns
+    -------
+    float, 'auto' or None
+
+    Raises
+    ------
+    InputError
+        Text that is not a number, ``'auto'`` or ``'none'``; a number that is not
+        finite and positive.
+
+    Examples
+    --------
+    >>> parse_diameter("60"), parse_diameter(" Auto "), parse_diameter("none"), parse_diameter(12)
+    (60.0, 'auto', None, 12.0)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text in ("", "none"):
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            raise InputError(f"{what} '{value}' is not understood: give pixels (e.g. 17.5), 'auto' or 'none'") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} {value!r} is not understood: give pixels (e.g. 17.5), 'auto' or None")
+    else:
+        number = float(value)
+    if not np.isfinite(number) or number <= 0:
+        raise InputError(f"{what} must be a positive number of pixels or 'auto', got {value!r}")
+    return number
+
+
 def resolve_diameter(image: np.ndarray, diameter: float | str | None, *, required: bool = True) -> float | None:
     """Turn a ``diameter`` argument into pixels (``'auto'`` estimates, ``None`` stays None).
 

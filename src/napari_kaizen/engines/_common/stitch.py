@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,14 @@ HALO_DIAMETERS = 3.0
 #: Smallest and default halo (pixels), used when no object diameter is known.
 MIN_HALO = 32
 DEFAULT_HALO = 96
+
+#: Default core side of a stitching tile (pixels): big enough that per-tile work (a
+#: network's own window, Otsu's histogram) is efficient, small enough that any engine's
+#: peak memory for one window stays well under a gigabyte or two.
+DEFAULT_TILE = 2048
+
+#: Smallest stitching tile (pixels): below it the halo would be most of every window.
+MIN_TILE = 64
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,27 @@ def choose_halo(diameter: float | None, tile: int) -> int:
     return int(min(max(MIN_HALO, halo), max(MIN_HALO, tile // 2)))
 
 
+def check_tile(tile: Any, *, what: str = "tile size") -> int:
+    """The stitching tile side: :data:`DEFAULT_TILE` for None, else ``tile`` if it is a
+    whole number of at least :data:`MIN_TILE` pixels. The one check every front end uses.
+
+    Raises
+    ------
+    InputError
+        Anything else, in one line naming ``what``.
+
+    Examples
+    --------
+    >>> check_tile(256), check_tile(None)
+    (256, 2048)
+    """
+    if tile is None:
+        return DEFAULT_TILE
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < MIN_TILE:
+        raise InputError(f"{what} {tile!r} is too small: give at least {MIN_TILE} pixels (e.g. {DEFAULT_TILE})")
+    return int(tile)
+
+
 def tile_grid(shape: Sequence[int], tile: int, halo: int) -> list[Tile]:
     """The tiles covering an image of ``shape``, in raster order.
 
@@ -108,8 +138,7 @@ def tile_grid(shape: Sequence[int], tile: int, halo: int) -> list[Tile]:
         If ``tile`` or ``halo`` is not a sensible size.
     """
     h, w = (int(s) for s in shape)
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 64:
-        raise InputError(f"tile size {tile!r} is too small: give at least 64 pixels (e.g. 2048)")
+    tile = check_tile(tile)
     if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
         raise InputError(f"halo {halo!r} must be a whole number of pixels >= 0")
 

@@ -104,7 +104,7 @@ def save_weights(
     # Tied / shared tensors would make safetensors refuse; clone each to be safe.
     tensors = {k: v.clone() for k, v in tensors.items()}
     atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp)), overwrite=overwrite)
-    from ... import __version__
+    from ..._version import __version__
 
     meta = dict(metadata)
     meta.update(

@@ -12,5 +12,7 @@ Params = ClassicalParams
 DEFAULT_MODEL = None
 #: What the engine expects: a fluorescent channel (bright objects on a dark background).
 INPUT_KIND = "nuclei"
+#: A tiled run measures the Otsu threshold on sample crops of the whole image first (seconds).
+CALIBRATE_ON_CROPS = True
 
 __all__ = ["DEFAULT_MODEL", "INPUT_KIND", "TITLE", "ClassicalParams", "Params", "segment"]

@@ -11,19 +11,14 @@ are here too. Everything that needs torch is imported on first use.
 """
 
 from .. import lazy_exports
-from .params import FCNParams
+from .params import ARCHITECTURE, CELLS_MODEL, DEFAULT_MODEL, INPUT_KIND, FCNParams
 from .segment import instances_from_distance, instances_from_probabilities, segment
 from .targets import fcn_targets, pixel_weights
 
 TITLE = "GoogLeNet FCN"
 Params = FCNParams
-DEFAULT_MODEL = "bundled:fcn_nuclei"
-#: Bundled model for whole cells from a membrane (CellMask-like) channel.
-CELLS_MODEL = "bundled:fcn_cells"
-#: ``architecture`` of this engine's weights files.
-ARCHITECTURE = "googlenet-fcn"
-#: What the default model expects.
-INPUT_KIND = "nuclei"
+#: A tiled run measures the whole image's thresholds on sample crops first (seconds).
+CALIBRATE_ON_CROPS = True
 
 __getattr__ = lazy_exports(__name__, {
     "CLASSES": ".model", "FCNModel": ".model", "GoogLeNetFCN": ".model", "load_model": ".model",

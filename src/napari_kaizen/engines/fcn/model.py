@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._common.loaded import LoadedModel, load_or_move
-
-#: ``architecture`` value in the weights metadata.
-from . import ARCHITECTURE  # noqa: E402 - one constant, named in the package
+from .params import ARCHITECTURE, DEFAULT_MODEL
 
 #: Output classes, in channel order.
 CLASSES: tuple[str, ...] = ("background", "interior", "edge")
@@ -284,7 +282,6 @@ def load_model(model: Any = None, device: Any = "auto") -> FCNModel:
         If ``device`` is not available.
     """
     from ...errors import WeightsError
-    from . import DEFAULT_MODEL
 
     loaded, net, meta = load_or_move(model, device, loaded_type=FCNModel, network_type=GoogLeNetFCN,
                                      default=DEFAULT_MODEL, architecture=ARCHITECTURE, build=build_model,

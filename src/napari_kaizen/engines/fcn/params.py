@@ -6,6 +6,19 @@ from dataclasses import dataclass
 
 from ...errors import InputError
 
+# The engine's constants live here, beside its Params, at the bottom of the package:
+# the network (model.py), segment.py and the package's __init__ all read them, and
+# none of those may import another just for a name.
+
+#: The bundled nucleus model, used when no model is given.
+DEFAULT_MODEL = "bundled:fcn_nuclei"
+#: Bundled model for whole cells from a membrane (CellMask-like) channel.
+CELLS_MODEL = "bundled:fcn_cells"
+#: ``architecture`` of this engine's weights files.
+ARCHITECTURE = "googlenet-fcn"
+#: What the default model expects.
+INPUT_KIND = "nuclei"
+
 
 @dataclass(frozen=True)
 class FCNParams:
@@ -45,14 +58,15 @@ class FCNParams:
         field's typical object are removed (faint cytoplasm taken for a nucleus on a
         dark, sparse field). ``None`` (default): the model's calibrated value, else 0
         (off).
-    tile : int
-        Tile side (pixels, model grid). Larger images are cut into overlapping tiles
-        whose outputs are averaged (weighted to their centres); 1024 keeps a 1024 x
-        1024 image in one pass, which is fastest on CPU and GPU alike.
+    window : int
+        Side of the network's window (pixels, model grid). Larger images are cut into
+        overlapping windows whose outputs are averaged (weighted to their centres);
+        1024 keeps a 1024 x 1024 image in one pass, which is fastest on CPU and GPU
+        alike. Not the stitching tile of huge images (``kaizen segment --tile``).
     overlap : int
-        Pixels shared by neighbouring tiles.
+        Pixels shared by neighbouring windows.
     batch_size : int
-        Tiles per forward pass.
+        Windows per forward pass.
     edge_weight : float
         Loss weight of edge pixels relative to others (training and fine-tuning only;
         the post's over-weighting of edge errors).
@@ -69,7 +83,7 @@ class FCNParams:
     h: float | None = None
     min_size: float | None = None
     min_contrast: float | None = None
-    tile: int = 1024
+    window: int = 1024
     overlap: int = 64
     batch_size: int = 1
     edge_weight: float = 5.0
@@ -89,10 +103,10 @@ class FCNParams:
         if self.min_contrast is not None and (not isinstance(self.min_contrast, (int, float))
                                               or not 0.0 <= self.min_contrast < 1.0):
             raise InputError(f"min_contrast must be a fraction in [0, 1), got {self.min_contrast!r}")
-        if not isinstance(self.tile, int) or self.tile < 32:
-            raise InputError(f"tile must be an integer of at least 32 pixels, got {self.tile!r}")
-        if not isinstance(self.overlap, int) or not 0 <= self.overlap < self.tile // 2 + 1:
-            raise InputError(f"overlap must be an integer in [0, tile/2], got {self.overlap!r}")
+        if not isinstance(self.window, int) or self.window < 32:
+            raise InputError(f"window must be an integer of at least 32 pixels, got {self.window!r}")
+        if not isinstance(self.overlap, int) or not 0 <= self.overlap < self.window // 2 + 1:
+            raise InputError(f"overlap must be an integer in [0, window/2], got {self.overlap!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not isinstance(self.edge_weight, (int, float)) or not float(self.edge_weight) > 0:

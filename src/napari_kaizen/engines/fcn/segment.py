@@ -277,14 +277,14 @@ def segment(
         img = prepare_image(image, percentiles=fcn.percentiles)
     # Nuclei models only: a membrane stain's thin outlines can sit close to the noise
     # and must not be mistaken for an empty field.
-    empty = empty_field_snapshot(img, fluorescence=fcn.metadata.get("channel") == "nuclei")
+    empty = empty_field_snapshot(img, fluorescence=fcn.input_kind == "nuclei")
     if empty is not None:
         yield empty
         return
     auto = isinstance(p.diameter, str) and p.diameter.strip().lower() == "auto"
     # 'auto' measures bright blobs (nuclei); a membrane stain's cells cannot be measured
     # that way, so a membrane model runs at the image's own scale unless told a size.
-    diameter = None if auto and fcn.metadata.get("channel") == "membrane" else resolve_diameter(
+    diameter = None if auto and fcn.input_kind == "membrane" else resolve_diameter(
         img, p.diameter, required=False)
     rs = rescale_for_model(img.shape, diameter, fcn.object_diameter)
     x = rs.to_model(img)
@@ -296,7 +296,7 @@ def segment(
 
     probs = yield from relay(
         iter_tiled_predict(
-            predict, x, tile=p.tile, overlap=p.overlap, batch_size=p.batch_size, multiple_of=fcn.stride, device=dev
+            predict, x, tile=p.window, overlap=p.overlap, batch_size=p.batch_size, multiple_of=fcn.stride, device=dev
         ),
         0.0,
         0.8,

@@ -25,10 +25,12 @@ import numpy as np
 
 from ...errors import InputError
 from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
+from .._common.metadata import with_kind_keys
 from .._common.normalize import DEFAULT_PERCENTILES
 from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
 from .._common.snapshots import TrainingSnapshot
 from .._common.training import check_output, resample_mask, training_pairs
+from .params import INPUT_KIND
 from .targets import fcn_targets, pixel_weights
 
 #: Augmentation of the post (crops are taken by the sampler): rolls, flips, rotations;
@@ -231,7 +233,7 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         gts, preds, acc = [], [], []
         predict = predictor(net, False)
         for img, lab in val_pairs:
-            probs = tiled_predict(predict, img, tile=p.tile, overlap=p.overlap, multiple_of=net.stride, device=dev)
+            probs = tiled_predict(predict, img, tile=p.window, overlap=p.overlap, multiple_of=net.stride, device=dev)
             maps = dict(zip(("probability", "edge", "distance"), probs))
             pred = instances(maps, {"threshold": 0.5, "foreground": 0.5, "h": 0.1},
                              min_area=min_area_pixels(0.1, object_diameter))
@@ -380,7 +382,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     predict = predictor(net, flip_average)
     with torch.no_grad():
         for img, _ in pairs:
-            probs.append(tiled_predict(predict, img, tile=p.tile, overlap=p.overlap, multiple_of=net.stride,
+            probs.append(tiled_predict(predict, img, tile=p.window, overlap=p.overlap, multiple_of=net.stride,
                                        device=dev))
     truth = [lab for _, lab in pairs]
     maps = [dict(zip(("probability", "edge", "distance"), pr)) for pr in probs]
@@ -606,7 +608,7 @@ def train(
             "reproduce": reproduce or "",
         },
     }
-    saved = _save(net.cpu(), path, meta, overwrite)
+    saved = _save(net.cpu(), path, with_kind_keys(meta, default_input=INPUT_KIND), overwrite)
     yield TrainingSnapshot(
         stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
         loss=result["final_loss"], validation=result["validation"], weights_path=saved, done=True,
@@ -766,7 +768,7 @@ def finetune(
         "seconds": round(result["seconds"], 1),
         "reproduce": reproduce or "",
     }
-    saved = _save(net.cpu(), path, meta, overwrite)
+    saved = _save(net.cpu(), path, with_kind_keys(meta, default_input=INPUT_KIND), overwrite)
     yield TrainingSnapshot(
         stage="saved", progress=1.0, message=f"saved {saved.name}", step=steps, total_steps=steps,
         loss=result["final_loss"], weights_path=saved, done=True,

@@ -14,16 +14,12 @@ so building a parameter form stays light.
 from .. import lazy_exports
 from .dataset import PatchSampler
 from .decompose import decompose
-from .params import KaizenParams
-from .segment import DEFAULT_MODEL, segment
+from .params import ARCHITECTURE, DEFAULT_MODEL, INPUT_KIND, KaizenParams
+from .segment import segment
 from .snapshots import DecompositionSnapshot, DecompositionTrace
 
 TITLE = "Kaizen (VQ-VAE decomposition)"
 Params = KaizenParams
-#: ``architecture`` of this engine's weights files.
-ARCHITECTURE = "kaizen-vqvae"
-#: What the default model expects.
-INPUT_KIND = "nuclei"
 
 __getattr__ = lazy_exports(__name__, {
     "KaizenModel": ".model", "KaizenVQVAE": ".model", "VQVAEConfig": ".model", "load_model": ".model",

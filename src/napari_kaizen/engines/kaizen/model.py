@@ -57,9 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._common.loaded import LoadedModel, load_or_move
-
-#: The ``architecture`` string of Kaizen weights files.
-from . import ARCHITECTURE  # noqa: E402 - one constant, named in the package
+from .params import ARCHITECTURE, DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -413,8 +411,6 @@ def load_model(model: Any = None, device: Any = "auto") -> KaizenModel:
         Missing file, a file for another architecture, a JSON that does not match
         its tensors, or tensors that do not fit the architecture.
     """
-    from .segment import DEFAULT_MODEL
-
     loaded, net, meta = load_or_move(model, device, loaded_type=KaizenModel, network_type=KaizenVQVAE,
                                      default=DEFAULT_MODEL, architecture=ARCHITECTURE,
                                      build=lambda cfg: KaizenVQVAE(dict(cfg)), what="Kaizen model")

@@ -13,7 +13,9 @@ lobe) are not one level at all.
 relative to each cell's own contrast and size, so the rule carries from the corrected
 frame to the session's other frames. :func:`fit_outline_rule` fits it on the
 corrected pixels (only those a person checked, for a partial correction).
-:meth:`~napari_kaizen.engines.kaizen.finetune` fits one after the VQ-VAE and stores it
+:meth:`~napari_kaizen.engines.kaizen.finetune` fits one after the VQ-VAE (through
+:func:`~napari_kaizen.engines.kaizen.training.learn_from_corrections`, which decomposes the
+corrected images, so it lives above the segmentation) and stores it
 with the weights (the network's ``outline_rule`` part; its width is the config's
 ``outline_rule``), so a fine-tuned model outlines as its corrector did, and a model
 without one keeps the calibrated level.
@@ -127,88 +129,3 @@ def fit_outline_rule(
     with torch.no_grad():
         final = float(loss_fn(rule(x), y))
     return rule, final
-
-
-def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                           regions: Sequence[np.ndarray | None] | None = None, *, seed: int = 0):
-    """Fit an outline rule for ``net`` on corrected images and attach it; a generator.
-
-    Each corrected image is decomposed by ``net`` (the outlines of its own masks, as
-    the image-outline step receives them), the :func:`~.outlines.outline_features`
-    of the pixels near the cells found are paired with whether the corrected labels
-    put them inside a cell, and only checked pixels count (``regions``). Progress is
-    yielded as :class:`~napari_kaizen.engines._common.snapshots.TrainingSnapshot`.
-
-    Parameters
-    ----------
-    net : KaizenVQVAE
-        The (fine-tuned) network; the rule is attached to it
-        (:meth:`~napari_kaizen.engines.kaizen.model.KaizenVQVAE.attach_outline_rule`).
-    metadata : dict
-        Its metadata (the cell mask level of the decomposition).
-    images : sequence of ndarray
-        Normalised images (:func:`~napari_kaizen.engines._common.normalize.prepare_image`).
-    labels : sequence of ndarray of int
-        Their corrected labels.
-    regions : sequence of (ndarray of bool or None), optional
-        Where each image's labels are complete; ``None``: everywhere.
-    seed : int
-
-    Returns
-    -------
-    dict
-        ``{'outline_rule': ...}`` for the weights' training record: pixels and cells
-        used and the final loss, or why no rule was learned.
-    """
-    from .._common import run_to_end
-    from .._common.snapshots import TrainingSnapshot
-    from .model import KaizenModel
-    from .outlines import outline_features
-    from .params import KaizenParams
-    from .segment import segment
-
-    model = KaizenModel(net, metadata, source="<fine-tuning>")
-    feats, inside, cells = [], [], 0
-    regions = list(regions) if regions is not None else [None] * len(images)
-    for k, (img, lab, region) in enumerate(zip(images, labels, regions)):
-        yield TrainingSnapshot(stage="calibrating", progress=1.0,
-                               message=f"learning the outlines: decomposing corrected image {k + 1}/{len(images)}")
-        img, lab, region = np.asarray(img), np.asarray(lab), None if region is None else np.asarray(region, bool)
-        if region is not None and not region.any():
-            continue
-        if region is not None:
-            # Only around the checked region: a person who checked a corner of a large
-            # field should not wait for the whole field's decomposition.
-            sl = region_window(region, lab)
-            img, lab, region = img[sl], lab[sl], region[sl]
-        found = run_to_end(segment(img, KaizenParams(outline="model"), model=model, device="auto")).labels
-        f, where = outline_features(found, img)
-        checked = where if region is None else where & region
-        feats.append(f[checked[where]])
-        inside.append(lab[checked] > 0)
-        cells += len(np.unique(lab[checked & (lab > 0)]))
-    if not feats:
-        feats, inside = [np.zeros((0, len(FEATURES)), np.float32)], [np.zeros(0, bool)]
-    try:
-        rule, loss = fit_outline_rule(feats, inside, seed=seed)
-    except ValueError as exc:
-        kept = "; the starting model's rule is kept" if getattr(net, "outline_rule", None) is not None else ""
-        return {"outline_rule": f"not learned: {exc}{kept}"}
-    net.attach_outline_rule(rule)
-    return {"outline_rule": {"pixels": int(sum(len(t) for t in inside)), "cells": int(cells),
-                             "final_loss": round(loss, 4), "steps": STEPS, "learning_rate": LEARNING_RATE,
-                             "features": list(FEATURES)}}
-
-
-def region_window(region: np.ndarray, labels: np.ndarray) -> tuple[slice, slice]:
-    """The part of an image to decompose for a checked ``region``: its bounding box
-    grown by four typical cell diameters (at least 64 pixels), so every cell in it is
-    decomposed with its neighbours around it as in the whole image."""
-    from .._common.scale import median_diameter
-
-    ys, xs = np.nonzero(region)
-    near = np.unique(labels[region])
-    d = median_diameter(np.where(np.isin(labels, near[near > 0]), labels, 0))
-    pad = int(max(64, 4 * d)) if np.isfinite(d) else 64
-    return (slice(max(0, int(ys.min()) - pad), int(ys.max()) + pad + 1),
-            slice(max(0, int(xs.min()) - pad), int(xs.max()) + pad + 1))

@@ -7,6 +7,17 @@ from dataclasses import dataclass
 
 from ...errors import InputError
 
+# The engine's constants live here, beside its Params, at the bottom of the package:
+# the network (model.py), segment.py and the package's __init__ all read them, and
+# none of those may import another just for a name.
+
+#: Weights used when none are given.
+DEFAULT_MODEL = "bundled:kaizen_nuclei"
+#: ``architecture`` of this engine's weights files.
+ARCHITECTURE = "kaizen-vqvae"
+#: What the default model expects.
+INPUT_KIND = "nuclei"
+
 #: The ``'cell'`` mask rule's level for a model whose metadata does not calibrate one.
 DEFAULT_MASK_FRACTION = 0.25
 #: The ``'image'`` outline's constants for a model whose metadata does not calibrate them.

@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from .params import KaizenParams
+from .params import DEFAULT_MODEL, KaizenParams
 from .snapshots import DecompositionSnapshot
 
-#: Weights used when none are given.
-DEFAULT_MODEL = "bundled:kaizen_nuclei"
+__all__ = ["DEFAULT_MODEL", "segment"]
 
 
 def segment(

@@ -25,6 +25,7 @@ import numpy as np
 from ...errors import InputError
 from .._common.snapshots import TrainingSnapshot
 from .dataset import PatchSampler, synthetic_training_set
+from .params import INPUT_KIND
 
 #: Default optimiser steps of :func:`train`.
 DEFAULT_STEPS = 6000
@@ -277,7 +278,9 @@ def train(
         reproduce = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
     def metadata(done_steps: int, summary: dict) -> dict:
-        return {
+        from .._common.metadata import with_kind_keys
+
+        return with_kind_keys({
             "architecture": ARCHITECTURE,
             "config": model.config.to_dict(),
             "patch_size": int(patch_size),
@@ -327,7 +330,7 @@ def train(
                 "torch_version": torch.__version__,
                 "reproduce": reproduce,
             },
-        }
+        }, default_input=INPUT_KIND)
 
     batches = sampler.batches(batch_size)
     loop = train_loop(
@@ -397,7 +400,7 @@ def finetune(
     as in training: centred on corrected cells (target: that cell only) and on
     background (target: nothing). Then the fine-tuned model decomposes the corrected
     image(s) and an outline rule is fitted to the corrected outlines and saved with
-    the weights (:func:`~napari_kaizen.engines.kaizen.outline_rule.learn_from_corrections`):
+    the weights (:func:`learn_from_corrections`):
     the VQ-VAE decides which cells are found, the rule where their outlines run.
 
     Parameters
@@ -430,7 +433,6 @@ def finetune(
 
     from .._common.training import check_output, check_regions, training_pairs
     from .model import KaizenModel, load_model
-    from .outline_rule import learn_from_corrections
 
     check_output(output, overwrite)
     base = model if isinstance(model, KaizenModel) else load_model(model, "cpu")
@@ -448,6 +450,91 @@ def finetune(
         init=start, regions=regions, freeze_codebook=True, calibrate_mask=False, before_save=outline_rule,
         data_description={"description": description or "corrected labels", "finetuned_from": base.source},
     ))
+
+
+def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                           regions: Sequence[np.ndarray | None] | None = None, *, seed: int = 0):
+    """Fit an outline rule for ``net`` on corrected images and attach it; a generator.
+
+    Each corrected image is decomposed by ``net`` (the outlines of its own masks, as
+    the image-outline step receives them), the :func:`~.outlines.outline_features`
+    of the pixels near the cells found are paired with whether the corrected labels
+    put them inside a cell, and only checked pixels count (``regions``). Progress is
+    yielded as :class:`~napari_kaizen.engines._common.snapshots.TrainingSnapshot`.
+
+    Parameters
+    ----------
+    net : KaizenVQVAE
+        The (fine-tuned) network; the rule is attached to it
+        (:meth:`~napari_kaizen.engines.kaizen.model.KaizenVQVAE.attach_outline_rule`).
+    metadata : dict
+        Its metadata (the cell mask level of the decomposition).
+    images : sequence of ndarray
+        Normalised images (:func:`~napari_kaizen.engines._common.normalize.prepare_image`).
+    labels : sequence of ndarray of int
+        Their corrected labels.
+    regions : sequence of (ndarray of bool or None), optional
+        Where each image's labels are complete; ``None``: everywhere.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``{'outline_rule': ...}`` for the weights' training record: pixels and cells
+        used and the final loss, or why no rule was learned.
+    """
+    from .._common.snapshots import run_to_end
+    from .model import KaizenModel
+    from .outline_rule import LEARNING_RATE, STEPS, fit_outline_rule
+    from .outlines import FEATURES, outline_features
+    from .params import KaizenParams
+    from .segment import segment
+
+    model = KaizenModel(net, metadata, source="<fine-tuning>")
+    feats, inside, cells = [], [], 0
+    regions = list(regions) if regions is not None else [None] * len(images)
+    for k, (img, lab, region) in enumerate(zip(images, labels, regions)):
+        yield TrainingSnapshot(stage="calibrating", progress=1.0,
+                               message=f"learning the outlines: decomposing corrected image {k + 1}/{len(images)}")
+        img, lab, region = np.asarray(img), np.asarray(lab), None if region is None else np.asarray(region, bool)
+        if region is not None and not region.any():
+            continue
+        if region is not None:
+            # Only around the checked region: a person who checked a corner of a large
+            # field should not wait for the whole field's decomposition.
+            sl = region_window(region, lab)
+            img, lab, region = img[sl], lab[sl], region[sl]
+        found = run_to_end(segment(img, KaizenParams(outline="model"), model=model, device="auto")).labels
+        f, where = outline_features(found, img)
+        checked = where if region is None else where & region
+        feats.append(f[checked[where]])
+        inside.append(lab[checked] > 0)
+        cells += len(np.unique(lab[checked & (lab > 0)]))
+    if not feats:
+        feats, inside = [np.zeros((0, len(FEATURES)), np.float32)], [np.zeros(0, bool)]
+    try:
+        rule, loss = fit_outline_rule(feats, inside, seed=seed)
+    except ValueError as exc:
+        kept = "; the starting model's rule is kept" if getattr(net, "outline_rule", None) is not None else ""
+        return {"outline_rule": f"not learned: {exc}{kept}"}
+    net.attach_outline_rule(rule)
+    return {"outline_rule": {"pixels": int(sum(len(t) for t in inside)), "cells": int(cells),
+                             "final_loss": round(loss, 4), "steps": STEPS, "learning_rate": LEARNING_RATE,
+                             "features": list(FEATURES)}}
+
+
+def region_window(region: np.ndarray, labels: np.ndarray) -> tuple[slice, slice]:
+    """The part of an image to decompose for a checked ``region``: its bounding box
+    grown by four typical cell diameters (at least 64 pixels), so every cell in it is
+    decomposed with its neighbours around it as in the whole image."""
+    from .._common.scale import median_diameter
+
+    ys, xs = np.nonzero(region)
+    near = np.unique(labels[region])
+    d = median_diameter(np.where(np.isin(labels, near[near > 0]), labels, 0))
+    pad = int(max(64, 4 * d)) if np.isfinite(d) else 64
+    return (slice(max(0, int(ys.min()) - pad), int(ys.max()) + pad + 1),
+            slice(max(0, int(xs.min()) - pad), int(xs.max()) + pad + 1))
 
 
 def calibrate_mask_fraction(

@@ -16,17 +16,13 @@ Everything that needs torch is imported on first use.
 """
 
 from .. import lazy_exports
-from .params import UNetParams
+from .params import ARCHITECTURE, DEFAULT_MODEL, INPUT_KIND, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, UNetParams
 from .postprocess import instances
-from .segment import DEFAULT_MODEL, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, segment
+from .segment import segment
 from .targets import balance_lambda, distance_map, segmentation_targets
 
 TITLE = "U-Net (ISL)"
 Params = UNetParams
-#: ``architecture`` of this engine's weights files.
-ARCHITECTURE = "unet_isl"
-#: What the engine's models expect: the label-free channel.
-INPUT_KIND = "label-free"
 
 __getattr__ = lazy_exports(__name__, {
     "ISLUNet": ".model", "UNet": ".model", "UNetModel": ".model", "build_model": ".model", "load_model": ".model",

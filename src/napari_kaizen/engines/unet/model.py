@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._common.loaded import LoadedModel, load_or_move
-
-#: ``architecture`` value of every U-Net weights file of this engine.
-from . import ARCHITECTURE  # noqa: E402 - one constant, named in the package
+from .params import ARCHITECTURE, DEFAULT_MODEL
 
 #: Constructor defaults: 5 levels (4 poolings, total stride 16), 16 -> 96 channels.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -256,8 +254,6 @@ def load_model(model: Any = None, device: Any = "auto") -> UNetModel:
     DeviceError
         The device is not available.
     """
-    from .segment import DEFAULT_MODEL
-
     loaded, net, meta = load_or_move(model, device, loaded_type=UNetModel, network_type=ISLUNet,
                                      default=DEFAULT_MODEL, architecture=ARCHITECTURE, build=build_model,
                                      what="U-Net")

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The engine's constants live here, beside its Params, at the bottom of the package:
+# the network (model.py), segment.py and the package's __init__ all read them, and
+# none of those may import another just for a name.
+
+#: The bundled fine-tuned nucleus model (label-free -> nuclei instances).
+DEFAULT_MODEL = "bundled:unet_nuclei"
+#: The bundled ISL-pretrained models (label-free -> DAPI-like / CellMask-like).
+PRETRAINED_NUCLEI = "bundled:unet_isl_nuclei"
+PRETRAINED_MEMBRANE = "bundled:unet_isl_membrane"
+#: ``architecture`` value of every U-Net weights file of this engine.
+ARCHITECTURE = "unet_isl"
+#: What the engine's models expect: the label-free channel.
+INPUT_KIND = "label-free"
+
 
 @dataclass(frozen=True)
 class UNetParams:
@@ -32,13 +46,14 @@ class UNetParams:
     smooth : float
         Gaussian sigma (pixels, model scale) applied to the predicted distance map before
         the h-maxima, against pixel noise.
-    tile : int
-        Side of the square tiles a large image is predicted in (the paper trains on
-        512 x 512 crops). Rounded up to a multiple of 16.
+    window : int
+        Side of the square windows the network predicts a large image in (the paper
+        trains on 512 x 512 crops); rounded up to a multiple of 16. Not the stitching
+        tile of huge images (``kaizen segment --tile``, :mod:`napari_kaizen.tiled`).
     overlap : int
-        Pixels shared by neighbouring tiles; predictions are averaged there with a ramp.
+        Pixels shared by neighbouring windows; predictions are averaged there with a ramp.
     batch_size : int
-        Tiles per forward pass.
+        Windows per forward pass.
     """
 
     diameter: float | str | None = None
@@ -46,7 +61,7 @@ class UNetParams:
     mask_threshold: float = 0.5
     min_size: float = 0.1
     smooth: float = 1.0
-    tile: int = 512
+    window: int = 512
     overlap: int = 64
     batch_size: int = 1
 
@@ -61,9 +76,9 @@ class UNetParams:
             raise InputError(f"min_size must be >= 0 (a fraction of a typical object's area), got {self.min_size}")
         if float(self.smooth) < 0:
             raise InputError(f"smooth must be >= 0 pixels, got {self.smooth}")
-        if int(self.tile) < 32:
-            raise InputError(f"tile must be at least 32 pixels, got {self.tile}")
-        if not 0 <= int(self.overlap) < int(self.tile) // 2 + 1:
-            raise InputError(f"overlap must be between 0 and half the tile ({int(self.tile) // 2}), got {self.overlap}")
+        if int(self.window) < 32:
+            raise InputError(f"window must be at least 32 pixels, got {self.window}")
+        if not 0 <= int(self.overlap) < int(self.window) // 2 + 1:
+            raise InputError(f"overlap must be between 0 and half the window ({int(self.window) // 2}), got {self.overlap}")
         if int(self.batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")

@@ -11,17 +11,12 @@ from ...errors import DeviceError, InputError
 from .._common.normalize import prepare_image
 from .._common.scale import median_diameter, rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
-from .params import UNetParams
+from .params import DEFAULT_MODEL, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, UNetParams
 
 if TYPE_CHECKING:  # the model module imports torch; segment() loads it on first call
     from .model import UNetModel
 
-#: The bundled fine-tuned nucleus model (label-free -> nuclei instances).
-DEFAULT_MODEL = "bundled:unet_nuclei"
-
-#: The bundled ISL-pretrained models (label-free -> DAPI-like / CellMask-like).
-PRETRAINED_NUCLEI = "bundled:unet_isl_nuclei"
-PRETRAINED_MEMBRANE = "bundled:unet_isl_membrane"
+__all__ = ["DEFAULT_MODEL", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI", "segment"]
 
 
 def _predict_fn(net, segmentation: bool):
@@ -52,7 +47,7 @@ def predict_maps(
             yield from iter_tiled_predict(
                 _predict_fn(model.net, model.segmentation),
                 image,
-                tile=int(params.tile),
+                tile=int(params.window),
                 overlap=int(params.overlap),
                 batch_size=int(params.batch_size),
                 multiple_of=model.net.stride,
@@ -62,7 +57,7 @@ def predict_maps(
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             raise DeviceError(
-                f"out of memory on {model.device}: lower the tile size (now {params.tile}) or use device 'cpu'"
+                f"out of memory on {model.device}: lower the window (now {params.window}) or use device 'cpu'"
             ) from None
         raise
 

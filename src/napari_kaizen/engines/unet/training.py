@@ -29,11 +29,13 @@ import numpy as np
 
 from ...errors import InputError
 from .._common.augment import AugmentParams, augment
+from .._common.metadata import with_kind_keys
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale import rescale_for_model
 from .._common.snapshots import TrainingSnapshot
 from .._common.training import check_output, check_regions, resample_mask, training_pairs
 from .model import ARCHITECTURE, ISLUNet, build_model
+from .params import INPUT_KIND
 from .targets import balance_lambda, segmentation_loss_parts, segmentation_targets
 
 #: Fluorescent channels of the synthetic generator a model can learn to predict.
@@ -207,7 +209,7 @@ def _metadata(net: ISLUNet, **extra: Any) -> dict[str, Any]:
         "task": "segmentation" if net.segmentation else "fluorescence",
     }
     meta.update(extra)
-    return meta
+    return with_kind_keys(meta, default_input=INPUT_KIND)
 
 
 def _optimizer(net, learning_rate: float, steps: int):

@@ -1,0 +1,127 @@
+"""One segmentation job: built and checked once, run the same way plainly and tile by tile."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_kaizen.cli import main
+from napari_kaizen.data import SynthParams, synthesize
+from napari_kaizen.engines import get_engine
+from napari_kaizen.errors import KaizenError
+from napari_kaizen.jobs import SegmentJob, build_jobs, select_outputs
+from napari_kaizen.tiled import plan_tiles
+
+
+@pytest.fixture(scope="module")
+def field():
+    return synthesize(SynthParams(shape=(384, 384)), seed=3)
+
+
+@pytest.fixture()
+def image_file(tmp_path, field):
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, field.nuclei)
+    return path
+
+
+def test_diameter_option_and_param_give_the_same_tiled_labels(tmp_path, image_file, capsys):
+    """``--diameter 20`` once sized the halo as an unknown diameter (a string became None)."""
+    out_option, out_param = tmp_path / "option.tif", tmp_path / "param.tif"
+    common = ["segment", str(image_file), "--engine", "classical", "--tile", "128", "-q"]
+    assert main([*common, "-o", str(out_option), "--diameter", "20"]) == 0
+    assert main([*common, "-o", str(out_param), "--param", "diameter=20"]) == 0
+    a, b = tifffile.imread(out_option), tifffile.imread(out_param)
+    assert a.max() > 10
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_diameter_given_as_text_sizes_the_halo_as_the_number_does(field):
+    engine = get_engine("classical")
+    text = plan_tiles(engine, field.nuclei, engine.Params(diameter="20"), tile=128)
+    number = plan_tiles(engine, field.nuclei, engine.Params(diameter=20.0), tile=128)
+    assert text.halo == number.halo == 60
+    assert text.diameter == number.diameter == 20.0
+
+
+@pytest.mark.parametrize(("given", "parsed"), [("60", 60.0), ("auto", "auto"), ("AUTO", "auto"), ("none", None),
+                                                (None, "auto")])
+def test_a_job_carries_the_diameter_parsed_once(tmp_path, image_file, given, parsed):
+    batch = build_jobs([image_file], tmp_path / "out.tif", engine="classical", diameter=given)
+    (job,) = batch.jobs
+    assert isinstance(job, SegmentJob) and job.params.diameter == parsed
+    # --param diameter= is read by the same function
+    if given is not None:
+        (by_param,) = build_jobs([image_file], tmp_path / "out.tif", engine="classical",
+                                 params=[f"diameter={given}"]).jobs
+        assert by_param.params == job.params
+
+
+@pytest.mark.parametrize("bad", ["abc", "-3", "nan", "inf", "0"])
+def test_a_bad_diameter_is_one_line(tmp_path, image_file, capsys, bad):
+    out = tmp_path / "out.tif"
+    assert main(["segment", str(image_file), "-o", str(out), "-q", "--diameter", bad]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --diameter") and err.count("\n") == 0, err
+    assert not out.exists()
+
+
+def test_plain_and_tiled_jobs_run_the_same_params(tmp_path, image_file):
+    plain = build_jobs([image_file], tmp_path / "a.tif", engine="classical", diameter="20").jobs[0]
+    tiled = build_jobs([image_file], tmp_path / "b.tif", engine="classical", diameter="20", tile=128).jobs[0]
+    assert not plain.tiled and tiled.tiled and tiled.tile == 128
+    assert plain.params == tiled.params
+    assert dataclasses.replace(tiled, dest=plain.dest, tiled=False, tile=plain.tile) == plain
+
+
+def test_overwrite_and_skip_rules_live_in_one_place(tmp_path):
+    done, todo = tmp_path / "done.tif", tmp_path / "todo.tif"
+    done.write_bytes(b"x")
+    assert select_outputs([done, todo], overwrite=False, skip_existing=True) == ([1], [done])
+    assert select_outputs([done, todo], overwrite=True, skip_existing=False) == ([0, 1], [])
+    with pytest.raises(KaizenError, match="already exists"):
+        select_outputs([done, todo], overwrite=False, skip_existing=False)
+    with pytest.raises(KaizenError, match="give one of them"):
+        select_outputs([done, todo], overwrite=True, skip_existing=True)
+
+
+def test_skip_existing_is_the_same_rule_plain_and_tiled(tmp_path, image_file, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", str(image_file), "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--tile", "128"]):
+        assert main(["segment", str(image_file), "-o", str(out), "-q", *extra]) == 1
+        assert "already exists; not overwriting it" in capsys.readouterr().err
+        assert main(["segment", str(image_file), "-o", str(out), "-q", "--skip-existing", *extra]) == 0
+        assert "skipping 1 image(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("engine", ["unet", "fcn"])
+def test_the_networks_window_is_window_and_tile_says_so(tmp_path, image_file, capsys, engine):
+    """``tile`` means only the stitching tile; the networks' own window is ``window``."""
+    (job,) = build_jobs([image_file], tmp_path / "out.tif", engine=engine, params=["window=256"]).jobs
+    assert job.params.window == 256 and not job.tiled
+    out = tmp_path / "never.tif"
+    assert main(["segment", str(image_file), "-o", str(out), "-q", "--engine", engine, "--param", "tile=256"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "window" in err and "--tile is the stitching tile" in err and err.count("\n") == 0, err
+    assert not out.exists()
+    import napari_kaizen
+
+    with pytest.raises(KaizenError, match="tile= is now window="):
+        napari_kaizen.segment(np.zeros((64, 64)), engine=engine, tile=256)
+
+
+def test_the_stitching_tile_is_checked_in_one_place(tmp_path, image_file, capsys):
+    from napari_kaizen.engines._common.stitch import DEFAULT_TILE, check_tile
+
+    assert check_tile(None) == DEFAULT_TILE
+    (job,) = build_jobs([image_file], tmp_path / "a.tif", engine="classical", tile=None, scale_out=True).jobs
+    assert job.tile == DEFAULT_TILE
+    assert main(["segment", str(image_file), "-o", str(tmp_path / "b.tif"), "-q", "--tile", "32"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --tile 32 is too small: give at least 64 pixels (e.g. 2048)"
+    with pytest.raises(KaizenError, match="tile size 32 is too small"):
+        plan_tiles("classical", np.zeros((256, 256)), tile=32)
