@@ -25,6 +25,11 @@ estimated from the image), as a user gets it.
 
 Datasets:
 
+* with ``--loso DIR``: the real nuclei of every source of ``scripts/nuclei_sources.py``
+  (mnfinder and the DSB2018 acquisition groups; at most ``--max-images`` per source, a
+  fixed draw), for ``kaizen`` and ``fcn``, each from its leave-one-SOURCE-out model
+  ``<loso>/<engine>_<source>.safetensors`` (never saw that lab): frame 0 is corrected,
+  the others are scored;
 * real nuclei (``scripts/real_nuclei.py``), every folder with at least 3 images, for
   ``kaizen`` and ``fcn``, each starting from its leave-one-folder-out model
   ``<lodo>/<engine>_<folder>.safetensors`` (never saw that folder);
@@ -254,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "correction_loop.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "img" / "correction_loop.png"))
     parser.add_argument("--merge", action="store_true", help="keep rows of --out for engine/dataset pairs not rerun")
+    parser.add_argument("--loso", default=None,
+                        help="sources instead of folders: leave-one-source-out weights <engine>_<source>.safetensors "
+                             "(scripts/nuclei_sources.py); frame 0 is a source's first image of a fixed draw")
+    parser.add_argument("--max-images", type=int, default=6, help="--loso: images per source (default 6)")
+    parser.add_argument("--quarter-draws", type=int, default=len(QUARTER_SEEDS),
+                        help="independent quarter corrections per dataset (default %(default)s)")
     args = parser.parse_args(argv)
 
     import torch
@@ -273,10 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         real = [e for e in args.engines if e in ("kaizen", "fcn")]
+        seeds = QUARTER_SEEDS[: args.quarter_draws]
         if real:
-            from real_nuclei import load_real_nuclei
+            if args.loso:
+                from nuclei_sources import load_sources, per_source_sample
 
-            data = load_real_nuclei(datasets=args.datasets)
+                lodo = Path(args.loso)
+                data = per_source_sample(load_sources(sources=args.datasets), args.max_images)
+            else:
+                from real_nuclei import load_real_nuclei
+
+                data = load_real_nuclei(datasets=args.datasets)
             for d in sorted({x.dataset for x in data}):
                 items = [x for x in data if x.dataset == d]
                 if len(items) < 3:
@@ -284,10 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 for e in real:
                     model = lodo / f"{e}_{d}.safetensors"
                     if not model.exists():
-                        print(f"skipping {e} on {d}: no leave-one-folder-out model {model}", flush=True)
+                        print(f"skipping {e} on {d}: no leave-one-out model {model}", flush=True)
                         continue
                     rows.append(run_dataset(e, d, str(model), [x.image for x in items], [x.labels for x in items],
-                                            tmp=tmp, **settings[e]))
+                                            tmp=tmp, quarter_seeds=seeds, **settings[e]))
         for e in [e for e in args.synthetic if e in args.engines]:
             frames, truths, desc = synthetic_session(seed=SYNTH_SEED + 100, channel="nuclei")
             row = run_dataset(e, "synthetic nuclei", get_engine(e).default_model, frames, truths, tmp=tmp,

@@ -340,8 +340,14 @@ def test_bundled_metadata(name, channel):
     assert meta["normalization"] == {"percentiles": [1.0, 99.8]}
     assert 5 < meta["object_diameter"] < 80
     assert "scripts/train_fcn.py" in meta["training"]["reproduce"]
-    # fcn_nuclei: the 33 real annotated images + 24 synthetic fields; fcn_cells: 7 synthetic.
-    assert meta["training"]["n_images"] == (57 if name == "fcn_nuclei" else 7)
+    # fcn_nuclei: the 566 real annotated images of the seven sources + 24 synthetic
+    # fields, with a distance output; fcn_cells: 7 synthetic, classes only.
+    assert meta["training"]["n_images"] == (590 if name == "fcn_nuclei" else 7)
+    assert m.has_distance == (name == "fcn_nuclei")
+    if name == "fcn_nuclei":
+        real = meta["training"]["data"]["real"]
+        assert len(real["images_per_source"]) == 7 and real["excluded_sources"] == []
+        assert set(real["licenses"].values()) == {"MIT", "CC0-1.0"}
     assert weights_paths(f"bundled:{name}")[0].stat().st_size < 3_000_000
 
 
@@ -398,7 +404,7 @@ def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     meta = fcn.load_model(tmp_path / "ft", "cpu").metadata
     assert meta["training"]["finetuned_from"] == "bundled:fcn_nuclei"
     assert meta["object_diameter"] == nuclei_model.object_diameter
-    assert meta["training"]["base_training"]["n_images"] == 57
+    assert meta["training"]["base_training"]["n_images"] == 590
     assert meta["training"]["data"].startswith("image layer") and meta["training"]["lr"] == 1e-4
     # Objects twice the model's size: images and labels are brought to its scale.
     big = np.kron(img, np.ones((2, 2), img.dtype)), np.kron(lab, np.ones((2, 2), lab.dtype))

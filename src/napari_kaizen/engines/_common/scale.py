@@ -246,7 +246,8 @@ def estimate_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: i
     :func:`blob_diameter` reads the scale of every blob from a Laplacian-of-Gaussian
     scale space (needs no threshold, so it does not fail on dim, dense or clumped
     fields). The first is returned when both agree within a factor of
-    :data:`AGREEMENT`; otherwise, or when it finds too few objects, the second.
+    :data:`AGREEMENT`; otherwise, or when it finds too few objects, the second, unless
+    that one answered at the smallest scale searched (pixel noise, not nuclei).
 
     Parameters
     ----------
@@ -280,6 +281,9 @@ def estimate_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: i
         blob = blob_diameter(image, max_side=max_side, min_objects=min_objects)
     except InputError as exc:
         blob, errors = None, [exc]
+    if blob is not None and blob < AUTO_DIAMETER_RANGE[0] * LOG_TO_ANNOTATED * 1.05:
+        # The smallest scale searched: pixel noise or fine texture answered, not nuclei.
+        blob = None
     try:
         thresh = threshold_diameter(image, max_side=max_side, min_objects=min_objects)
     except InputError as exc:
