@@ -91,7 +91,8 @@ def labels_to_features(
         props: dict = {"objectType": object_type, "name": f"label-{idx:05d}", "measurements": measurements}
         if classification:
             props["classification"] = {"name": classification}
-        features.append({"type": "Feature", "id": f"label-{idx:05d}", "geometry": geometry, "properties": props})
+        # No feature "id": QuPath reads one as its object's UUID; without it QuPath makes one.
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
     return features
 
 
