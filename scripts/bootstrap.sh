@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything napari-kaizen needs on a fresh machine, idempotently.
 #
-#   bash scripts/bootstrap.sh          # .venv with the package (CPU torch first)
+#   bash scripts/bootstrap.sh          # .venv with the package and its napari plugin (CPU torch first)
 #   bash scripts/bootstrap.sh --test   # + Debian packages for headless Qt (Xvfb, GL) + test extras
+#   EXTRAS= bash scripts/bootstrap.sh  # the headless core only (no napari, Qt, magicgui, matplotlib)
 #
 # Order matters: torch==2.13.0 (the CPU wheel) is installed before the package, because
 # a bare `torch` requirement resolved on an empty environment pulls a multi-GB CUDA build.
@@ -43,9 +44,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 
-extras=""
-[[ $WANT_TEST == 1 ]] && extras="[testing]"
-stamp="$VENV/.napari-kaizen-installed${extras:+-test}"
+# The core runs `kaizen segment` without napari; the plugin's extra keeps `.venv/bin/napari`
+# finding the plugin as before (EXTRAS overrides, e.g. EXTRAS="napari,pyqt6" or EXTRAS="").
+EXTRAS="${EXTRAS-napari}"
+[[ $WANT_TEST == 1 ]] && EXTRAS="testing"
+extras="${EXTRAS:+[$EXTRAS]}"
+stamp="$VENV/.napari-kaizen-installed${EXTRAS:+-${EXTRAS//,/-}}"
 fingerprint="$(cat pyproject.toml; echo "$TORCH_SPEC $extras")"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$fingerprint" ]]; then
     exit 0

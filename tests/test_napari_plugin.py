@@ -1,6 +1,8 @@
 """The npe2 manifest, sample data, reader / writer and the classical + export widgets
 in a real napari viewer."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -162,6 +164,37 @@ def test_export_widget_round_trips_an_edited_layer(make_napari_viewer, tmp_path,
     widget.overwrite.value = True
     assert len(widget.export()) == 3
     np.testing.assert_array_equal(read_labels(tmp_path / "cells.tif"), layer.data)
+
+
+def test_export_widget_writes_qupath_geojson(make_napari_viewer, qtbot, tmp_path, small_field):
+    from qtpy.QtCore import Qt
+
+    from napari_kaizen.io import read_geojson
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(small_field.nucleus_labels.copy(), name="cells")
+    layer.paint((10, 10), 4242, refresh=True)  # an edit
+    _, widget = viewer.window.add_plugin_dock_widget("napari-kaizen", "Export")
+    widget.reset_choices()
+    widget.labels.value = layer
+    widget.folder.value = str(tmp_path)
+    widget.write_csv.value = False
+    widget.write_rois.value = False
+    widget.write_geojson.value = True
+    widget.geojson_type.value = "annotation"
+    qtbot.mouseClick(widget.export_button.native, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: (tmp_path / "cells.geojson").exists(), timeout=10_000)
+    assert "cells.geojson" in widget.status.text()
+    doc = json.loads((tmp_path / "cells.geojson").read_text())
+    assert {f["properties"]["objectType"] for f in doc["features"]} == {"annotation"}
+    back = read_geojson(tmp_path / "cells.geojson", layer.data.shape)
+    for i in set(np.unique(layer.data)) - {0}:
+        a, b = layer.data == i, back == i
+        assert (a & b).sum() / (a | b).sum() > 0.9, i
+    # The GeoJSON is one of the targets the no-clobber rule checks.
+    (tmp_path / "cells.tif").unlink()
+    assert widget.export() == [] and "cells.geojson" in widget.status.text()
+    assert not (tmp_path / "cells.tif").exists()
 
 
 def test_image_layer_problem_names_what_is_wrong():

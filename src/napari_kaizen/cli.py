@@ -45,8 +45,8 @@ def build_segment_jobs(args: argparse.Namespace):
     return build_jobs(
         args.images, args.output, engine=args.engine, diameter=args.diameter, params=args.param or [],
         model=args.model, device=args.device, channel=args.channel, plane=args.plane, all_planes=args.all_planes,
-        measurements=args.measurements, rois=args.rois, tile=args.tile, halo=args.halo, overwrite=args.overwrite,
-        skip_existing=args.skip_existing, scale_out=True if scheduler else None)
+        measurements=args.measurements, rois=args.rois, geojson=args.geojson, tile=args.tile, halo=args.halo,
+        overwrite=args.overwrite, skip_existing=args.skip_existing, scale_out=True if scheduler else None)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -245,6 +245,8 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
     seg.add_argument("--param", action="append", metavar="NAME=VALUE", help="set an engine parameter (repeatable)")
     seg.add_argument("--measurements", action="store_true", help="also write NAME_measurements.csv")
     seg.add_argument("--rois", action="store_true", help="also write an ImageJ ROI set NAME_rois.zip")
+    seg.add_argument("--geojson", action="store_true",
+                     help="also write the objects as QuPath GeoJSON NAME.geojson (one polygon per object)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--skip-existing", action="store_true",
                      help="leave images whose labels file already exists (resume an interrupted run)")

@@ -64,8 +64,9 @@ class SegmentJob:
         Plane of a stack.
     all_planes : bool
         Segment every plane of a stack.
-    measurements, rois : bool
-        Also write ``NAME_measurements.csv`` / ``NAME_rois.zip`` beside the labels.
+    measurements, rois, geojson : bool
+        Also write ``NAME_measurements.csv`` / ``NAME_rois.zip`` / ``NAME.geojson`` (QuPath)
+        beside the labels.
     tiled : bool
         Segment tile by tile (huge images, OME-Zarr input or output, ``--tile``).
     tile : int
@@ -87,6 +88,7 @@ class SegmentJob:
     all_planes: bool = False
     measurements: bool = False
     rois: bool = False
+    geojson: bool = False
     tiled: bool = False
     tile: int = DEFAULT_TILE
     halo: int | None = None
@@ -349,6 +351,17 @@ def select_outputs(outputs: Sequence[Path], *, overwrite: bool, skip_existing: b
     return list(range(len(outputs))), []
 
 
+def side_outputs(dest: Path, *, measurements: bool = False, rois: bool = False, geojson: bool = False) -> list[Path]:
+    """The files a plain job writes beside its labels ``dest``, in the order it writes them.
+
+    >>> [p.name for p in side_outputs(Path("out/a.tif"), measurements=True, geojson=True)]
+    ['a_measurements.csv', 'a.geojson']
+    """
+    dest = Path(dest)
+    names = [(measurements, "_measurements.csv"), (rois, "_rois.zip"), (geojson, ".geojson")]
+    return [dest.with_name(dest.stem + suffix) for wanted, suffix in names if wanted]
+
+
 def check_writable(outputs: Iterable[Path]) -> None:
     """Create the output folders and refuse an unwritable one before any work is done."""
     for folder in sorted({Path(o).parent for o in outputs}):
@@ -397,6 +410,7 @@ def build_jobs(
     all_planes: bool = False,
     measurements: bool = False,
     rois: bool = False,
+    geojson: bool = False,
     tile: int | None = None,
     halo: int | None = None,
     overwrite: bool = False,
@@ -417,7 +431,7 @@ def build_jobs(
         :func:`~napari_kaizen.engines._common.scale.parse_diameter`.
     params : list of 'NAME=VALUE' or dict, optional
         Engine parameters.
-    model, device, channel, plane, all_planes, measurements, rois
+    model, device, channel, plane, all_planes, measurements, rois, geojson
         As the command line's options.
     tile, halo : int, optional
         Stitching tile and its halo (pixels); ``tile`` makes every field tiled.
@@ -451,6 +465,8 @@ def build_jobs(
     planes = parse_plane(plane) if isinstance(plane, str) or plane is None else tuple(int(i) for i in plane)
     if plane is not None and all_planes:
         raise KaizenError("--plane picks one plane and --all-planes runs every plane: give one of them")
+    if geojson and all_planes:
+        raise KaizenError("--geojson holds the objects of one 2-D plane: leave out --all-planes, or pick one with --plane")
     if not eng.learned and model:
         raise KaizenError(f"the {eng.name} engine uses no model; --model applies to the learned engines "
                           f"({', '.join(learned_engines())})")
@@ -463,18 +479,24 @@ def build_jobs(
         shapes = [image_shape_or_none(p) for p in inputs]
         tiled = [is_zarr_path(p) or tile is not None or is_huge(s) for p, s in zip(inputs, shapes)]
         outputs = output_paths(inputs, Path(output), tiled, shapes)
-        if any(tiled) and (measurements or rois or all_planes):
-            raise KaizenError("--measurements, --rois and --all-planes are not available for tiled (huge or OME-Zarr) "
+        if any(tiled) and (measurements or rois or geojson or all_planes):
+            raise KaizenError("--measurements, --rois, --geojson and --all-planes are not available for tiled (huge or OME-Zarr) "
                               "images: segment one plane, then measure the labels")
     else:
         tiled = [False] * len(inputs)
         outputs = output_paths(inputs, Path(output))
     keep, skipped = select_outputs(outputs, overwrite=overwrite, skip_existing=skip_existing)
+    if not overwrite:
+        # Files beside the labels follow the same rule, checked before any work is done.
+        for i in keep:
+            for side in side_outputs(outputs[i], measurements=measurements, rois=rois, geojson=geojson):
+                if side.exists():
+                    raise KaizenError(f"{side} already exists; not overwriting it (pass --overwrite)")
     check_writable([outputs[i] for i in keep])
     if eng.learned and keep:
         model_entry_for(eng, model or eng.default_model)
     jobs = [SegmentJob(src=inputs[i], dest=outputs[i], engine=eng.name, params=built, model=model, device=device,
-                       channel=channel, plane=planes, all_planes=all_planes, measurements=measurements, rois=rois,
+                       channel=channel, plane=planes, all_planes=all_planes, measurements=measurements, rois=rois, geojson=geojson,
                        tiled=tiled[i], tile=check_tile(tile), halo=halo, overwrite=overwrite) for i in keep]
     return JobBatch(jobs=jobs, skipped=skipped)
 
@@ -543,7 +565,7 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     from .engines._common.normalize import to_plane
     from .engines._common.planes import segment_planes
     from .engines.registry import input_warning
-    from .io import read_image, write_labels, write_measurements_csv, write_roi_zip
+    from .io import read_image, write_geojson, write_labels, write_measurements_csv, write_roi_zip
 
     start = time.perf_counter()
     model = job_model(engine, job.model, job.device)
@@ -564,15 +586,18 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     dest = job.dest
     write_labels(dest, labels, overwrite=job.overwrite)
     extra = []
+    csv_path, roi_path, geojson_path = (
+        dest.with_name(dest.stem + suffix) for suffix in ("_measurements.csv", "_rois.zip", ".geojson"))
     if job.measurements:
-        csv_path = dest.with_name(dest.stem + "_measurements.csv")
         write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
                                extra=_scores(last), overwrite=job.overwrite)
         extra.append(csv_path.name)
     if job.rois and labels.max() > 0:
-        roi_path = dest.with_name(dest.stem + "_rois.zip")
         write_roi_zip(roi_path, labels, overwrite=job.overwrite)
         extra.append(roi_path.name)
+    if job.geojson and labels.max() > 0:
+        write_geojson(geojson_path, labels, extra=_scores(last), overwrite=job.overwrite)
+        extra.append(geojson_path.name)
     n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
     also = f" (+ {', '.join(extra)})" if extra else ""
     # No objects is a result, but never a silent one: say the engine's reason.

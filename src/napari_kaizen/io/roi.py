@@ -19,22 +19,30 @@ from .._files import atomic_write
 from ..errors import InputError
 
 
-def labels_to_rois(labels: np.ndarray, *, position: int | None = None) -> list:
-    """Polygon :class:`roifile.ImagejRoi` for every labelled object of a 2-D image.
+def object_outlines(labels: np.ndarray):
+    """Outer outline of every piece of every labelled object of a 2-D image.
+
+    The outline is the 0.5 iso-contour between pixel centres, in image pixel coordinates
+    (x, y) with pixel centres at +0.5 (the convention of ImageJ and QuPath: pixel (0, 0)
+    covers [0, 1) x [0, 1)). Filling it by pixel centre gives back the object's pixels.
 
     Parameters
     ----------
     labels : ndarray of int, shape (H, W)
-    position : int, optional
-        0-based index of the plane in a stack (stored as ImageJ's 1-based position).
+
+    Yields
+    ------
+    label : int
+    piece, n_pieces : int
+        1-based index of the connected piece and how many the object has.
+    xy : ndarray of float, shape (N, 2)
+        Open ring (the first point is not repeated at the end).
     """
-    from roifile import ImagejRoi
     from skimage.measure import find_contours
 
     lab = np.asarray(labels)
     if lab.ndim != 2:
-        raise InputError(f"ROIs are made per 2-D plane; got labels of shape {lab.shape}")
-    rois = []
+        raise InputError(f"outlines are traced per 2-D plane; got labels of shape {lab.shape}")
     slices = ndi.find_objects(lab.astype(np.int64, copy=False))
     for idx, sl in enumerate(slices, start=1):
         if sl is None:
@@ -47,14 +55,32 @@ def labels_to_rois(labels: np.ndarray, *, position: int | None = None) -> list:
             if not contours:
                 continue
             outer = max(contours, key=len)
-            # skimage (row, col) with pixel centres at integers -> ImageJ (x, y) with
-            # pixel centres at +0.5; undo the 1-pixel pad.
+            # skimage (row, col) with pixel centres at integers -> (x, y) with pixel
+            # centres at +0.5; undo the 1-pixel pad.
             xy = np.column_stack([outer[:, 1] - 1 + x0 + 0.5, outer[:, 0] - 1 + y0 + 0.5])
             if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
                 xy = xy[:-1]
-            name = f"label-{idx:05d}" + (f"-{k}" if n > 1 else "")
-            roi = ImagejRoi.frompoints(xy.astype(np.float32), name=name, position=position)
-            rois.append(roi)
+            yield idx, k, n, xy
+
+
+def labels_to_rois(labels: np.ndarray, *, position: int | None = None) -> list:
+    """Polygon :class:`roifile.ImagejRoi` for every labelled object of a 2-D image.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+    position : int, optional
+        0-based index of the plane in a stack (stored as ImageJ's 1-based position).
+    """
+    from roifile import ImagejRoi
+
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise InputError(f"ROIs are made per 2-D plane; got labels of shape {lab.shape}")
+    rois = []
+    for idx, k, n, xy in object_outlines(lab):
+        name = f"label-{idx:05d}" + (f"-{k}" if n > 1 else "")
+        rois.append(ImagejRoi.frompoints(xy.astype(np.float32), name=name, position=position))
     return rois
 
 

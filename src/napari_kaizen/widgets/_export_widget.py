@@ -1,4 +1,5 @@
-"""Export a labels layer: labels file (TIFF / PNG / NPY), measurements CSV, ImageJ ROI zip.
+"""Export a labels layer: labels file (TIFF / PNG / NPY), measurements CSV, ImageJ ROI zip,
+QuPath GeoJSON.
 
 Files are written through :mod:`napari_kaizen.io`: atomically, and an existing file is
 never replaced unless "overwrite" is ticked.
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # napari injects the viewer by this annotation
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ..errors import KaizenError
-from ..io import write_labels, write_measurements_csv, write_roi_zip
+from ..io import write_geojson, write_labels, write_measurements_csv, write_roi_zip
 from ._controls import LayerChoice, fit_width
 
 
@@ -36,7 +37,7 @@ def features_columns(layer) -> dict[str, dict[int, float]]:
 
 
 class ExportWidget(QWidget):
-    """Write the chosen labels layer (and its measurements and ROIs) to disk."""
+    """Write the chosen labels layer (and its measurements, ROIs and GeoJSON) to disk."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
@@ -50,11 +51,16 @@ class ExportWidget(QWidget):
         self.fmt = mw.ComboBox(choices=[".tif", ".png", ".npy"], value=".tif", label="labels format")
         self.write_csv = mw.CheckBox(value=True, label="measurements CSV")
         self.write_rois = mw.CheckBox(value=True, label="ImageJ ROI zip")
+        self.write_geojson = mw.CheckBox(value=False, label="QuPath GeoJSON")
+        self.write_geojson.tooltip = "One polygon per object (QuPath: File > Import objects from file)"
+        self.geojson_type = mw.ComboBox(choices=["detection", "annotation"], value="detection",
+                                        label="QuPath objects")
         self.overwrite = mw.CheckBox(value=False, label="overwrite existing files")
         self.export_button = mw.PushButton(text="Export")
         form = mw.Container(
             widgets=[self.labels, self.intensity, self.use_intensity, self.folder, self.basename, self.fmt,
-                     self.write_csv, self.write_rois, self.overwrite, self.export_button]
+                     self.write_csv, self.write_rois, self.write_geojson, self.geojson_type, self.overwrite,
+                     self.export_button]
         )
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -84,6 +90,8 @@ class ExportWidget(QWidget):
             targets.append(folder / f"{stem}_measurements.csv")
         if self.write_rois.value:
             targets.append(folder / f"{stem}_rois.zip")
+        if self.write_geojson.value:
+            targets.append(folder / f"{stem}.geojson")
         overwrite = bool(self.overwrite.value)
         if not overwrite:
             existing = [t.name for t in targets if t.exists()]
@@ -106,6 +114,9 @@ class ExportWidget(QWidget):
             if self.write_rois.value:
                 if data.max() > 0:
                     written.append(write_roi_zip(folder / f"{stem}_rois.zip", data, overwrite=overwrite))
+            if self.write_geojson.value and data.max() > 0:
+                written.append(write_geojson(folder / f"{stem}.geojson", data, object_type=self.geojson_type.value,
+                                             extra=features_columns(layer), overwrite=overwrite))
         except (KaizenError, OSError, ValueError) as exc:
             self.status.setText(f"Export stopped: {exc}")
             return written
