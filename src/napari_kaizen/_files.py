@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +28,73 @@ def _default_mode() -> int:
 
 
 _MODE = _default_mode()
+
+#: Every temporary file or folder this package makes beside an output begins with this,
+#: then the writing process's id: ``.kaizen-tmp-<pid>-<name>.<random><suffix>``.
+TMP_PREFIX = ".kaizen-tmp-"
+_TMP_PID = re.compile(r"^\.kaizen-tmp-(\d+)-")
+# Names older versions used (``.lab.tif.ab12cd34.tmp.tif``, ``.lab.zarr.ab12cd34.tmp.zarr``,
+# ``.lab.zarr.ab12cd34.old``): they carry no process id, so only old ones are removed.
+_LEGACY_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp(\.[A-Za-z0-9]+)?|old)$")
+LEGACY_TMP_AGE_S = 3600.0
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary file or folder made for the output ``name`` by this process."""
+    return f"{TMP_PREFIX}{os.getpid()}-{name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # a live process of another user (or a number no process has)
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove this package's temporary files and folders left in ``folder`` by a killed run.
+
+    A temporary whose writing process still runs (another run into the same folder) is
+    left alone; one of older versions (no process id in its name) only when it is over
+    an hour old.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        match = _TMP_PID.match(name)
+        if match:
+            if _pid_alive(int(match.group(1))):
+                continue
+        elif _LEGACY_TMP.match(name):
+            try:
+                if now - entry.lstat().st_mtime < LEGACY_TMP_AGE_S:
+                    continue
+            except OSError:
+                continue
+        else:
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
@@ -58,10 +128,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     folder = dest.parent if str(dest.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"folder {folder} does not exist: create it first or choose another output path")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        # Made inside the try: a signal arriving right after it still removes it.
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(dest.name), suffix=f".tmp{dest.suffix}", dir=folder)
+        tmp = Path(tmp_name)
+        os.close(fd)
         write(tmp)
         # mkstemp makes the file private (0o600); give it the permissions any other
         # program's output would have.
@@ -80,6 +152,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
                     raise OverwriteError(f"{dest} already exists; not overwriting it") from None
                 os.replace(tmp, dest)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     return dest

@@ -56,7 +56,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     batch = build_segment_jobs(args)
     if batch.skipped:
-        print(f"skipping {len(batch.skipped)} image(s) whose labels already exist (--skip-existing)")
+        print(f"skipping {len(batch.skipped)} image(s) whose outputs all exist (--skip-existing)")
+    if batch.removed:
+        print(f"removed {len(batch.removed)} temporary file(s) left by an interrupted run in "
+              f"{', '.join(sorted({str(p.parent) for p in batch.removed}))}")
     scheduler = getattr(args, "scheduler", None)
     if batch.jobs and not scheduler and not any(j.tiled for j in batch.jobs):
         # Load the model once, up front: a model that cannot load is the run's one error
@@ -129,6 +132,9 @@ def _strip_labels(stem: str) -> str:
 def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
     from .io import IMAGE_SUFFIXES
 
+    for what, path in (("ground truth", gt), ("prediction", pred)):
+        if not path.exists():
+            raise KaizenError(f"{what} {path} does not exist")
     if gt.is_file() and pred.is_file():
         return [(gt, pred)]
     if gt.is_dir() and pred.is_dir():
@@ -148,7 +154,7 @@ def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import read_labels
-    from .metrics import error_types, evaluate
+    from .metrics import check_labels, error_types, evaluate, looks_like_intensity
 
     pairs = _pair_files(Path(args.gt), Path(args.pred))
     gts, preds = [], []
@@ -156,6 +162,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         a, b = read_labels(g), read_labels(p)
         if a.shape != b.shape:
             raise KaizenError(f"{g.name} and {p.name} differ in shape: {a.shape} vs {b.shape}")
+        a, b = check_labels(a, g.name), check_labels(b, p.name)
+        for path, arr in ((g, a), (p, b)):
+            why = looks_like_intensity(arr)
+            if why:
+                print(f"warning: {path.name} looks like an intensity image, not labels ({why}); the scores "
+                      "below treat every value as an object", file=sys.stderr)
         gts.append(a)
         preds.append(b)
     result = evaluate(gts, preds)
