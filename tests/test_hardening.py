@@ -554,3 +554,186 @@ def test_evaluate_names_the_missing_file(tmp_path, capsys, missing):
     assert main(["evaluate", str(paths["gt"]), str(paths["pred"])]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{missing}.tif does not exist" in err, err
+
+
+@pytest.mark.parametrize("name", ["../weights/fcn_nuclei", "ABSOLUTE", "fcn_nuclei/../fcn_nuclei"])
+def test_bundled_names_are_only_the_packages_own(tmp_path, capsys, name):
+    import shutil
+
+    from napari_kaizen.engines._common.weights import bundled_dir, list_bundled, weights_paths
+    from napari_kaizen.errors import WeightsError
+
+    if name == "ABSOLUTE":
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(bundled_dir() / f"fcn_nuclei{suffix}", tmp_path / f"m{suffix}")
+        name = str(tmp_path / "m")
+    with pytest.raises(WeightsError, match="bundled models are"):
+        weights_paths(f"bundled:{name}")
+    src = _sample(tmp_path, synthesize(seed=3, shape=(64, 64)))
+    assert main(["segment", src, "-o", str(tmp_path / "o.tif"), "-q", "--engine", "fcn",
+                 "--model", f"bundled:{name}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and all(b in err for b in list_bundled()), err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def _tampered_copy(tmp_path, edit=None, text=None, name="fcn_nuclei"):
+    import json
+    import shutil
+
+    from napari_kaizen.engines._common.weights import bundled_dir
+
+    shutil.copy(bundled_dir() / f"{name}.safetensors", tmp_path / "m.safetensors")
+    meta = json.loads((bundled_dir() / f"{name}.json").read_text())
+    if edit is not None:
+        edit(meta)
+    (tmp_path / "m.json").write_text(text if text is not None else json.dumps(meta))
+    return tmp_path / "m.safetensors"
+
+
+def _deep(levels):
+    out = {}
+    for _ in range(levels):
+        out = {"a": out}
+    return out
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda m: m.update(notes="x" * (2 << 20)), "MiB"),
+        (lambda m: m.update(architecture=5), "architecture must be text"),
+        (lambda m: m.update(config=[1, 2]), "config must be an object"),
+        (lambda m: m["config"].update(width={"nested": [1]}), "config.width must be"),
+        (lambda m: m.update(training=_deep(40)), "nests"),
+        (lambda m: m.update(sha256=12), "sha256 must be"),
+        (lambda m: m.pop("sha256"), "no sha256"),
+    ],
+    ids=["over 1 MiB", "architecture a number", "config a list", "config value nested", "40 levels deep",
+         "sha256 a number", "no sha256"],
+)
+def test_a_weights_json_of_the_wrong_size_types_or_without_sha256_is_refused(tmp_path, edit, says):
+    from napari_kaizen.errors import WeightsError
+
+    path = _tampered_copy(tmp_path, edit)
+    with pytest.raises(WeightsError, match=says) as info:
+        get_engine("fcn").module.load_model(str(path), "cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_a_json_nested_beyond_the_parser_is_one_line(tmp_path):
+    from napari_kaizen.errors import WeightsError
+
+    path = _tampered_copy(tmp_path, text='{"architecture": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(WeightsError, match="m.json"):
+        get_engine("fcn").module.load_model(str(path), "cpu")
+
+
+def test_every_bundled_weights_json_has_its_sha256():
+    import json
+
+    from napari_kaizen.engines._common.weights import bundled_dir, list_bundled, sha256
+
+    names = list_bundled()
+    assert len(names) >= 6
+    for name in names:
+        meta = json.loads((bundled_dir() / f"{name}.json").read_text())
+        assert meta["sha256"] == sha256(bundled_dir() / f"{name}.safetensors"), name
+
+
+def _messy_user_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    good = _tampered_copy(folder)  # a readable copy: m.safetensors
+    (folder / "bad.safetensors").write_bytes(good.read_bytes())
+    (folder / "bad.json").write_text("{not json")
+    (folder / "gone.safetensors").symlink_to(tmp_path / "deleted.safetensors")
+    monkeypatch.setenv("NAPARI_KAIZEN_MODELS", str(folder))
+    return folder
+
+
+def test_engines_lists_the_user_folder_skipping_unreadable_files_once(tmp_path, capsys, monkeypatch):
+    folder = _messy_user_folder(tmp_path, monkeypatch)
+    assert main(["engines"]) == 0
+    out, err = capsys.readouterr()
+    assert str((folder / "m.safetensors").resolve()) in out  # the good one is listed
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bad.safetensors" in lines[0] and "gone.safetensors" in lines[0], err
+
+
+def test_widget_model_list_skips_unreadable_user_files_and_names_them_once(tmp_path, monkeypatch, qtbot):
+    import warnings
+
+    from napari_kaizen.widgets import _models
+
+    _messy_user_folder(tmp_path, monkeypatch)
+    monkeypatch.setattr(_models, "_REPORTED", set())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        picker = _models.ModelPicker("fcn")
+        picker.refresh()
+        _models.ModelPicker("fcn")
+    said = [str(w.message) for w in seen if "cannot be read" in str(w.message)]
+    assert len(said) == 1 and "bad.safetensors" in said[0] and "gone.safetensors" in said[0], said
+    assert any(str(v).endswith("m.safetensors") for v in picker.specs)
+
+
+def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, capsys, monkeypatch, field):
+    import napari_kaizen.engines.classical as classical
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("an engine bug")
+
+    monkeypatch.setattr(classical, "segment", broken)
+    src = _sample(tmp_path, field)
+    assert main(["segment", src, "-o", str(tmp_path / "o.tif"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unexpected ZeroDivisionError: an engine bug" in err, err
+    logs = list((tmp_path / "state" / "napari-kaizen" / "logs").glob("kaizen-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err
+    text = logs[0].read_text()
+    assert "Traceback" in text and "def broken" not in text and "in broken" in text and "segment" in text
+    # A KaizenError stays one line with no log.
+    assert main(["segment", src, "-o", str(tmp_path / "o.tif"), "-q", "--plane", "abc"]) == 1
+    assert ".log" not in capsys.readouterr().err
+    assert len(list((tmp_path / "state" / "napari-kaizen" / "logs").glob("*.log"))) == 1
+
+
+def test_the_schedulers_death_is_one_line_naming_it(tmp_path, capsys, monkeypatch, field):
+    """What dask.distributed raises when the scheduler goes away mid-run (its futures cancelled with
+    'scheduler-connection-lost', after its own log lines) becomes one line naming the scheduler."""
+    import contextlib
+    import logging
+
+    import distributed
+    from distributed.client import FutureCancelledError
+
+    import napari_kaizen.distributed as kd
+
+    class LostFuture:
+        key = "kaizen-field-0"
+
+        def done(self):
+            return True
+
+        def result(self):
+            logging.getLogger("distributed.client").error("Failed to reconnect to scheduler after 30.00 seconds")
+            raise FutureCancelledError(key=self.key, reason="scheduler-connection-lost")
+
+    class Client:
+        def submit(self, fn, *args, **kwargs):
+            return LostFuture()
+
+        def cancel(self, futures, force=False):
+            pass
+
+    monkeypatch.setattr(kd, "dask_client", lambda scheduler: contextlib.nullcontext(Client()))
+    monkeypatch.setattr(distributed, "as_completed", lambda futures: iter(futures))
+    folder = _folder_of_images(tmp_path, field, n=2)
+    assert main(["segment", str(folder), "-o", str(tmp_path / "out"), "-q", "--scheduler",
+                 "tcp://127.0.0.1:8786"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "tcp://127.0.0.1:8786" in err and "stopped" in err and "--skip-existing" in err, err

@@ -33,6 +33,37 @@ def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def log_dir() -> Path:
+    """Where tracebacks of unexpected errors are kept: ``$XDG_STATE_HOME/napari-kaizen/logs``
+    (default ``~/.local/state/napari-kaizen/logs``)."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "napari-kaizen" / "logs"
+
+
+def write_crash_log(exc: BaseException, argv: list[str]) -> Path | None:
+    """Write ``exc``'s traceback and the command line to a new log file; its path (None if none could be written)."""
+    import datetime as dt
+    import os
+    import tempfile
+    import traceback
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = (f"napari-kaizen {__version__}, python {sys.version.split()[0]}, {sys.platform}\n"
+            f"command: kaizen {' '.join(argv)}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    for folder in (log_dir(), Path(tempfile.gettempdir()) / "napari-kaizen-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"kaizen-{stamp}-{os.getpid()}.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
 # --------------------------------------------------------------------------- segment
 
 
@@ -194,10 +225,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_engines(args: argparse.Namespace) -> int:
     from .engines import get_engine
     from .engines._common.loaded import INPUT_KINDS
-    from .engines.registry import OUTPUT_KINDS, list_models, user_model_dir
+    from .engines.registry import OUTPUT_KINDS, list_models, skipped_line, user_model_dir
     from .errors import EngineNotAvailableError
 
-    models = list_models()
+    skipped: list = []
+    models = list_models(skipped=skipped)
     for name in ENGINE_MODULES:
         try:
             eng = get_engine(name)
@@ -212,6 +244,8 @@ def cmd_engines(args: argparse.Namespace) -> int:
             print(f"{'':10s}   {m.spec}{default}\n{'':10s}      finds {OUTPUT_KINDS[m.output_kind]}; expects {INPUT_KINDS[m.input_kind]}"
                   + (f"; {m.description}" if m.source == "user" and m.description else ""))
     print(f"fine-tuned models are kept in {user_model_dir()} (set NAPARI_KAIZEN_MODELS to move them)")
+    if skipped:
+        print(f"warning: {skipped_line(skipped)}", file=sys.stderr)
     return 0
 
 
@@ -353,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         _fail(str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 (the one place every other error becomes one line)
+        if args.debug:
+            raise
+        log = write_crash_log(exc, words)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        where = f"the traceback is in {log}" if log else "run again with --debug for the traceback"
+        _fail(f"unexpected {exc.__class__.__name__}{': ' + first if first else ''} ({where}; please report it)")
         return 1
     finally:
         warnings.showwarning = show_warning

@@ -58,7 +58,7 @@ def available_memory() -> int:
     return min(free, int(cap)) if cap and cap.isdigit() else free
 
 
-def check_fits_memory(name: str, shape: tuple[int, ...], dtype: np.dtype, *, what: str = "its header claims") -> None:
+def check_fits_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Refuse, in one line, to read an array of ``shape`` whole when it cannot fit in memory.
 
     Raises
@@ -69,7 +69,7 @@ def check_fits_memory(name: str, shape: tuple[int, ...], dtype: np.dtype, *, wha
     nbytes = float(np.prod([float(s) for s in shape])) * np.dtype(dtype).itemsize
     limit = available_memory() * MEMORY_SHARE
     if nbytes > limit:
-        raise InputError(f"'{name}': {what} {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_human(nbytes)}), more "
+        raise InputError(f"the header of '{name}' claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_human(nbytes)}), more "
                          f"than the {_human(limit)} this machine can read at once: segment one plane (--plane N) or "
                          "tile by tile (--tile 2048, OME-Zarr or TIFF input), or check the file is not damaged")
 
