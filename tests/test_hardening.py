@@ -369,15 +369,19 @@ def test_stale_temporaries_are_removed_at_the_next_run(tmp_path, capsys, field):
     (stale_zarr / "0").mkdir(parents=True)
     legacy_zarr = out / ".big.zarr.k2j4h5g6.tmp.zarr"  # an older version's name
     legacy_zarr.mkdir()
-    old = time.time() - 2 * 3600
+    old = time.time() - 2 * 86400
     os.utime(legacy_zarr, (old, old))
-    live = out / f".kaizen-tmp-{os.getpid()}-other.tif.abcd1234.tmp.tif"  # a run writing now
+    from napari_kaizen._files import temp_prefix
+
+    live = out / f"{temp_prefix('other.tif')}abcd1234.tmp.tif"  # a run writing now
     live.write_bytes(b"busy")
+    remote = out / ".kaizen-tmp-otherhost-1-x.tif.abcd1234.tmp.tif"  # a cluster worker elsewhere, writing now
+    remote.write_bytes(b"busy")
     mine = out / "notes.txt"
     mine.write_text("the user's own file")
     assert main(["segment", str(folder), "-o", str(out), "-q", "--skip-existing"]) == 0
     left = {p.name for p in out.iterdir()}
-    assert left == {"f0.tif", live.name, mine.name}, left
+    assert left == {"f0.tif", live.name, remote.name, mine.name}, left
 
 
 def test_concurrent_skip_existing_runs_do_not_fail_on_an_output_written_meanwhile(tmp_path, capsys, field,

@@ -30,18 +30,26 @@ def _default_mode() -> int:
 _MODE = _default_mode()
 
 #: Every temporary file or folder this package makes beside an output begins with this,
-#: then the writing process's id: ``.kaizen-tmp-<pid>-<name>.<random><suffix>``.
+#: then the writing machine and process: ``.kaizen-tmp-<host>-<pid>-<name>.<random><suffix>``.
 TMP_PREFIX = ".kaizen-tmp-"
-_TMP_PID = re.compile(r"^\.kaizen-tmp-(\d+)-")
+_TMP_OWNER = re.compile(r"^\.kaizen-tmp-(?:([A-Za-z0-9]{1,24})-)?(\d+)-")
 # Names older versions used (``.lab.tif.ab12cd34.tmp.tif``, ``.lab.zarr.ab12cd34.tmp.zarr``,
 # ``.lab.zarr.ab12cd34.old``): they carry no process id, so only old ones are removed.
-_LEGACY_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp(\.[A-Za-z0-9]+)?|old)$")
-LEGACY_TMP_AGE_S = 3600.0
+_LEGACY_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.(tmp\.(tif|tiff|png|npy|csv|zip|json|safetensors|zarr)|old)$")
+#: Age after which a temporary whose writer cannot be checked (older versions, another
+#: machine of a cluster writing to shared storage) counts as stale.
+UNCHECKED_TMP_AGE_S = 24 * 3600.0
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
 
 
 def temp_prefix(name: str) -> str:
     """The prefix of a temporary file or folder made for the output ``name`` by this process."""
-    return f"{TMP_PREFIX}{os.getpid()}-{name}."
+    return f"{TMP_PREFIX}{_host()}-{os.getpid()}-{name}."
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,8 +66,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove this package's temporary files and folders left in ``folder`` by a killed run.
 
     A temporary whose writing process still runs (another run into the same folder) is
-    left alone; one of older versions (no process id in its name) only when it is over
-    an hour old.
+    left alone; one written on another machine (a cluster's worker) or by an older
+    version (no process id in its name) only when it is a day old.
 
     Returns
     -------
@@ -71,20 +79,22 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         entries = list(Path(folder).iterdir())
     except OSError:
         return removed
-    now = time.time()
+    now, host = time.time(), _host()
+
+    def old(entry: Path) -> bool:
+        try:
+            return now - entry.lstat().st_mtime >= UNCHECKED_TMP_AGE_S
+        except OSError:
+            return False
+
     for entry in entries:
         name = entry.name
-        match = _TMP_PID.match(name)
+        match = _TMP_OWNER.match(name)
         if match:
-            if _pid_alive(int(match.group(1))):
+            same_host = match.group(1) in (None, host)
+            if (same_host and _pid_alive(int(match.group(2)))) or (not same_host and not old(entry)):
                 continue
-        elif _LEGACY_TMP.match(name):
-            try:
-                if now - entry.lstat().st_mtime < LEGACY_TMP_AGE_S:
-                    continue
-            except OSError:
-                continue
-        else:
+        elif not (_LEGACY_TMP.match(name) and old(entry)):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
