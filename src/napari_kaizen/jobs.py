@@ -619,7 +619,7 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     reuse = job.skip_existing and output_complete(dest)
     model = None if reuse else job_model(engine, job.model, job.device)
     image = None
-    if job.plane is not None and not job.all_planes:
+    if job.plane is not None and not job.all_planes and job.channel is None:
         image = read_plane(job.src, job.plane)  # only that page of a stack is read
     plane = job.plane if image is None else None
     if image is None:
