@@ -12,7 +12,12 @@ RGB and stacks, bad parameters and bad weights files. A case is
 * ``multi-line``: an error that took more than one line; ``partial``: a failure that left
   an output file behind.
 
-    python benchmarks/bad_input_audit.py [--engines classical kaizen unet fcn]
+    python benchmarks/bad_input_audit.py [--engines classical kaizen unet fcn] [--families segment issue25]
+
+The ``issue25`` family (outputs as one unit, files checked before being read whole,
+``kaizen evaluate`` inputs, weights JSONs and names, the user model folder, unexpected
+errors) runs other commands too; its resume / concurrent cases count ``result`` only
+when every requested output is there afterwards (else ``missing-output``).
 
 Writes ``benchmarks/results/bad_input_audit.json`` and prints the counts and every case
 that is not ``error`` / ``result`` / ``empty``.
@@ -137,6 +142,195 @@ def cases(engines: list[str], folder: Path) -> list[tuple[str, list[str], tuple[
     return out
 
 
+def issue25_cases(folder: Path) -> list[tuple[str, object]]:
+    """(name, callable giving the ``run_case`` result dict plus ``expect_files``) for the issue 25 families."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    import tifffile
+
+    from napari_kaizen.engines._common.weights import bundled_dir
+
+    f = _field()
+    root = folder / "i25"
+    root.mkdir()
+    imgs = root / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        tifffile.imwrite(imgs / f"f{i}.tif", f.nuclei)
+    out: list[tuple[str, object]] = []
+
+    def cli(argv, files=(), refuse=True):
+        return lambda: {**run_argv(argv), "expect_files": [str(x) for x in files], "refuse": refuse}
+
+    # F1: a resume after a run killed between the labels and the table / ROIs.
+    res_out = root / "resume"
+
+    def resume():
+        run_argv(["segment", str(imgs), "-o", str(res_out), "-q", "--measurements", "--rois"])
+        (res_out / "f0_measurements.csv").unlink(missing_ok=True)
+        (res_out / "f1_rois.zip").unlink(missing_ok=True)
+        r = run_argv(["segment", str(imgs), "-o", str(res_out), "-q", "--measurements", "--rois", "--skip-existing"])
+        return {**r, "expect_files": [str(res_out / n) for n in ("f0_measurements.csv", "f1_rois.zip")]}
+
+    out.append(("issue25 / resume writes the missing outputs", resume))
+    # F1: another run's output lands while this one writes.
+    conc = root / "concurrent"
+
+    def concurrent():
+        conc.mkdir()
+        real = tifffile.imwrite
+
+        def other_run_wins(path, *a, **k):
+            real(path, *a, **k)
+            if ".kaizen-tmp-" in str(path) and "f0.tif" in str(path) and not (conc / "f0.tif").exists():
+                real(conc / "f0.tif", np.ones((8, 8), np.uint8))
+            elif ".f0.tif." in str(path) and not (conc / "f0.tif").exists():  # older temporary names
+                real(conc / "f0.tif", np.ones((8, 8), np.uint8))
+
+        tifffile.imwrite = other_run_wins
+        try:
+            r = run_argv(["segment", str(imgs), "-o", str(conc), "-q", "--skip-existing"])
+        finally:
+            tifffile.imwrite = real
+        return {**r, "expect_files": [str(conc / "f0.tif"), str(conc / "f1.tif")]}
+
+    out.append(("issue25 / concurrent --skip-existing", concurrent))
+    # F1: stale temporaries of a killed run.
+    stale = root / "stale"
+
+    def stale_run():
+        stale.mkdir()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        (stale / f".kaizen-tmp-{dead}-f0.tif.abcd1234.tmp.tif").write_bytes(b"half")
+        old = stale / ".f0.zarr.k2j4h5g6.tmp.zarr"
+        old.mkdir()
+        os.utime(old, (0, 0))
+        r = run_argv(["segment", str(imgs), "-o", str(stale), "-q", "--skip-existing"])
+        left = [p.name for p in stale.iterdir() if p.name.startswith(".")]
+        if left and r["kind"] is None:
+            r["kind"] = f"left temporaries ({', '.join(left)})"
+        return {**r, "expect_files": [str(stale / "f0.tif")]}
+
+    out.append(("issue25 / stale temporaries removed", stale_run))
+    # F2: headers that claim enormous sizes; one plane of a stack.
+    big_tif = root / "claims.tif"
+    tifffile.imwrite(big_tif, shape=(4000, 2000, 2000), dtype="uint16", photometric="minisblack")
+    big_npy = root / "claims.npy"
+    with open(big_npy, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (100000, 2000, 2000)})
+    os.environ.setdefault("NAPARI_KAIZEN_MAX_READ_BYTES", str(8 << 30))
+    for p in (big_tif, big_npy):
+        out.append((f"issue25 / {p.suffix} claiming {p.stat().st_size} bytes as a huge stack",
+                    cli(["segment", str(p), "-o", str(root / f"o{p.suffix}.tif"), "-q", "--all-planes"])))
+    out.append(("issue25 / --plane 3 of a huge sparse stack",
+                cli(["segment", str(big_tif), "-o", str(root / "plane.tif"), "-q", "--plane", "3"],
+                    [root / "plane.tif"], refuse=False)))
+    import zarr
+
+    store = root / "damaged.zarr"
+    arr = zarr.open(str(store), mode="w", shape=(320, 320), chunks=(160, 160), dtype="uint16")
+    arr[:] = np.tile(f.nuclei.astype(np.uint16), (2, 2))
+    chunk = sorted(p for p in store.rglob("*") if p.is_file() and not p.name.startswith((".", "zarr.json")))[0]
+    chunk.write_bytes(b"\x02\x01garbage")
+    out.append(("issue25 / damaged zarr chunk", cli(["segment", str(store), "-o", str(root / "z.tif"), "-q"])))
+    # F3: evaluate.
+    gt = root / "gt.tif"
+    tifffile.imwrite(gt, f.nucleus_labels)
+    for name, arr in (("negative", f.nucleus_labels.astype(np.int32) - 1),
+                      ("float 0.5", f.nucleus_labels.astype(np.float32) + 0.5)):
+        p = root / f"pred_{name.split()[0]}.tif"
+        tifffile.imwrite(p, arr)
+        out.append((f"issue25 / evaluate {name} labels", cli(["evaluate", str(gt), str(p)])))
+    out.append(("issue25 / evaluate a missing file", cli(["evaluate", str(gt), str(root / "nope.tif")])))
+    # F4: weights.
+    tampered = root / "weights"
+    tampered.mkdir()
+    meta = json.loads((bundled_dir() / "fcn_nuclei.json").read_text())
+    edits = {"over 1 MiB": dict(meta, notes="x" * (2 << 20)), "architecture a number": dict(meta, architecture=5),
+             "no sha256": {k: v for k, v in meta.items() if k != "sha256"}}
+    good = root / "good.tif"
+    tifffile.imwrite(good, f.nuclei)
+    for name, m in edits.items():
+        stem = tampered / name.replace(" ", "_")
+        shutil.copy(bundled_dir() / "fcn_nuclei.safetensors", stem.with_suffix(".safetensors"))
+        stem.with_suffix(".json").write_text(json.dumps(m))
+        out.append((f"issue25 / weights JSON {name}",
+                    cli(["segment", str(good), "-o", str(stem.with_suffix(".out.tif")), "-q", "--engine", "fcn", "--model",
+                         str(stem.with_suffix(".safetensors"))])))
+    out.append(("issue25 / --model bundled:../weights/fcn_nuclei",
+                cli(["segment", str(good), "-o", str(root / "b.tif"), "-q", "--engine", "fcn", "--model",
+                     "bundled:../weights/fcn_nuclei"])))
+    users = root / "user_models"
+    users.mkdir()
+    (users / "bad.safetensors").write_bytes(b"\0" * 64)
+    (users / "bad.json").write_text("{not json")
+    (users / "gone.safetensors").symlink_to(root / "deleted.safetensors")
+
+    def engines_listing():
+        before = os.environ.get("NAPARI_KAIZEN_MODELS")
+        os.environ["NAPARI_KAIZEN_MODELS"] = str(users)
+        try:
+            r = run_argv(["engines"])
+        finally:
+            if before is None:
+                os.environ.pop("NAPARI_KAIZEN_MODELS")
+            else:
+                os.environ["NAPARI_KAIZEN_MODELS"] = before
+        warned = [ln for ln in r["stderr"].splitlines() if ln.strip()]
+        if r["rc"] == 0 and (len(warned) != 1 or "gone.safetensors" not in warned[0]):
+            r["kind"] = "unreadable files not named once"
+        return {**r, "expect_files": []}
+
+    out.append(("issue25 / kaizen engines with unreadable user models", engines_listing))
+    return out
+
+
+def run_argv(argv: list[str], limit: int = 300) -> dict:
+    """``kaizen ARGV`` in this process under a time limit; rc, kind (traceback / hang), stderr, stdout."""
+    from napari_kaizen.cli import main
+
+    err, std = io.StringIO(), io.StringIO()
+
+    def alarm(signum, frame):
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(limit)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+            rc = main(argv)
+        kind = None
+    except _Timeout:
+        rc, kind = None, "hang"
+    except SystemExit as exc:
+        rc, kind = int(exc.code or 0), None
+    except BaseException as exc:  # noqa: BLE001 - the point is to count these
+        rc, kind = None, f"traceback ({type(exc).__name__}: {str(exc)[:80]})"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    return {"rc": rc, "kind": kind, "stderr": err.getvalue().strip(), "stdout": std.getvalue().strip()}
+
+
+def classify_issue25(res: dict) -> str:
+    if res["kind"]:
+        return res["kind"]
+    lines = [ln for ln in res["stderr"].splitlines() if ln.strip() and not ln.startswith("warning:")]
+    if res["rc"] == 0 and res.get("refuse"):
+        return "accepted (should refuse)"
+    if res["rc"] == 0:
+        missing = [Path(p).name for p in res["expect_files"] if not Path(p).exists()]
+        return f"missing-output ({', '.join(missing)})" if missing else "result"
+    if len(lines) == 1 and lines[0].startswith("error:"):
+        return "error"
+    return "multi-line" if lines else "no message"
+
+
 def stack_shape(f) -> tuple[int, ...]:
     return (3, *f.nuclei.shape)
 
@@ -198,6 +392,7 @@ def classify(res: dict, out: Path, expect) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", nargs="+", default=["classical", "kaizen", "unet", "fcn"])
+    parser.add_argument("--families", nargs="+", default=["segment", "issue25"], choices=["segment", "issue25"])
     parser.add_argument("--limit", type=int, default=300, help="seconds per case before it counts as a hang")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bad_input_audit.json"))
     args = parser.parse_args()
@@ -207,7 +402,13 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for k, (name, argv, expect) in enumerate(cases(args.engines, folder)):
+        for name, run in (issue25_cases(folder) if "issue25" in args.families else []):
+            res = run()
+            kind = classify_issue25(res)
+            rows.append({"case": name, "outcome": kind, "rc": res["rc"],
+                         "said": (res["stderr"] or res["stdout"]).splitlines()[-1][:160] if (res["stderr"] or res["stdout"]) else ""})
+            print(f"{kind:14s} {name}: {rows[-1]['said'][:110]}", flush=True)
+        for k, (name, argv, expect) in enumerate(cases(args.engines, folder) if "segment" in args.families else []):
             engine, src = argv[1], argv[2]
             out = folder / f"out_{k}.tif"
             res = run_case(["", engine, src, *argv[3:]], out, args.limit)

@@ -79,8 +79,11 @@ def test_plain_and_tiled_jobs_run_the_same_params(tmp_path, image_file):
 
 def test_overwrite_and_skip_rules_live_in_one_place(tmp_path):
     done, todo = tmp_path / "done.tif", tmp_path / "todo.tif"
-    done.write_bytes(b"x")
+    tifffile.imwrite(done, np.ones((4, 4), np.uint8))
     assert select_outputs([done, todo], overwrite=False, skip_existing=True) == ([1], [done])
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(done.read_bytes()[:6])  # cut off mid-write: not done, a resume redoes it
+    assert select_outputs([done, cut], overwrite=False, skip_existing=True) == ([1], [done])
     assert select_outputs([done, todo], overwrite=True, skip_existing=False) == ([0, 1], [])
     with pytest.raises(KaizenError, match="already exists"):
         select_outputs([done, todo], overwrite=False, skip_existing=False)

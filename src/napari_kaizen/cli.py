@@ -33,6 +33,37 @@ def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def log_dir() -> Path:
+    """Where tracebacks of unexpected errors are kept: ``$XDG_STATE_HOME/napari-kaizen/logs``
+    (default ``~/.local/state/napari-kaizen/logs``)."""
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "napari-kaizen" / "logs"
+
+
+def write_crash_log(exc: BaseException, argv: list[str]) -> Path | None:
+    """Write ``exc``'s traceback and the command line to a new log file; its path (None if none could be written)."""
+    import datetime as dt
+    import os
+    import tempfile
+    import traceback
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = (f"napari-kaizen {__version__}, python {sys.version.split()[0]}, {sys.platform}\n"
+            f"command: kaizen {' '.join(argv)}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    for folder in (log_dir(), Path(tempfile.gettempdir()) / "napari-kaizen-logs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"kaizen-{stamp}-{os.getpid()}.log"
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
 # --------------------------------------------------------------------------- segment
 
 
@@ -56,7 +87,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     batch = build_segment_jobs(args)
     if batch.skipped:
-        print(f"skipping {len(batch.skipped)} image(s) whose labels already exist (--skip-existing)")
+        print(f"skipping {len(batch.skipped)} image(s) whose outputs all exist (--skip-existing)")
+    if batch.removed:
+        print(f"removed {len(batch.removed)} temporary file(s) left by an interrupted run in "
+              f"{', '.join(sorted({str(p.parent) for p in batch.removed}))}")
     scheduler = getattr(args, "scheduler", None)
     if batch.jobs and not scheduler and not any(j.tiled for j in batch.jobs):
         # Load the model once, up front: a model that cannot load is the run's one error
@@ -129,6 +163,9 @@ def _strip_labels(stem: str) -> str:
 def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
     from .io import IMAGE_SUFFIXES
 
+    for what, path in (("ground truth", gt), ("prediction", pred)):
+        if not path.exists():
+            raise KaizenError(f"{what} {path} does not exist")
     if gt.is_file() and pred.is_file():
         return [(gt, pred)]
     if gt.is_dir() and pred.is_dir():
@@ -148,7 +185,7 @@ def _pair_files(gt: Path, pred: Path) -> list[tuple[Path, Path]]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import read_labels
-    from .metrics import error_types, evaluate
+    from .metrics import check_labels, error_types, evaluate, looks_like_intensity
 
     pairs = _pair_files(Path(args.gt), Path(args.pred))
     gts, preds = [], []
@@ -156,6 +193,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         a, b = read_labels(g), read_labels(p)
         if a.shape != b.shape:
             raise KaizenError(f"{g.name} and {p.name} differ in shape: {a.shape} vs {b.shape}")
+        a, b = check_labels(a, g.name), check_labels(b, p.name)
+        for path, arr in ((g, a), (p, b)):
+            why = looks_like_intensity(arr)
+            if why:
+                print(f"warning: {path.name} looks like an intensity image, not labels ({why}); the scores "
+                      "below treat every value as an object", file=sys.stderr)
         gts.append(a)
         preds.append(b)
     result = evaluate(gts, preds)
@@ -182,10 +225,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_engines(args: argparse.Namespace) -> int:
     from .engines import get_engine
     from .engines._common.loaded import INPUT_KINDS
-    from .engines.registry import OUTPUT_KINDS, list_models, user_model_dir
+    from .engines.registry import OUTPUT_KINDS, list_models, skipped_line, user_model_dir
     from .errors import EngineNotAvailableError
 
-    models = list_models()
+    skipped: list = []
+    models = list_models(skipped=skipped)
     for name in ENGINE_MODULES:
         try:
             eng = get_engine(name)
@@ -200,6 +244,8 @@ def cmd_engines(args: argparse.Namespace) -> int:
             print(f"{'':10s}   {m.spec}{default}\n{'':10s}      finds {OUTPUT_KINDS[m.output_kind]}; expects {INPUT_KINDS[m.input_kind]}"
                   + (f"; {m.description}" if m.source == "user" and m.description else ""))
     print(f"fine-tuned models are kept in {user_model_dir()} (set NAPARI_KAIZEN_MODELS to move them)")
+    if skipped:
+        print(f"warning: {skipped_line(skipped)}", file=sys.stderr)
     return 0
 
 
@@ -343,6 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         _fail(str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 (the one place every other error becomes one line)
+        if args.debug:
+            raise
+        log = write_crash_log(exc, words)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        where = f"the traceback is in {log}" if log else "run again with --debug for the traceback"
+        _fail(f"unexpected {exc.__class__.__name__}{': ' + first if first else ''} ({where}; please report it)")
         return 1
     finally:
         warnings.showwarning = show_warning

@@ -126,6 +126,58 @@ def run_jobs(jobs: Sequence[SegmentJob], *, scheduler: str | None = None, progre
         Progress bars on stderr.
     """
     scheduler = check_scheduler(scheduler)
+    if not scheduler:
+        yield from _run_jobs(jobs, None, None, progress)
+        return
+    with _quiet_distributed():
+        try:
+            yield from _run_jobs(jobs, scheduler, None, progress)
+        except Exception as exc:  # noqa: BLE001 (only the scheduler's loss is translated; the rest re-raised)
+            if not _scheduler_lost(exc):
+                raise
+            raise KaizenError(f"the dask scheduler {scheduler} stopped during the run ({_lost_reason(exc)}); images "
+                              "finished before it are kept: start it again and rerun with --skip-existing to "
+                              "resume") from None
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Keep dask.distributed's own log lines (reconnect attempts, a closing connection pool)
+    off the terminal: what a person needs is said once, by the run, in our words."""
+    import logging
+
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _scheduler_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is how dask.distributed reports a scheduler (or the connection to it) gone."""
+    from concurrent.futures import CancelledError
+
+    try:
+        from distributed.comm.core import CommClosedError
+    except ImportError:  # pragma: no cover
+        CommClosedError = OSError  # noqa: N806
+    if isinstance(exc, (CancelledError, CommClosedError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, OSError, TimeoutError)) and any(
+        w in text for w in ("connectionpool closing", "connection lost", "scheduler-connection-lost",
+                            "client is closed", "not running", "stream is closed"))
+
+
+def _lost_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return f"{exc.__class__.__name__}: {reason}" if reason else exc.__class__.__name__
+
+
+def _run_jobs(jobs: Sequence[SegmentJob], scheduler: str | None, _unused: Any, progress: bool
+              ) -> Iterator[tuple[SegmentJob, JobResult | Exception]]:
     fields = [j for j in jobs if not j.tiled]
     huge = [j for j in jobs if j.tiled]
     with (dask_client(scheduler) if scheduler else contextlib.nullcontext()) as client:
@@ -139,6 +191,8 @@ def run_jobs(jobs: Sequence[SegmentJob], *, scheduler: str | None = None, progre
                     try:
                         result: JobResult | Exception = f.result()
                     except (KaizenError, OSError) as exc:
+                        if _scheduler_lost(exc):
+                            raise
                         result = exc
                     bar.clear()
                     yield owner[f.key], result
@@ -153,6 +207,8 @@ def _attempt(job: SegmentJob, progress: bool, client: Any) -> JobResult | Except
     try:
         return run_job(job, progress=progress, client=client)
     except (KaizenError, OSError) as exc:
+        if client is not None and _scheduler_lost(exc):
+            raise
         return exc
 
 

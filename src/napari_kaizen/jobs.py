@@ -75,6 +75,10 @@ class SegmentJob:
         Context around each tile, pixels (None: from the object diameter).
     overwrite : bool
         Replace an existing output.
+    skip_existing : bool
+        Resume: keep outputs that exist and are complete, write the missing ones (from
+        the labels on disk when they exist), and take an output another run wrote
+        meanwhile as done.
     """
 
     src: Path
@@ -93,19 +97,62 @@ class SegmentJob:
     tile: int = DEFAULT_TILE
     halo: int | None = None
     overwrite: bool = False
+    skip_existing: bool = False
 
     @property
     def name(self) -> str:
         """The input's file name, as lines about this job begin."""
         return self.src.name
 
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file this job is asked for, labels first (:func:`job_outputs`)."""
+        return job_outputs(self.dest, measurements=self.measurements, rois=self.rois, geojson=self.geojson)
+
 
 @dataclass(frozen=True)
 class JobBatch:
-    """What :func:`build_jobs` made: the jobs to run and the outputs left as they were."""
+    """What :func:`build_jobs` made: the jobs to run, the outputs left as they were, and the
+    stale temporary files of killed runs removed from the output folders."""
 
     jobs: list[SegmentJob]
     skipped: list[Path]
+    removed: list[Path] = dataclasses.field(default_factory=list)
+
+
+def job_outputs(dest: Path, *, measurements: bool = False, rois: bool = False,
+                geojson: bool = False) -> tuple[Path, ...]:
+    """The files of one image's run, labels first: ``NAME.tif`` [, ``NAME_measurements.csv``] [, ``NAME_rois.zip``]
+    [, ``NAME.geojson``] (:func:`side_outputs`)."""
+    return (Path(dest), *side_outputs(dest, measurements=measurements, rois=rois, geojson=geojson))
+
+
+def output_complete(path: Path) -> bool:
+    """Whether an output exists and is whole (a header that reads, a zip's directory, a CSV's last line).
+
+    Every writer here is atomic, so an output under its name is complete; this catches
+    those of older versions or other programs cut off mid-write, which a resume redoes.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return any((path / m).exists() for m in (".zgroup", ".zarray", "zarr.json"))
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        suffix = path.suffix.lower()
+        if suffix == ".zip":
+            import zipfile
+
+            return zipfile.is_zipfile(path)
+        if suffix == ".csv":
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                return fh.read(1) == b"\n"
+        if suffix in (".tif", ".tiff", ".npy"):
+            return image_shape_or_none(path) is not None
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -324,15 +371,24 @@ def _distinct_names(inputs: list[Path]) -> None:
         raise KaizenError("two input images share a file name; their outputs would collide: rename or run separately")
 
 
-def select_outputs(outputs: Sequence[Path], *, overwrite: bool, skip_existing: bool) -> tuple[list[int], list[Path]]:
+def select_outputs(outputs: Sequence[Path | Sequence[Path]], *, overwrite: bool,
+                   skip_existing: bool) -> tuple[list[int], list[Path]]:
     """The one overwrite / skip rule: which outputs to (re)make, and which exist and are kept.
+
+    Parameters
+    ----------
+    outputs : sequence of Path, or of tuples of Path
+        Per image, its labels file or all its requested files, labels first
+        (:func:`job_outputs`). They are one unit: an image is done only when every one
+        exists and is complete (:func:`output_complete`).
 
     Returns
     -------
     keep : list of int
-        Indices of the outputs to write.
+        Indices of the images to (re)run: with ``skip_existing`` those with any output
+        missing or incomplete (the run writes only those).
     skipped : list of Path
-        Existing outputs left as they are (``skip_existing``).
+        Labels of images whose outputs all exist, left as they are (``skip_existing``).
 
     Raises
     ------
@@ -341,11 +397,12 @@ def select_outputs(outputs: Sequence[Path], *, overwrite: bool, skip_existing: b
     """
     if skip_existing and overwrite:
         raise KaizenError("--skip-existing keeps existing outputs and --overwrite replaces them: give one of them")
-    exists = [Path(o).exists() for o in outputs]
+    groups = [(Path(o),) if isinstance(o, (str, os.PathLike)) else tuple(Path(p) for p in o) for o in outputs]
     if skip_existing:
-        return [i for i, e in enumerate(exists) if not e], [Path(o) for o, e in zip(outputs, exists) if e]
-    if not overwrite and any(exists):
-        clash = next(o for o, e in zip(outputs, exists) if e)
+        done = [all(output_complete(p) for p in g) for g in groups]
+        return [i for i, d in enumerate(done) if not d], [g[0] for g, d in zip(groups, done) if d]
+    clash = next((p for g in groups for p in g if p.exists()), None)
+    if not overwrite and clash is not None:
         raise KaizenError(f"{clash} already exists; not overwriting it (pass --overwrite, or --skip-existing "
                           "to resume a run)")
     return list(range(len(outputs))), []
@@ -485,20 +542,19 @@ def build_jobs(
     else:
         tiled = [False] * len(inputs)
         outputs = output_paths(inputs, Path(output))
-    keep, skipped = select_outputs(outputs, overwrite=overwrite, skip_existing=skip_existing)
-    if not overwrite:
-        # Files beside the labels follow the same rule, checked before any work is done.
-        for i in keep:
-            for side in side_outputs(outputs[i], measurements=measurements, rois=rois, geojson=geojson):
-                if side.exists():
-                    raise KaizenError(f"{side} already exists; not overwriting it (pass --overwrite)")
+    groups = [job_outputs(o, measurements=measurements, rois=rois, geojson=geojson) for o in outputs]
+    keep, skipped = select_outputs(groups, overwrite=overwrite, skip_existing=skip_existing)
     check_writable([outputs[i] for i in keep])
+    from ._files import remove_stale_temporaries
+
+    removed = [p for folder in sorted({outputs[i].parent for i in keep}) for p in remove_stale_temporaries(folder)]
     if eng.learned and keep:
         model_entry_for(eng, model or eng.default_model)
     jobs = [SegmentJob(src=inputs[i], dest=outputs[i], engine=eng.name, params=built, model=model, device=device,
-                       channel=channel, plane=planes, all_planes=all_planes, measurements=measurements, rois=rois, geojson=geojson,
-                       tiled=tiled[i], tile=check_tile(tile), halo=halo, overwrite=overwrite) for i in keep]
-    return JobBatch(jobs=jobs, skipped=skipped)
+                       channel=channel, plane=planes, all_planes=all_planes, measurements=measurements, rois=rois,
+                       geojson=geojson, tiled=tiled[i], tile=check_tile(tile), halo=halo, overwrite=overwrite,
+                       skip_existing=skip_existing) for i in keep]
+    return JobBatch(jobs=jobs, skipped=skipped, removed=removed)
 
 
 # --------------------------------------------------------------------------- running
@@ -565,54 +621,116 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     from .engines._common.normalize import to_plane
     from .engines._common.planes import segment_planes
     from .engines.registry import input_warning
-    from .io import read_image, write_geojson, write_labels, write_measurements_csv, write_roi_zip
+    from .io import read_image, read_labels, write_geojson, write_labels, write_measurements_csv, write_roi_zip
+    from .io.images import read_plane
 
     start = time.perf_counter()
-    model = job_model(engine, job.model, job.device)
-    image = read_image(job.src)
+    dest = job.dest
+    # A resume whose labels exist (its measurements or ROIs do not) reuses them: the
+    # missing files then describe the labels on disk, and nothing is segmented twice.
+    reuse = job.skip_existing and output_complete(dest)
+    model = None if reuse else job_model(engine, job.model, job.device)
+    image = None
+    if job.plane is not None and not job.all_planes and job.channel is None:
+        image = read_plane(job.src, job.plane)  # only that page of a stack is read
+    plane = job.plane if image is None else None
+    if image is None:
+        image = read_image(job.src)
     if job.all_planes:
         if job.channel is not None:
             image = to_plane(image, channel=job.channel) if image.ndim == 3 else image[..., job.channel]
-        gen = segment_planes(engine.segment, image, job.params, model=model, device=job.device)
+        gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device)
     else:
-        if job.plane is not None and image.ndim == 2:
+        if plane is not None and image.ndim == 2:
             raise KaizenError(f"--plane {','.join(map(str, job.plane))} was given but the image is 2-D; leave --plane out")
-        image = to_plane(image, channel=job.channel, plane=job.plane)
-        gen = engine.segment(image, job.params, model=model, device=job.device)
-    last = drive(gen, job.name, progress=progress)
-    labels = last.labels
-    if labels is None:
-        raise KaizenError("the engine finished without labels")
-    dest = job.dest
-    write_labels(dest, labels, overwrite=job.overwrite)
+        image = to_plane(image, channel=job.channel, plane=plane)
+        gen = None if reuse else engine.segment(image, job.params, model=model, device=job.device)
+    kept: list[str] = []
+    if reuse:
+        last = None
+        labels = read_labels(dest)
+        kept.append(dest.name)
+    else:
+        last = drive(gen, job.name, progress=progress)
+        labels = last.labels
+        if labels is None:
+            raise KaizenError("the engine finished without labels")
+        if not _write_output(job, dest, lambda ow: write_labels(dest, labels, overwrite=ow)):
+            labels = read_labels(dest)  # another run wrote them meanwhile: the rest describes those
+            kept.append(dest.name)
+    _, *others = job.outputs
+    csv_path = dest.with_name(dest.stem + "_measurements.csv")
+    roi_path = dest.with_name(dest.stem + "_rois.zip")
     extra = []
-    csv_path, roi_path, geojson_path = (
-        dest.with_name(dest.stem + suffix) for suffix in ("_measurements.csv", "_rois.zip", ".geojson"))
-    if job.measurements:
-        write_measurements_csv(csv_path, labels, image if image.shape == labels.shape else None,
-                               extra=_scores(last), overwrite=job.overwrite)
-        extra.append(csv_path.name)
-    if job.rois and labels.max() > 0:
-        write_roi_zip(roi_path, labels, overwrite=job.overwrite)
-        extra.append(roi_path.name)
-    if job.geojson and labels.max() > 0:
-        write_geojson(geojson_path, labels, extra=_scores(last), overwrite=job.overwrite)
-        extra.append(geojson_path.name)
+    geojson_path = dest.with_name(dest.stem + ".geojson")
+    scores = _scores(last) if last is not None else {}
+    if csv_path in others:
+        if _write_output(job, csv_path, lambda ow: write_measurements_csv(
+                csv_path, labels, image if image.shape == labels.shape else None, extra=scores, overwrite=ow)):
+            extra.append(csv_path.name)
+        else:
+            kept.append(csv_path.name)
+    if roi_path in others and labels.max() > 0:
+        if _write_output(job, roi_path, lambda ow: write_roi_zip(roi_path, labels, overwrite=ow)):
+            extra.append(roi_path.name)
+        else:
+            kept.append(roi_path.name)
+    if geojson_path in others and labels.max() > 0:
+        if _write_output(job, geojson_path, lambda ow: write_geojson(geojson_path, labels, extra=scores, overwrite=ow)):
+            extra.append(geojson_path.name)
+        else:
+            kept.append(geojson_path.name)
     n = int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))
     also = f" (+ {', '.join(extra)})" if extra else ""
+    also += f" (kept existing {', '.join(kept)})" if kept else ""
     # No objects is a result, but never a silent one: say the engine's reason.
-    why = f" ({last.message})" if n == 0 and last.message else ""
+    why = f" ({last.message})" if n == 0 and last is not None and last.message else ""
     took = time.perf_counter() - start
-    line = f"{job.name}: {n} objects with the {engine.name} engine in {took:.1f} s -> {dest}{also}{why}"
+    how = "from its existing labels" if reuse else f"with the {engine.name} engine"
+    line = f"{job.name}: {n} objects {how} in {took:.1f} s -> {dest}{also}{why}"
     warning = None
-    if engine.learned and image.ndim == 2:
+    if engine.learned and image.ndim == 2 and not reuse:
         entry = model_entry_for(engine, job.model or engine.default_model)
         warning = input_warning(entry, image) if entry is not None else None
     return JobResult(line, warning)
 
 
+def _write_output(job: SegmentJob, path: Path, write) -> bool:
+    """Write one output by ``write(overwrite)``; False if it was left as it is.
+
+    With ``skip_existing`` a complete file is kept, an incomplete one (an older
+    version's, cut off) is replaced, and one another run wrote meanwhile is kept: two
+    resumes into one folder share the work instead of failing.
+    """
+    from .errors import OverwriteError
+
+    if not job.skip_existing:
+        write(job.overwrite)
+        return True
+    if output_complete(path):
+        return False
+    try:
+        write(path.exists())
+    except OverwriteError:
+        return False
+    return True
+
+
+def _from_a_codec(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised decoding stored data (numcodecs, blosc, imagecodecs, zarr's codec pipeline)."""
+    import traceback
+
+    words = ("numcodecs", "blosc", "imagecodecs", "zstd", "codec", "decompress")
+    files = [f.filename for f in traceback.extract_tb(exc.__traceback__)]
+    if any(w in f for f in files for w in words[:3]) or any("/zarr/" in f and "codec" in f for f in files):
+        return True
+    return any(w in str(exc).lower() for w in words)
+
+
 def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> str:
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
+    from ._files import temp_prefix
+    from .errors import OverwriteError
     from .io.zarr import atomic_zarr, create_label_levels, open_lazy, squeeze_to_2d, write_bigtiff
     from .tiled import segment_tiled
 
@@ -627,19 +745,33 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     # With a cluster, workers load (and keep) the model themselves from its spec.
     model = job.model if client is not None else job_model(engine, job.model, job.device)
     kwargs = dict(model=model, device=job.device, tile=job.tile, halo=job.halo, client=client)
-    if dest.suffix.lower() == ".zarr":
-        with atomic_zarr(dest, overwrite=job.overwrite) as tmp:
-            levels = create_label_levels(tmp, image.shape[-2:], name=src.stem)
-            last = drive(segment_tiled(engine, image, job.params, out=levels, **kwargs), src.name, progress=progress)
-    else:
-        # Stitch into a compressed zarr beside the output (bounded memory), then stream it into a BigTIFF.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp.zarr", dir=dest.parent))
-        try:
-            levels = create_label_levels(tmp, image.shape[-2:], levels=1)
-            last = drive(segment_tiled(engine, image, job.params, out=levels, **kwargs), src.name, progress=progress)
-            write_bigtiff(dest, levels[0], overwrite=job.overwrite)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    # An incomplete output of an older version is replaced on a resume.
+    overwrite = job.overwrite or (job.skip_existing and dest.exists() and not output_complete(dest))
+    try:
+        if dest.suffix.lower() == ".zarr":
+            with atomic_zarr(dest, overwrite=overwrite) as tmp:
+                levels = create_label_levels(tmp, image.shape[-2:], name=src.stem)
+                last = drive(segment_tiled(engine, image, job.params, out=levels, **kwargs), src.name, progress=progress)
+        else:
+            # Stitch into a compressed zarr beside the output (bounded memory), then stream it into a BigTIFF.
+            tmp = None
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), suffix=".tmp.zarr", dir=dest.parent))
+                levels = create_label_levels(tmp, image.shape[-2:], levels=1)
+                last = drive(segment_tiled(engine, image, job.params, out=levels, **kwargs), src.name, progress=progress)
+                write_bigtiff(dest, levels[0], overwrite=overwrite)
+            finally:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except OverwriteError:
+        if not job.skip_existing:
+            raise
+        return f"{src.name}: {dest} was written meanwhile by another run; kept it"
+    except (RuntimeError, ValueError, OSError, TypeError) as exc:
+        if not _from_a_codec(exc):
+            raise
+        raise InputError(f"cannot read '{src.name}': a damaged chunk or tile ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); restore or rewrite the file") from None
     took = time.perf_counter() - start
     return (f"{src.name}: {last.n_objects} objects with the {engine.name} engine in {took:.1f} s "
             f"({last.n_tiles} tiles) -> {dest}")

@@ -21,48 +21,88 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 #: The IoU thresholds of mAP: 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.5, 0.951, 0.05), 2))
+
+
+def check_labels(arr: np.ndarray, name: str = "labels") -> np.ndarray:
+    """``arr`` as int64 labels, or one line saying why it is not a label image.
+
+    Raises
+    ------
+    InputError
+        Negative values, fractional / NaN / infinite values, or a non-numeric dtype.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all() or not np.all(np.mod(arr, 1) == 0):
+            bad = arr[~finite] if not finite.all() else arr[np.mod(arr, 1) != 0]
+            raise InputError(f"{name} holds non-integer values (e.g. {float(bad.flat[0])!r}): labels must be integers "
+                             "(whole numbers, 0 for background); is it an intensity or probability image?")
+    elif arr.dtype.kind not in "biu":
+        raise InputError(f"{name} labels must be integers, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise InputError(f"{name} holds negative values (minimum {arr.min()!s}): labels are 0 for background and "
+                         "positive ids for objects")
+    return arr.astype(np.int64, copy=False)
+
+
+def looks_like_intensity(labels: np.ndarray) -> str | None:
+    """Why an integer image looks like a micrograph rather than labels (None: it looks like labels).
+
+    Labels have background (0) and objects of many pixels each; a micrograph has almost
+    no exact zeros and nearly as many distinct values as pixels in a region.
+    """
+    arr = np.asarray(labels)
+    if arr.size < 64:
+        return None
+    ids, counts = np.unique(arr[arr > 0], return_counts=True)
+    if ids.size < 2:
+        return None
+    background = 1.0 - counts.sum() / arr.size
+    mean_area = counts.sum() / ids.size
+    if background < 0.01 and ids.size > 255:
+        return f"it has no background (0) and {ids.size} distinct values"
+    if mean_area < 4:
+        return f"its {ids.size} 'objects' average {mean_area:.1f} pixels"
+    return None
 
 
 def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape:
-        raise ValueError(f"ground truth and prediction differ in shape: {gt.shape} vs {pred.shape}")
-    for name, arr in (("ground truth", gt), ("prediction", pred)):
-        if arr.dtype.kind not in "biu":
-            if arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
-                continue
-            raise ValueError(f"{name} labels must be integers, got dtype {arr.dtype}")
-        if arr.size and arr.min() < 0:
-            raise ValueError(f"{name} labels must not be negative")
-    return gt.astype(np.int64, copy=False), pred.astype(np.int64, copy=False)
+        raise InputError(f"ground truth and prediction differ in shape: {gt.shape} vs {pred.shape}")
+    return check_labels(gt, "ground truth"), check_labels(pred, "prediction")
 
 
-def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU of every (true, predicted) object pair.
+def iou_matrix(gt: np.ndarray, pred: np.ndarray):
+    """IoU of every overlapping (true, predicted) object pair, as a sparse matrix.
+
+    Memory is proportional to the objects and their overlapping pairs, not to
+    ``n_true x n_pred`` (a field of 50 000 nuclei would need 20 GB dense).
 
     Returns
     -------
-    iou : ndarray, shape (n_true, n_pred)
+    iou : scipy.sparse.csr_matrix, shape (n_true, n_pred)
+        Pairs that do not overlap are absent (IoU 0).
     gt_ids, pred_ids : ndarray
         The label values of the rows and columns.
     """
-    gt, pred = _check_pair(gt, pred)
-    gt_ids, gt_inv = np.unique(gt.ravel(), return_inverse=True)
-    pr_ids, pr_inv = np.unique(pred.ravel(), return_inverse=True)
-    # Contingency table of (gt index, pred index) pixel counts, background included.
-    n_pr = pr_ids.size
-    table = np.bincount(gt_inv * n_pr + pr_inv, minlength=gt_ids.size * n_pr).reshape(gt_ids.size, n_pr)
-    area_gt = table.sum(1)
-    area_pr = table.sum(0)
-    gt_keep = gt_ids != 0
-    pr_keep = pr_ids != 0
-    inter = table[np.ix_(gt_keep, pr_keep)].astype(np.float64)
-    union = area_gt[gt_keep][:, None] + area_pr[pr_keep][None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    return iou, gt_ids[gt_keep], pr_ids[pr_keep]
+    from scipy import sparse
+
+    pairs, counts, g_area, p_area = _overlaps(gt, pred)
+    gt_ids = np.fromiter(g_area, np.int64, len(g_area))
+    pr_ids = np.fromiter(p_area, np.int64, len(p_area))
+    ga = np.fromiter(g_area.values(), np.float64, len(g_area))
+    pa = np.fromiter(p_area.values(), np.float64, len(p_area))
+    rows = np.searchsorted(gt_ids, pairs[:, 0])
+    cols = np.searchsorted(pr_ids, pairs[:, 1])
+    inter = counts.astype(np.float64)
+    iou = inter / (ga[rows] + pa[cols] - inter)
+    return sparse.csr_matrix((iou, (rows, cols)), shape=(gt_ids.size, pr_ids.size)), gt_ids, pr_ids
 
 
 @dataclass(frozen=True)
@@ -101,26 +141,43 @@ class Matching:
         return 1.0 if self.tp + self.fn == 0 else self.tp / (self.tp + self.fn)
 
 
-def _match_from_iou(iou: np.ndarray, gt_ids: np.ndarray, pr_ids: np.ndarray, threshold: float) -> Matching:
+def _match_from_iou(iou, gt_ids: np.ndarray, pr_ids: np.ndarray, threshold: float) -> Matching:
+    """One-to-one matching at ``threshold`` from the sparse IoU of :func:`iou_matrix`."""
+    from scipy import sparse
     from scipy.optimize import linear_sum_assignment
 
     n_gt, n_pr = iou.shape
     if n_gt == 0 or n_pr == 0:
         return Matching(threshold, 0, n_pr, n_gt, np.zeros((0, 2), np.int64), float("nan"))
-    ok = iou > threshold
-    if threshold >= 0.5:
+    coo = sparse.coo_matrix(iou)
+    ok = coo.data > threshold
+    r_all, c_all, v_all = coo.row[ok], coo.col[ok], coo.data[ok]
+    if threshold >= 0.5 or r_all.size == 0:
         # IoU > 0.5 makes a match unique both ways: no assignment problem to solve.
-        rows, cols = np.nonzero(ok)
+        rows, cols, vals = r_all, c_all, v_all
     else:
-        sub_r = np.flatnonzero(ok.any(1))
-        sub_c = np.flatnonzero(ok.any(0))
-        cost = np.where(ok[np.ix_(sub_r, sub_c)], -iou[np.ix_(sub_r, sub_c)], 0.0)
-        r, c = linear_sum_assignment(cost) if cost.size else (np.zeros(0, int), np.zeros(0, int))
-        good = ok[sub_r[r], sub_c[c]]
-        rows, cols = sub_r[r][good], sub_c[c][good]
+        # The candidates fall into small groups of objects that touch each other: solve
+        # each group's assignment on its own (a dense block of that group only).
+        graph = sparse.coo_matrix((np.ones(r_all.size), (r_all, n_gt + c_all)), shape=(n_gt + n_pr,) * 2)
+        _, comp = sparse.csgraph.connected_components(graph, directed=False)
+        group = comp[r_all]
+        order = np.argsort(group, kind="stable")
+        bounds = np.flatnonzero(np.diff(group[order])) + 1
+        rows_l, cols_l, vals_l = [], [], []
+        for idx in np.split(order, bounds):
+            ur, ri = np.unique(r_all[idx], return_inverse=True)
+            uc, ci = np.unique(c_all[idx], return_inverse=True)
+            cost = np.zeros((ur.size, uc.size))
+            cost[ri, ci] = -v_all[idx]
+            r, c = linear_sum_assignment(cost)
+            good = cost[r, c] < 0
+            rows_l.append(ur[r[good]])
+            cols_l.append(uc[c[good]])
+            vals_l.append(-cost[r[good], c[good]])
+        rows, cols, vals = (np.concatenate(x) for x in (rows_l, cols_l, vals_l))
     tp = int(rows.size)
     pairs = np.column_stack([gt_ids[rows], pr_ids[cols]]) if tp else np.zeros((0, 2), np.int64)
-    mean_iou = float(iou[rows, cols].mean()) if tp else float("nan")
+    mean_iou = float(vals.mean()) if tp else float("nan")
     return Matching(threshold, tp, n_pr - tp, n_gt - tp, pairs, mean_iou)
 
 

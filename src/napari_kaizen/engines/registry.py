@@ -141,21 +141,39 @@ def model_entry(spec: str | Path, *, source: str | None = None) -> ModelEntry:
                       input_kind=str(info.input_kind), output_kind=info.output_kind, description=info.description)
 
 
-def list_models(engine: str | None = None, *, user_dir: str | Path | None = None) -> list[ModelEntry]:
+def list_models(engine: str | None = None, *, user_dir: str | Path | None = None,
+                skipped: list[tuple[Path, str]] | None = None) -> list[ModelEntry]:
     """Bundled models, then the user's fine-tuned ones (newest last), optionally of one engine.
 
-    A damaged file in the user folder is skipped, not fatal: one bad file must not hide
-    every other model from the menus.
+    A file in the user folder that cannot be read (bad JSON, a dangling link, no
+    permission) is skipped, not fatal: one bad file must not hide every other model
+    from the menus. Pass a list as ``skipped`` to get ``(path, reason)`` for each.
     """
     entries = [model_entry(f"bundled:{p.stem}") for p in sorted(bundled_dir().glob("*.safetensors"))]
     folder = Path(user_dir) if user_dir is not None else user_model_dir()
+    bad: list[tuple[Path, str]] = []
     if folder.is_dir():
-        for path in sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime):
+        found = []
+        for path in folder.glob("*.safetensors"):
+            try:
+                found.append((path.stat().st_mtime, path))
+            except OSError as exc:
+                bad.append((path, "a link to a file that does not exist" if path.is_symlink()
+                            else exc.strerror or str(exc)))
+        for _, path in sorted(found):
             try:
                 entries.append(model_entry(path, source="user"))
-            except WeightsError:
-                continue
+            except (WeightsError, OSError, ValueError) as exc:
+                bad.append((path, str(exc)))
+    if skipped is not None:
+        skipped.extend(sorted(bad))
     return [e for e in entries if engine is None or e.engine == engine]
+
+
+def skipped_line(skipped: list[tuple[Path, str]]) -> str:
+    """One line naming the model files that were skipped and why."""
+    return (f"skipped {len(skipped)} model file(s) that cannot be read: "
+            + "; ".join(f"{p.name} ({why})" for p, why in skipped))
 
 
 def image_kind(image: np.ndarray) -> str:

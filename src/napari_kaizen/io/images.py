@@ -31,13 +31,119 @@ def quiet_tifffile():
         log.setLevel(level)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as a numpy array (dtype and layout as stored).
+#: Share of the available memory one image read whole may take (the engines need the rest).
+MEMORY_SHARE = 0.5
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} PiB"  # pragma: no cover
+
+
+def available_memory() -> int:
+    """Bytes of memory free for a new array now (``NAPARI_KAIZEN_MAX_READ_BYTES`` caps it)."""
+    cap = os.environ.get("NAPARI_KAIZEN_MAX_READ_BYTES")
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 (no psutil: the pages the kernel reports)
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 1 << 62
+    return min(free, int(cap)) if cap and cap.isdigit() else free
+
+
+def check_fits_memory(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, in one line, to read an array of ``shape`` whole when it cannot fit in memory.
 
     Raises
     ------
     InputError
-        Unknown suffix or an unreadable file, in one line.
+        Naming the file, the size it claims and the ways to read less of it.
+    """
+    nbytes = float(np.prod([float(s) for s in shape])) * np.dtype(dtype).itemsize
+    limit = available_memory() * MEMORY_SHARE
+    if nbytes > limit:
+        raise InputError(f"the header of '{name}' claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_human(nbytes)}), more "
+                         f"than the {_human(limit)} this machine can read at once: segment one plane (--plane N) or "
+                         "tile by tile (--tile 2048, OME-Zarr or TIFF input), or check the file is not damaged")
+
+
+def _header(src: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype a TIFF or NPY file's header claims, without reading pixels (None: not probed)."""
+    suffix = src.suffix.lower()
+    if suffix == ".npy":
+        with open(src, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None
+        return tuple(int(s) for s in shape), np.dtype(dtype)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with quiet_tifffile(), tifffile.TiffFile(src) as tf:
+            series = tf.series[0]
+            return tuple(int(s) for s in series.shape), np.dtype(series.dtype)
+    return None
+
+
+def read_plane(path: str | os.PathLike, plane: tuple[int, ...]) -> np.ndarray | None:
+    """Only ``plane`` of a stack in a TIFF (its one page) or NPY (memory-mapped) file.
+
+    Returns None where the file is not a stack of single-channel 2-D planes addressed
+    by ``plane`` (a 2-D image, an RGB stack, an index of the wrong length): the caller
+    reads it whole and reports why the plane does not fit.
+
+    Raises
+    ------
+    InputError
+        A damaged file, an index outside the stack.
+    """
+    src = Path(path)
+    suffix = src.suffix.lower()
+    try:
+        head = _header(src) if src.is_file() else None
+        if head is None:
+            return None
+        shape, _ = head
+        lead, page = shape[:-2], shape[-2:]
+        if len(lead) != len(plane) or not lead or shape[-1] in (3, 4):
+            return None
+        if any(not 0 <= i < n for i, n in zip(plane, lead)):
+            raise InputError(f"plane {','.join(map(str, plane))} is outside {src.name}: its leading axes have sizes "
+                             f"{tuple(lead)}")
+        if suffix == ".npy":
+            return np.array(np.load(src, mmap_mode="r", allow_pickle=False)[tuple(plane)])
+        import tifffile
+
+        with quiet_tifffile(), tifffile.TiffFile(src) as tf:
+            series = tf.series[0]
+            if len(series.pages) != int(np.prod(lead)) or tuple(series.pages[0].shape) != page:
+                return None
+            return np.asarray(tf.asarray(series=0, key=int(np.ravel_multi_index(plane, lead))))
+    except (ValueError, OSError, IndexError, KeyError, TypeError, MemoryError) as exc:
+        raise InputError(f"cannot read '{src.name}': {exc.__class__.__name__}: {exc}") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as a numpy array (dtype and layout as stored).
+
+    A TIFF or NPY whose header claims more than the memory available is refused before
+    anything is read (:func:`check_fits_memory`).
+
+    Raises
+    ------
+    InputError
+        Unknown suffix, an unreadable file, or one too large to read whole, in one line.
     FileNotFoundError
     """
     src = Path(path)
@@ -46,6 +152,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     suffix = src.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"cannot read '{src.name}': expected one of {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        head = _header(src)
+    except (ValueError, OSError, IndexError, KeyError, TypeError, SyntaxError):
+        head = None  # the read below says what is wrong
+    if head is not None:
+        check_fits_memory(src.name, *head)
     try:
         if suffix == ".npy":
             arr = np.load(src, allow_pickle=False)
@@ -58,6 +170,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             import imageio.v3 as iio
 
             arr = iio.imread(src)
+    except MemoryError:
+        raise InputError(f"'{src.name}' does not fit in the memory available: segment one plane (--plane N) or "
+                         "tile by tile (--tile 2048)") from None
     except (ValueError, OSError, IndexError, KeyError) as exc:
         raise InputError(f"cannot read '{src.name}': {exc.__class__.__name__}: {exc}") from None
     arr = np.asarray(arr)

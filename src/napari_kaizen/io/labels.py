@@ -129,6 +129,17 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         import tifffile
 
         data = tifffile.imread(src)
+    if data.dtype.kind == "f":
+        # Some tools save labels as float: whole numbers are labels, anything else is not.
+        finite = np.isfinite(data)
+        if finite.all() and np.all(np.mod(data, 1) == 0) and (data.size == 0 or data.min() >= 0):
+            return data.astype(np.int64)
+        raise InputError(f"{src.name} holds {data.dtype} pixels that are not whole numbers >= 0 (e.g. "
+                         f"{float(data[~finite].flat[0] if not finite.all() else data[(np.mod(data, 1) != 0) | (data < 0)].flat[0])!r})"
+                         ": not labels (an intensity or probability image?)")
     if data.dtype.kind not in "biu":
         raise InputError(f"{src.name} holds {data.dtype} pixels, not integer labels")
+    if data.dtype.kind == "i" and data.size and data.min() < 0:
+        raise InputError(f"{src.name} holds negative values (minimum {data.min()}): labels are 0 for background "
+                         "and positive ids for objects")
     return data

@@ -256,20 +256,23 @@ def atomic_zarr(dest: str | os.PathLike, *, overwrite: bool = False):
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise OverwriteError(f"{dest} already exists; not overwriting it (pass overwrite=True, CLI --overwrite)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp.zarr", dir=dest.parent))
+    from .._files import temp_prefix
+
+    tmp: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), suffix=".tmp.zarr", dir=dest.parent))
         yield tmp
         if dest.exists():
             if not overwrite:
                 raise OverwriteError(f"{dest} appeared while writing; not overwriting it")
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(dest.name), suffix=".old", dir=dest.parent))
             os.replace(dest, old / dest.name)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

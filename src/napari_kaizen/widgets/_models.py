@@ -30,6 +30,9 @@ class _ModelEvents:
 
 _EVENTS = _ModelEvents()
 
+#: User model files already named as unreadable in this session (each is said once).
+_REPORTED: set[str] = set()
+
 
 def models_changed() -> None:
     """Tell every model picker to re-read the registry (a model was written or removed)."""
@@ -69,9 +72,17 @@ class ModelPicker(mw.Container):
 
     # -------------------------------------------------------------- choices
     def _all_choices(self, widget=None) -> list[tuple[str, Any]]:
-        from ..engines.registry import list_models
+        from ..engines.registry import list_models, skipped_line
 
-        listed = [(m.label, m.spec) for m in list_models(self.engine)]
+        skipped: list = []
+        listed = [(m.label, m.spec) for m in list_models(self.engine, skipped=skipped)]
+        new = [(p, why) for p, why in skipped if str(p) not in _REPORTED]
+        if new:
+            # Named once per session (the list is re-read on every change), not on every refresh.
+            _REPORTED.update(str(p) for p, _ in new)
+            import warnings
+
+            warnings.warn(f"napari-kaizen: {skipped_line(new)}", UserWarning, stacklevel=2)
         known = {v for _, v in listed}
         return [*listed, *[(k, v) for k, v in self._extra if not (isinstance(v, str) and v in known)],
                 ("Choose file…", CHOOSE_FILE)]

@@ -25,6 +25,12 @@ FORMAT_VERSION = 1
 #: Keys every metadata JSON must have.
 REQUIRED_KEYS = ("architecture", "config", "format_version")
 
+#: Largest metadata JSON read (the bundled ones are under 8 KiB).
+MAX_METADATA_BYTES = 1 << 20
+
+#: Deepest nesting of objects / lists a metadata JSON may have (the bundled ones: 6).
+MAX_METADATA_DEPTH = 12
+
 _BUNDLED_DIR = Path(__file__).resolve().parents[2] / "weights"
 
 
@@ -47,11 +53,13 @@ def weights_paths(path: str | Path) -> tuple[Path, Path]:
     text = str(path)
     if text.startswith("bundled:"):
         name = text.split(":", 1)[1]
-        stem = _BUNDLED_DIR / name
-        if not stem.with_suffix(".safetensors").exists():
+        # Only the package's own names: no folders, no '..', no absolute paths.
+        if name not in list_bundled():
             raise WeightsError(
-                f"no bundled model named '{name}': bundled models are {', '.join(list_bundled()) or 'none'}"
+                f"no bundled model named '{name}': bundled models are {', '.join(list_bundled()) or 'none'} "
+                "(a file of your own is given by its path, without 'bundled:')"
             )
+        stem = _BUNDLED_DIR / name
     else:
         p = Path(path).expanduser()
         stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
@@ -135,14 +143,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             "written beside it by napari-kaizen's training"
         )
     try:
-        meta = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"metadata file {json_path} is not readable JSON ({exc.__class__.__name__}: {exc})") from None
+        size = json_path.stat().st_size
+    except OSError as exc:
+        raise WeightsError(f"metadata file {json_path} is not readable ({exc.strerror or exc})") from None
+    if size > MAX_METADATA_BYTES:
+        raise WeightsError(f"metadata file {json_path} is {size / 2**20:.1f} MiB; a napari-kaizen weights JSON is "
+                           f"under {MAX_METADATA_BYTES // 2**20} MiB: not reading it")
+    try:
+        with open(json_path, "rb") as fh:
+            meta = json.loads(fh.read(MAX_METADATA_BYTES + 1).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else f"{exc.__class__.__name__}: {exc}"
+        raise WeightsError(f"metadata file {json_path} is not readable JSON ({what})") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"metadata file {json_path} does not hold a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise WeightsError(f"metadata file {json_path} lacks {', '.join(missing)}: it was not written by napari-kaizen")
+    _check_metadata_types(meta, json_path)
     version = meta["format_version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise WeightsError(f"{json_path.name}: format_version must be a whole number, got {version!r}: "
@@ -158,6 +176,52 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}: upgrade napari-kaizen"
         )
     return meta
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON objects and lists (iterative: a hostile file cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+        else:
+            deepest = max(deepest, d)
+            continue
+        deepest = max(deepest, d + 1)
+    return deepest
+
+
+def _check_metadata_types(meta: dict[str, Any], json_path: Path) -> None:
+    """Refuse, in one line, a weights JSON whose fields have the wrong types or nest too deeply."""
+    scalar = (bool, int, float, str, type(None))
+    depth = _depth(meta)
+    if depth > MAX_METADATA_DEPTH:
+        raise WeightsError(f"{json_path.name} nests {depth} levels deep (at most {MAX_METADATA_DEPTH}): the file was "
+                           "edited or not written by napari-kaizen")
+    problems = []
+    if not isinstance(meta["architecture"], str):
+        problems.append(f"architecture must be text, got {type(meta['architecture']).__name__}")
+    config = meta["config"]
+    if not isinstance(config, dict):
+        problems.append(f"config must be an object, got {type(config).__name__}")
+    else:
+        for key, value in config.items():
+            ok = isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
+            if not ok:
+                problems.append(f"config.{key} must be a number, text or a list of them, got {type(value).__name__}")
+                break
+    digest = meta.get("sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in "0123456789abcdef" for c in digest.lower())):
+        problems.append("sha256 must be 64 hexadecimal digits")
+    for key in ("normalization", "training"):
+        if key in meta and not isinstance(meta[key], dict):
+            problems.append(f"{key} must be an object, got {type(meta[key]).__name__}")
+    if problems:
+        raise WeightsError(f"{json_path.name}: {problems[0]}: the file was edited or not written by napari-kaizen")
 
 
 def load_weights(path: str | Path, *, architecture: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -188,7 +252,11 @@ def load_weights(path: str | Path, *, architecture: str | None = None) -> tuple[
             f"{json_path.name} describes a '{meta['architecture']}' model but this engine needs '{architecture}'"
         )
     expected = meta.get("sha256")
-    if expected and sha256(tensor_path) != expected:
+    if not expected:
+        # Without the checksum nothing ties the JSON to these tensors.
+        raise WeightsError(f"{json_path.name} has no sha256 of {tensor_path.name}: napari-kaizen writes one with every "
+                           "model; refusing tensors the JSON cannot vouch for")
+    if sha256(tensor_path) != expected:
         raise WeightsError(
             f"{tensor_path.name} does not match {json_path.name} (checksum differs): the pair was mixed up or the "
             "file is damaged"
