@@ -129,6 +129,8 @@ def run_jobs(jobs: Sequence[SegmentJob], *, scheduler: str | None = None, progre
     if not scheduler:
         yield from _run_jobs(jobs, None, None, progress)
         return
+    with contextlib.suppress(ImportError):
+        import distributed  # noqa: F401 (its logging config first, so the quiet levels below win)
     with _quiet_distributed():
         try:
             yield from _run_jobs(jobs, scheduler, None, progress)
@@ -146,13 +148,18 @@ def _quiet_distributed() -> Iterator[None]:
     off the terminal: what a person needs is said once, by the run, in our words."""
     import logging
 
-    log = logging.getLogger("distributed")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    # dask's logging config gives child loggers (distributed.client, .core, ...) their own
+    # levels, so each is raised, not only the parent.
+    names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
+    logs = [logging.getLogger(n) for n in names]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
 def _scheduler_lost(exc: BaseException) -> bool:
