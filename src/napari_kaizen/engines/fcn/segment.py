@@ -261,8 +261,8 @@ def segment(
     >>> from napari_kaizen.engines._common import run_to_end
     >>> field = synthesize(seed=10_001, shape=(128, 128))
     >>> last = run_to_end(segment(field.nuclei, device="cpu"))
-    >>> last.labels.shape, sorted(last.maps)
-    ((128, 128), ['edge', 'probability'])
+    >>> last.labels.shape, sorted(last.maps)  # the bundled model has a distance output
+    ((128, 128), ['distance', 'edge', 'probability'])
     """
 
     from .._common.tiling import iter_tiled_predict
