@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,16 +94,9 @@ def iou_matrix(gt: np.ndarray, pred: np.ndarray):
     """
     from scipy import sparse
 
-    pairs, counts, g_area, p_area = _overlaps(gt, pred)
-    gt_ids = np.fromiter(g_area, np.int64, len(g_area))
-    pr_ids = np.fromiter(p_area, np.int64, len(p_area))
-    ga = np.fromiter(g_area.values(), np.float64, len(g_area))
-    pa = np.fromiter(p_area.values(), np.float64, len(p_area))
-    rows = np.searchsorted(gt_ids, pairs[:, 0])
-    cols = np.searchsorted(pr_ids, pairs[:, 1])
-    inter = counts.astype(np.float64)
-    iou = inter / (ga[rows] + pa[cols] - inter)
-    return sparse.csr_matrix((iou, (rows, cols)), shape=(gt_ids.size, pr_ids.size)), gt_ids, pr_ids
+    ov = _overlaps(gt, pred)
+    return (sparse.csr_matrix((ov.iou, (ov.rows, ov.cols)), shape=(ov.gt_ids.size, ov.pred_ids.size)),
+            ov.gt_ids, ov.pred_ids)
 
 
 @dataclass(frozen=True)
@@ -265,8 +259,22 @@ def evaluate(
     return Evaluation(ap=ap, n_images=len(per_image), n_true=n_true, n_pred=n_pred)
 
 
-def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict, dict]:
-    """Sparse overlaps: ``(pairs (k, 2) of (true id, pred id), pixel counts (k,), true areas, pred areas)``.
+class _Overlaps(NamedTuple):
+    """Every object of both labellings and every overlapping pair, as arrays."""
+
+    gt_ids: np.ndarray  # (n_true,) sorted
+    gt_area: np.ndarray  # (n_true,) pixels
+    pred_ids: np.ndarray
+    pred_area: np.ndarray
+    pairs: np.ndarray  # (k, 2) of (true id, pred id)
+    rows: np.ndarray  # (k,) index of each pair's true object in gt_ids
+    cols: np.ndarray  # (k,) index of its predicted object in pred_ids
+    inter: np.ndarray  # (k,) pixels in common
+    iou: np.ndarray  # (k,)
+
+
+def _overlaps(gt: np.ndarray, pred: np.ndarray) -> _Overlaps:
+    """Sparse overlaps of two labellings (:class:`_Overlaps`).
 
     Memory is proportional to the overlapping pixels and pairs, not to the product of
     the object counts, so fields of tens of thousands of objects are fine.
@@ -279,7 +287,10 @@ def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray,
         pairs, counts = np.unique(np.column_stack([gt[fg], pred[fg]]), axis=0, return_counts=True)
     else:
         pairs, counts = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
-    return pairs, counts, dict(zip(g_ids.tolist(), g_area.tolist())), dict(zip(p_ids.tolist(), p_area.tolist()))
+    rows, cols = np.searchsorted(g_ids, pairs[:, 0]), np.searchsorted(p_ids, pairs[:, 1])
+    inter = counts.astype(np.float64)
+    iou = inter / (g_area[rows] + p_area[cols] - inter)
+    return _Overlaps(g_ids.astype(np.int64), g_area, p_ids.astype(np.int64), p_area, pairs, rows, cols, inter, iou)
 
 
 def count_merges(gt: np.ndarray, pred: np.ndarray, coverage: float = 0.5) -> int:
@@ -372,10 +383,9 @@ def error_types(gt: np.ndarray, pred: np.ndarray, *, coverage: float = 0.5) -> E
     >>> e.matched, e.merges, e.merged_true, e.misses, e.false_positives
     (0, 1, 2, 1, 1)
     """
-    pairs, counts, g_area, p_area = _overlaps(gt, pred)
-    g_a = np.array([g_area[g] for g in pairs[:, 0]], np.float64)
-    p_a = np.array([p_area[p] for p in pairs[:, 1]], np.float64)
-    iou = counts / np.maximum(g_a + p_a - counts, 1)
+    ov = _overlaps(gt, pred)
+    pairs, counts, iou = ov.pairs, ov.inter, ov.iou
+    g_a, p_a = ov.gt_area[ov.rows], ov.pred_area[ov.cols]
     good = iou > 0.5  # unique both ways: a one-to-one matching without an assignment problem
     matched_g, matched_p = set(pairs[good, 0].tolist()), set(pairs[good, 1].tolist())
     swallowed = pairs[counts >= coverage * g_a]  # (true, pred): the true object lies mostly in pred
@@ -390,9 +400,9 @@ def error_types(gt: np.ndarray, pred: np.ndarray, *, coverage: float = 0.5) -> E
         trues, per_true = np.unique(pieces[:, 0], return_counts=True)
         split_true = set(trues[per_true >= 2].tolist())
         split_preds = {int(p) for g, p in pieces if int(g) in split_true}
-    misses = set(g_area) - matched_g - merged_true - split_true
-    fps = set(p_area) - matched_p - merge_preds - split_preds
-    return ErrorTypes(n_true=len(g_area), n_pred=len(p_area), matched=int(good.sum()), merges=len(merge_preds),
+    misses = set(ov.gt_ids.tolist()) - matched_g - merged_true - split_true
+    fps = set(ov.pred_ids.tolist()) - matched_p - merge_preds - split_preds
+    return ErrorTypes(n_true=ov.gt_ids.size, n_pred=ov.pred_ids.size, matched=int(good.sum()), merges=len(merge_preds),
                       merged_true=len(merged_true), splits=len(split_true), misses=len(misses),
                       false_positives=len(fps), mean_iou=float(iou[good].mean()) if good.any() else float("nan"))
 
