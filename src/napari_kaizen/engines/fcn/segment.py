@@ -26,6 +26,9 @@ from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
 from .params import FCNParams
 
+#: Names of the predictor's output channels, in order (the third only with a distance output).
+MAP_NAMES = ("probability", "edge", "distance")
+
 #: The mirror images averaged at test time (``FCNParams.flip_average``).
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 
@@ -301,9 +304,7 @@ def segment(
         0.0,
         0.8,
     )
-    maps = {"probability": rs.to_input(probs[0]), "edge": rs.to_input(probs[1])}
-    if probs.shape[0] > 2:
-        maps["distance"] = rs.to_input(probs[2])
+    maps = {name: rs.to_input(p_map) for name, p_map in zip(MAP_NAMES, probs)}
     yield SegmentationSnapshot(stage="probability", progress=0.85, message="class probabilities", maps=maps)
     # Instances on the input grid, from the resampled probabilities: outlines then have
     # the input's resolution, not the staircase of a coarser model grid.

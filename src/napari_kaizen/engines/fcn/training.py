@@ -136,7 +136,7 @@ def iter_batches(
     """Endless ``(images (B,1,c,c), classes (B,c,c), weights (B,c,c))`` training batches.
 
     With ``distance``, a fourth array: the distance-map targets ``(B,c,c)``
-    (:func:`~napari_kaizen.engines.unet.targets.distance_map` of the augmented labels).
+    (:func:`~napari_kaizen.engines._common.instances.distance_map` of the augmented labels).
 
     A sample is a random ``crop x crop`` window of a random image (chosen in proportion
     to its area, times ``weights`` when given). With ``augment_params.roll`` the window
@@ -226,7 +226,7 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         from ...metrics import evaluate
         from .._common.tiling import tiled_predict
         from .params import FCNParams
-        from .segment import instances, min_area_pixels, predictor
+        from .segment import MAP_NAMES, instances, min_area_pixels, predictor
 
         p = FCNParams()
         dev = next(net.parameters()).device
@@ -234,7 +234,7 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         predict = predictor(net, False)
         for img, lab in val_pairs:
             probs = tiled_predict(predict, img, tile=p.window, overlap=p.overlap, multiple_of=net.stride, device=dev)
-            maps = dict(zip(("probability", "edge", "distance"), probs))
+            maps = dict(zip(MAP_NAMES, probs))
             pred = instances(maps, {"threshold": 0.5, "foreground": 0.5, "h": 0.1},
                              min_area=min_area_pixels(0.1, object_diameter))
             gts.append(lab)
@@ -362,7 +362,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     from .._common.instances import distance_peaks, drop_dim_objects, small_objects
     from .._common.tiling import tiled_predict
     from .params import FCNParams
-    from .segment import area_bars, instances, predictor
+    from .segment import MAP_NAMES, area_bars, instances, predictor
 
     distance = bool(getattr(net, "distance", False))
     grid = dict(grid or (DISTANCE_CALIBRATION_GRID if distance else CALIBRATION_GRID))
@@ -385,7 +385,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
             probs.append(tiled_predict(predict, img, tile=p.window, overlap=p.overlap, multiple_of=net.stride,
                                        device=dev))
     truth = [lab for _, lab in pairs]
-    maps = [dict(zip(("probability", "edge", "distance"), pr)) for pr in probs]
+    maps = [dict(zip(MAP_NAMES, pr)) for pr in probs]
     scores: dict[tuple[float, float, float], float] = {}
     for thr in grid[seed_key]:
         # The h-maxima transform is the costly step, and depends on h alone.
