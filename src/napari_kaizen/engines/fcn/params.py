@@ -61,8 +61,9 @@ class FCNParams:
     window : int
         Side of the network's window (pixels, model grid). Larger images are cut into
         overlapping windows whose outputs are averaged (weighted to their centres);
-        1024 keeps a 1024 x 1024 image in one pass, which is fastest on CPU and GPU
-        alike. Not the stitching tile of huge images (``kaizen segment --tile``).
+        2048 keeps a 1024 x 1024 image of small nuclei, enlarged to the model's scale,
+        in one pass (10 % faster than four windows of 1024 on the CPU; about 0.4 GB of
+        activations). Not the stitching tile of huge images (``kaizen segment --tile``).
     overlap : int
         Pixels shared by neighbouring windows.
     batch_size : int
@@ -85,7 +86,7 @@ class FCNParams:
     h: float | None = None
     min_size: float | None = None
     min_contrast: float | None = None
-    window: int = 1024
+    window: int = 2048
     overlap: int = 64
     batch_size: int = 1
     edge_weight: float = 5.0
