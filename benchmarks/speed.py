@@ -747,7 +747,8 @@ def run_matrix(engines, sizes, threads, repeats: int = 3, device: str = "cpu", w
                     else:
                         share = r.get("network_share")
                         say(f"[{rep + 1}/{repeats}] {e} {n}² {t} thr: steady {r['steady_s']:.3f} s, first "
-                            f"{r['first_s']:.3f} s (+ load {_fmt(r['load_model_s'], 2)} s), peak {r['peak_rss_gib']:.2f} GiB"
+                            f"{r['first_s']:.3f} s" + ("" if r["load_model_s"] is None else f" (+ load {r['load_model_s']:.2f} s)")
+                            + f", peak {r['peak_rss_gib']:.2f} GiB"
                             + ("" if share is None else f", network {100 * share:.0f} % at "
                                f"{r.get('network_gflops_per_s')} GFLOP/s")
                             + f", load avg {r['load_average_1min']['start']}->{r['load_average_1min']['end']}",
