@@ -290,6 +290,27 @@ def cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from .engines.bioimageio_package import export_bioimageio, validate_package
+
+    out = export_bioimageio(args.model, args.bioimageio, overwrite=args.overwrite)
+    summary = validate_package(out)
+    if summary.status not in ("valid-format", "passed"):
+        raise KaizenError(f"{out} was written but bioimage.io's validation says {summary.status}; please report it")
+    print(f"{args.model} -> {out} (bioimage.io model package, spec {summary.format_version}, {summary.status})")
+    return 0
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from .engines.bioimageio_package import import_bioimageio
+    from .engines.registry import model_entry
+
+    dest = import_bioimageio(args.package, folder=args.folder)
+    entry = model_entry(dest, source="user")
+    print(f"{Path(args.package).name} -> {dest} ({entry.engine} model; use --model {dest})")
+    return 0
+
+
 def _add_train_parsers(sub, *, load: bool = True) -> None:
     train = sub.add_parser("train", help="train or fine-tune an engine's model")
     if not load:
@@ -384,6 +405,17 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
 
     eng = sub.add_parser("engines", help="list engines and bundled models")
     eng.set_defaults(func=cmd_engines)
+
+    exp = sub.add_parser("export-model", help="write a model as a bioimage.io model package (needs the [bioimageio] extra)")
+    exp.add_argument("model", metavar="MODEL", help="bundled:NAME or a .safetensors path (see `kaizen engines`)")
+    exp.add_argument("--bioimageio", required=True, metavar="OUT.zip", help="the package to write")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    exp.set_defaults(func=cmd_export_model)
+
+    imp = sub.add_parser("import-model", help="bring a package written by export-model back into the model list")
+    imp.add_argument("package", metavar="PACKAGE.zip")
+    imp.add_argument("--folder", default=None, help="where to keep it (default: the fine-tuned models' folder)")
+    imp.set_defaults(func=cmd_import_model)
 
     _add_train_parsers(sub, load=train)
     return parser
