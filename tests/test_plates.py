@@ -129,8 +129,8 @@ def test_an_ngff_04_plate_is_read_and_labelled_in_its_version(tmp_path, capsys):
 def test_a_bad_plate_is_one_line_naming_what_is_wrong(tmp_path, capsys, damage, said):
     import zarr
 
-    from napari_kaizen.io.plates import read_plate
     from napari_kaizen.errors import InputError
+    from napari_kaizen.io.plates import read_plate
 
     path = tmp_path / "plate.zarr"
     write_plate(path)
@@ -155,3 +155,16 @@ def test_a_bad_plate_is_one_line_naming_what_is_wrong(tmp_path, capsys, damage, 
         assert main(["segment", str(path), "-q"]) == 1
         err_text = capsys.readouterr().err
         assert err_text.count("\n") == 1 and said in err_text
+
+
+def test_output_names_the_tables_folder_for_a_plate_and_is_required_otherwise(plate, tmp_path, capsys):
+    path, _ = plate
+    assert main(["segment", str(path), "-o", str(tmp_path / "labels.tif"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names the folder of its per-well CSVs" in err
+    assert not list(path.glob("*/*/*/labels"))  # refused before any work
+    image = tmp_path / "img.npy"
+    np.save(image, np.zeros((8, 8)))
+    assert main(["segment", str(image), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--output is required" in err

@@ -620,13 +620,13 @@ def _scores(snapshot) -> dict[str, dict[int, float]]:
 
 
 def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
-    """Read, segment and write one image file."""
+    """Read, segment and write one image file (or a plate's field: an OME-Zarr image whose labels
+    go into its ``labels/`` group, through the ``*_or_ome_zarr`` readers and writer)."""
     from .engines._common.normalize import to_plane
     from .engines._common.planes import segment_planes
     from .engines.registry import input_warning
     from .io import write_geojson, write_measurements_csv, write_roi_zip
     from .io.images import read_plane
-    # A plate's field is an OME-Zarr image and its labels go into its labels/ group; other files as before.
     from .io.zarr import read_image_or_ome_zarr as read_image
     from .io.zarr import read_labels_or_ome_zarr as read_labels
     from .io.zarr import write_labels_or_ome_zarr as write_labels

@@ -145,6 +145,9 @@ def build_plate_jobs(
     )
     from .tiled import check_tile
 
+    if tables is not None and Path(tables).suffix.lower() in (".tif", ".tiff", ".png", ".npy", ".zarr", ".csv"):
+        raise KaizenError(f"--output {tables}: a plate's labels go into the plate; --output names the folder of its "
+                          "per-well CSVs (default PLATE_measurements/)")
     layout = read_plate(plate)
     if tile is not None:
         check_tile(tile, what="--tile")
@@ -181,11 +184,6 @@ def build_plate_jobs(
                       overwrite_tables=overwrite or skip_existing, removed=removed)
 
 
-def field_name(plate: Plate, field_path: Path) -> str:
-    """A field's name in the tables: its path inside the well (``'0'``)."""
-    return Path(field_path).name
-
-
 def write_plate_tables(batch: PlateBatch, *, intensity: bool = True) -> list[Path]:
     """Measure every field's labels (as on disk) and write one CSV per well and ``counts.csv``.
 
@@ -204,7 +202,7 @@ def write_plate_tables(batch: PlateBatch, *, intensity: bool = True) -> list[Pat
     """
     from .io.measurements import measurements_table
     from .io.plates import write_counts_table, write_well_table
-    from .io.zarr import read_image_or_ome_zarr, read_label_levels, squeeze_to_2d
+    from .io.zarr import read_image_or_ome_zarr, read_label_levels
 
     batch.tables.mkdir(parents=True, exist_ok=True)
     written, counts, missing = [], [], []
@@ -216,12 +214,9 @@ def write_plate_tables(batch: PlateBatch, *, intensity: bool = True) -> list[Pat
                 missing.append(f"{well.path}/{f.name}")
                 continue
             labels = np.asarray(read_label_levels(dest)[0][...])
-            image = None
-            if intensity:
-                img = read_image_or_ome_zarr(f)
-                image = np.asarray(squeeze_to_2d(img, name=f.name)) if img.ndim > 2 and img.shape[-2:] == labels.shape \
-                    and all(n == 1 for n in img.shape[:-2]) else img
-                image = image if image.shape == labels.shape else None  # a stack's plane: shapes only
+            image = read_image_or_ome_zarr(f) if intensity else None
+            if image is not None and image.shape != labels.shape:
+                image = None  # a stack or several channels: which plane was segmented is the job's, so shapes only
             table = measurements_table(labels, image)
             tables.append((f.name, table))
             counts.append((well.name, f.name, len(table["label"])))

@@ -134,8 +134,9 @@ def _readme(entry: Any, meta: Mapping[str, Any], percentiles: tuple[float, float
         "",
         "## Input",
         "",
-        "One 2-D grey image, axes (batch, channel, y, x), one channel"
-        f" ({entry.input_kind}). {'Objects should be about ' + format(float(diameter), 'g') + ' pixels across: rescale the image first (napari-kaizen does it from --diameter).' if diameter else ''}",
+        f"One 2-D grey image, axes (batch, channel, y, x), one channel ({entry.input_kind}).",
+        (f"Objects should be about {float(diameter):g} pixels across: rescale the image first (napari-kaizen does it "
+         "from --diameter)." if diameter else ""),
         "",
         "## Pre-processing (in rdf.yaml)",
         "",
