@@ -87,6 +87,37 @@ def test_the_torchscript_reproduces_our_predictor(package, offline):
     assert expected[:, 2].max() > 0.5  # real nuclei in the test image, not an empty field
 
 
+def test_a_unet_package_is_valid_and_its_traced_network_reproduces_the_engines_maps(tmp_path, offline):
+    import io
+
+    import bioimageio.spec as spec
+    import torch
+
+    from napari_kaizen.engines.bioimageio_package import export_bioimageio
+    from napari_kaizen.engines.unet import load_model
+    from napari_kaizen.engines.unet.segment import _predict_fn
+
+    out = export_bioimageio("bundled:unet_nuclei", tmp_path / "unet.zip")
+    descr = spec.load_description(str(out), perform_io_checks=False)
+    assert descr.validation_summary.status in ("valid-format", "passed"), descr.validation_summary.display()
+    assert [str(c) for c in descr.outputs[0].axes[1].channel_names] == ["fluorescence", "distance", "mask"]
+    assert descr.inputs[0].axes[2].size.step == 16  # the U-Net's sides are multiples of its stride
+    with zipfile.ZipFile(out) as zf:
+        traced = torch.jit.load(io.BytesIO(zf.read("weights.pt")))
+        raw = np.load(io.BytesIO(zf.read("test_input.npy")))
+        expected = np.load(io.BytesIO(zf.read("test_output.npy")))
+        assert "label-free" in zf.read("README.md").decode()
+    net = load_model("bundled:unet_nuclei", device="cpu").net
+    lo, hi = np.percentile(raw[0, 0], [1.0, 99.8])
+    x = torch.from_numpy(((raw - lo) / (hi - lo + 1e-6)).astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(traced(x).numpy(), _predict_fn(net, True)(x).numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(traced(x).numpy(), expected, rtol=1e-4, atol=1e-4)
+        # traced at 256 x 256, it still follows the network at another size on the stride grid
+        other = x[..., :128, :192].contiguous()
+        np.testing.assert_allclose(traced(other).numpy(), _predict_fn(net, True)(other).numpy(), rtol=0, atol=1e-6)
+
+
 def test_import_brings_the_model_back_into_the_registry(package, tmp_path, monkeypatch, capsys):
     from napari_kaizen.engines._common.weights import sha256
     from napari_kaizen.engines.registry import list_models
@@ -130,7 +161,7 @@ def test_a_foreign_package_is_refused_in_one_line(package, tmp_path, capsys):
 def test_export_refuses_what_it_cannot_export_in_one_line(tmp_path, capsys):
     assert main(["export-model", "bundled:kaizen_nuclei", "--bioimageio", str(tmp_path / "k.zip")]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "bioimage.io export is available for googlenet-fcn" in err
+    assert err.count("\n") == 1 and "bioimage.io export is available for googlenet-fcn, unet_isl models" in err
     assert main(["export-model", "bundled:fcn_nuclei", "--bioimageio", str(tmp_path / "k.tar")]) == 1
     assert "is a .zip file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

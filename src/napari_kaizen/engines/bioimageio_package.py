@@ -4,14 +4,16 @@
 model specification 0.5 (``rdf.yaml``), validated by ``bioimageio.spec`` while it is
 built:
 
-* the network as TorchScript (``weights.pt``): our FCN wrapped so that its output is
-  the maps this package's engine reads (softmax class probabilities without
-  background, and the distance map through a sigmoid), averaged over the four mirror
-  images as the engine does, so a bioimage.io runner (``bioimageio.core``, deepImageJ,
-  ilastik) computes the same maps as :func:`napari_kaizen.engines.fcn.segment.predictor`;
+* the network as TorchScript (``weights.pt``), wrapped so that its output is the maps
+  the engine reads, so a bioimage.io runner (``bioimageio.core``, deepImageJ, ilastik)
+  computes the same maps as the engine's predictor: for the FCN the softmax class
+  probabilities without background and the distance map through a sigmoid, averaged over
+  the four mirror images (:func:`napari_kaizen.engines.fcn.segment.predictor`); for the
+  ISL U-Net the fluorescence, distance and mask probability;
 * the input pre-processing as bioimage.io's ``scale_range`` (percentiles of the
   model's JSON, per image, not clipped: :func:`~napari_kaizen.engines._common.normalize.normalize_percentile`);
-* a test input (a synthetic nuclei field) and the output our own predictor gives for it;
+* a test input (a synthetic field of the model's input kind) and the output our own
+  predictor gives for it;
 * a README that says what stays in this package: the rescaling to the model's object
   diameter and the instance post-processing (thresholds, h-maxima seeds on the
   distance map, watershed), with the calibrated thresholds;
@@ -54,10 +56,38 @@ EXTRA_LINE = "model exchange needs bioimage.io's spec library: pip install \"nap
 #: The key under ``config`` of a package's rdf.yaml that marks it as ours.
 CONFIG_KEY = "napari_kaizen"
 
-#: Architectures whose network is one image -> maps pass that bioimage.io can run. The
-#: Kaizen engine's inference is an iterative decomposition (accept a cell where it lowers
-#: the error), which no bioimage.io runner performs; the U-Net's is not wired yet.
-EXPORTABLE = ("googlenet-fcn",)
+#: Architectures whose network is one image -> maps pass that bioimage.io can run: the FCN
+#: and the ISL U-Net (segmentation models). The Kaizen engine's inference is an iterative
+#: decomposition (accept a cell where it lowers the error), which no bioimage.io runner
+#: performs. Each architecture's network has its own output head, so the wrapper, the
+#: channel names and the README's words are per architecture (this module's table, not a
+#: branch in shared code).
+EXPORTABLE = ("googlenet-fcn", "unet_isl")
+
+#: Per architecture: title, output channel names, the engine's instance step in words.
+_ARCHITECTURES = {
+    "googlenet-fcn": dict(
+        title="GoogLeNet fully convolutional network (FCN)",
+        channels=("probability", "edge", "distance"),
+        outputs=("the class probabilities (softmax, background left out) and, with a distance head, the distance "
+                 "map (sigmoid; 1 at an object's centre, falling to its outline), averaged over the four mirror "
+                 "images of the input"),
+        post=("thresholds the foreground probability, seeds one object at each of the distance map's h-maxima, "
+              "grows the seeds by a watershed inside the foreground, drops objects smaller than a fraction of the "
+              "object diameter (`engines/fcn/segment.py`)"),
+        cite=("levinejh: Segmenting complex cells with CNNs", "https://levinejh.github.io/segmentation-fully-connected"),
+    ),
+    "unet_isl": dict(
+        title="ISL U-Net (in silico labelling trunk + mask and distance head)",
+        channels=("fluorescence", "distance", "mask"),
+        outputs="the predicted fluorescence, the distance map and the mask probability (sigmoid)",
+        post=("thresholds the mask probability, seeds one object at each of the smoothed distance map's "
+              "h-maxima, grows the seeds by a watershed inside the mask and drops objects smaller than a "
+              "fraction of the object diameter (`engines/unet/postprocess.py`)"),
+        cite=("Bonte et al. 2022, Learning with minimal effort: leveraging in silico labeling for cell and nucleus "
+              "segmentation (BioImage Computing workshop, ECCV 2022)", "https://arxiv.org/abs/2301.03914"),
+    ),
+}
 
 #: Side of the test image written into a package (a multiple of every stride).
 TEST_SIDE = 256
@@ -106,8 +136,45 @@ def _maps_module(net: Any, n_classes: int, flip_average: bool = True) -> Any:
     return FCNMaps(net, int(n_classes), bool(flip_average)).eval()
 
 
-def _test_image(object_diameter: float | None, seed: int = 10_000) -> np.ndarray:
-    """A synthetic nuclei field at the model's scale (float32, raw intensities): the package's test input."""
+def _unet_maps_module(net: Any) -> Any:
+    """The U-Net wrapped to output the engine's maps: fluorescence, distance, mask probability."""
+    import torch
+    from torch import nn
+
+    class UNetMaps(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.inner(x)
+            return torch.cat([out[:, :2], torch.sigmoid(out[:, 2:3])], 1)
+
+    return UNetMaps(net).eval()
+
+
+def _torchscript(arch: str, net: Any, example: Any) -> Any:
+    """The maps module of ``net`` as TorchScript: scripted (the FCN), or traced (the U-Net, whose
+    code does not script; it has no data-dependent branches, and the tests check other sizes)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # torch 2.13 marks torch.jit deprecated in favour of torch.export; TorchScript is
+        # still what bioimage.io's runners (bioimageio.core, deepImageJ) load.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if arch == "googlenet-fcn":
+            module = _maps_module(net, int(getattr(net, "n_classes", 3)))
+            return module, torch.jit.script(module)
+        module = _unet_maps_module(net)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with torch.no_grad():
+            return module, torch.jit.trace(module, example)
+
+
+def _test_image(object_diameter: float | None, input_kind: str, seed: int = 10_000) -> np.ndarray:
+    """A synthetic field of the model's input kind at its scale (float32, raw intensities): the test input."""
     import dataclasses
 
     from ..data import SynthParams, synthesize
@@ -115,17 +182,21 @@ def _test_image(object_diameter: float | None, seed: int = 10_000) -> np.ndarray
     params = SynthParams(shape=(TEST_SIDE, TEST_SIDE))
     if object_diameter:
         params = dataclasses.replace(params, nucleus_diameter=float(object_diameter))
-    return synthesize(params, seed=seed).nuclei.astype(np.float32)
+    field = synthesize(params, seed=seed)
+    image = {"label-free": field.label_free, "membrane": field.membrane}.get(str(input_kind), field.nuclei)
+    return image.astype(np.float32)
 
 
-def _readme(entry: Any, meta: Mapping[str, Any], percentiles: tuple[float, float], channels: list[str]) -> str:
+def _readme(entry: Any, meta: Mapping[str, Any], percentiles: tuple[float, float], channels: list[str],
+            arch: str) -> str:
+    words = _ARCHITECTURES[arch]
     thresholds = meta.get("thresholds") or {}
     picked = {k: v for k, v in thresholds.items() if isinstance(v, (int, float))}
     diameter = meta.get("object_diameter")
     lines = [
         f"# {entry.name}: napari-kaizen {entry.engine} model",
         "",
-        f"A GoogLeNet fully convolutional network (FCN) that finds {entry.output_kind} in {entry.input_kind} images"
+        f"{words['title']}: finds {entry.output_kind} in {entry.input_kind} images"
         + (f" ({entry.description})." if isinstance(entry.description, str) and 0 < len(entry.description) < 200 else "."),
         "",
         "Exported by `kaizen export-model` (napari-kaizen). Inside napari-kaizen the model is segmented with",
@@ -135,27 +206,23 @@ def _readme(entry: Any, meta: Mapping[str, Any], percentiles: tuple[float, float
         "## Input",
         "",
         f"One 2-D grey image, axes (batch, channel, y, x), one channel ({entry.input_kind}).",
-        (f"Objects should be about {float(diameter):g} pixels across: rescale the image first (napari-kaizen does it "
+        (f"Objects should be about {float(diameter):.3g} pixels across: rescale the image first (napari-kaizen does it "
          "from --diameter)." if diameter else ""),
         "",
         "## Pre-processing (in rdf.yaml)",
         "",
-        f"`scale_range` per image: the {percentiles[0]:g}th percentile maps to 0 and the {percentiles[1]:g}th to 1, not clipped",
-        "(napari-kaizen's `normalize_percentile`; it also keeps the range at least 0.1 noise SDs wide so an empty",
-        "field is not stretched into noise, which only matters for images without objects).",
+        f"`scale_range` per image: percentile {percentiles[0]:g} maps to 0 and percentile {percentiles[1]:g} to 1, not",
+        "clipped (napari-kaizen's `normalize_percentile`; it also keeps the range at least 8 noise SDs wide so an",
+        "empty field is not stretched into noise, which only matters for images without objects).",
         "",
         "## Output",
         "",
-        f"Channels {', '.join(channels)}: the class probabilities (softmax, background left out)"
-        + (" and the distance map (sigmoid; 1 at an object's centre, falling to its outline)" if "distance" in channels else "")
-        + ", averaged over the four mirror images of the input, as napari-kaizen's predictor computes them.",
+        f"Channels {', '.join(channels)}: {words['outputs']}, as napari-kaizen's predictor computes them.",
         "",
         "## Post-processing (stays in napari-kaizen)",
         "",
-        "Instances are not part of this package: napari-kaizen thresholds the foreground probability, seeds one object",
-        "at each of the distance map's h-maxima, grows the seeds by a watershed inside the foreground, drops objects",
-        "smaller than a fraction of the object diameter, and maps labels back to the input grid"
-        " (`engines/fcn/segment.py`).",
+        f"Instances are not part of this package: napari-kaizen {words['post']}, and maps the labels back to the",
+        "input grid.",
         f"Calibrated values from the model's JSON: {json.dumps(picked, sort_keys=True) if picked else 'none (the engine defaults)'}.",
         "",
         "## Training",
@@ -213,40 +280,34 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, ov
     arch = str(meta.get("architecture"))
     if arch not in EXPORTABLE:
         raise KaizenError(f"{entry.name} is a {entry.engine} model ({arch}): bioimage.io export is available for "
-                          f"{', '.join(EXPORTABLE)} models (the FCN engine's); the others' inference is not one network pass")
+                          f"{', '.join(EXPORTABLE)} models (the FCN and U-Net engines'); Kaizen's inference is not one "
+                          "network pass")
     if not entry.segments:
         raise KaizenError(f"{entry.name} predicts no objects; export a segmentation model")
     loaded = get_engine(entry.engine).load_model(entry.spec, device="cpu")
     net = loaded.net.eval()
-    n_classes = int(getattr(net, "n_classes", 3))
-    from .fcn.segment import MAP_NAMES
-
+    words = _ARCHITECTURES[arch]
     percentiles = tuple(float(p) for p in loaded.percentiles)
-    wrapped = _maps_module(net, n_classes)
-    raw = _test_image(loaded.object_diameter)
-    normalised = normalize_percentile(raw, *percentiles)
+    raw = _test_image(loaded.object_diameter, entry.input_kind)
+    normalised = torch.from_numpy(normalize_percentile(raw, *percentiles))[None, None]
+    wrapped, scripted = _torchscript(arch, net, normalised)
     with torch.no_grad():
-        expected = wrapped(torch.from_numpy(normalised)[None, None]).numpy().astype(np.float32)
-    channels = list(MAP_NAMES[: expected.shape[1]])
+        expected = wrapped(normalised).numpy().astype(np.float32)
+    channels = list(words["channels"][: expected.shape[1]])
     tensor_path, json_path = weights_paths(entry.spec)
 
     work = Path(tempfile.mkdtemp(prefix="kaizen_bioimageio_"))
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            # torch 2.13 marks torch.jit deprecated in favour of torch.export; TorchScript is
-            # still what bioimage.io's runners (bioimageio.core, deepImageJ) load.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            scripted = torch.jit.script(wrapped)
         scripted.save(str(work / "weights.pt"))
         np.save(work / "test_input.npy", raw[None, None], allow_pickle=False)
         np.save(work / "test_output.npy", expected, allow_pickle=False)
-        (work / "README.md").write_text(_readme(entry, meta, percentiles, channels))
+        (work / "README.md").write_text(_readme(entry, meta, percentiles, channels, arch))
         shutil.copy(tensor_path, work / tensor_path.name)
         shutil.copy(json_path, work / json_path.name)
         stride = int(getattr(net, "stride", 8))
-        space = bio.ParameterizedSize(min=8 * stride, step=stride)
+        # The U-Net needs sides that are multiples of its stride; the FCN pads itself but
+        # runs fastest on them: either way a runner picks sizes on this grid.
+        space = bio.ParameterizedSize(min=max(64, 4 * stride), step=stride)
         inputs = [bio.InputTensorDescr(
             id=bio.TensorId("raw"),
             description=(f"one grey {entry.input_kind} image, objects about {loaded.object_diameter:g} px across"
@@ -270,16 +331,16 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, ov
                 "metadata": json_path.name, "sha256": meta.get("sha256"), "version": __version__}
         descr = bio.ModelDescr(
             name=f"napari-kaizen {entry.name}"[:128],
-            description=(f"GoogLeNet FCN ({entry.engine} engine of napari-kaizen): {entry.output_kind} from "
+            description=(f"{words['title']} ({entry.engine} engine of napari-kaizen): {entry.output_kind} from "
                          f"{entry.input_kind} images; outputs {', '.join(channels)} maps"),
             authors=[bio.Author(name="napari-kaizen developers")],
-            cite=[bio.CiteEntry(text="levinejh: Segmenting complex cells with CNNs",
-                                url=bio.HttpUrl("https://levinejh.github.io/segmentation-fully-connected")),
+            cite=[bio.CiteEntry(text=words["cite"][0], url=bio.HttpUrl(words["cite"][1])),
                   bio.CiteEntry(text="napari-kaizen", url=bio.HttpUrl("https://github.com/napari-kaizen/napari-kaizen"))],
             license=bio.LicenseId("BSD-3-Clause"),
             documentation=bio.FileDescr(source=work / "README.md"),
-            tags=["napari-kaizen", "fcn", "segmentation", "nuclei" if entry.output_kind == "nuclei" else "cells",
-                  "fluorescence-light-microscopy", "2d"],
+            tags=["napari-kaizen", entry.engine, "segmentation", "nuclei" if entry.output_kind == "nuclei" else "cells",
+                  "transmission-light-microscopy" if entry.input_kind == "label-free" else "fluorescence-light-microscopy",
+                  "2d"],
             inputs=inputs,
             outputs=outputs,
             weights=bio.WeightsDescr(torchscript=bio.TorchscriptWeightsDescr(
