@@ -168,3 +168,22 @@ def test_output_names_the_tables_folder_for_a_plate_and_is_required_otherwise(pl
     assert main(["segment", str(image), "-q"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--output is required" in err
+
+
+def test_tiled_fields_of_a_plate_write_their_labels_into_the_plate_too(plate, capsys):
+    """A field too large for one task (here forced with --tile) is cut into tiles; its labels
+    still go into its own labels/ group, pyramid and all, with the tiles stitched."""
+    from napari_kaizen import metrics, segment
+    from napari_kaizen.io.zarr import ome_attrs, read_label_levels
+    from napari_kaizen.plates import build_plate_jobs
+
+    path, truth = plate
+    assert all(j.tiled for j in build_plate_jobs(path, tile=96).jobs)
+    assert main(["segment", str(path), "--tile", "96", "-q"]) == 0
+    assert capsys.readouterr().out.count("tiles)") == 4
+    for (well, f), syn in truth.items():
+        dest = path / well / f / "labels" / "classical"
+        assert ome_attrs(path / well / f / "labels")[0]["labels"] == ["classical"]
+        labels = np.asarray(read_label_levels(dest)[0][:])
+        untiled = segment(syn.nuclei, engine="classical")
+        assert metrics.average_precision(untiled, labels, [0.5])[0.5] >= 0.9
