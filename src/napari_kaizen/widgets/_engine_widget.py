@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QLabel, QProgressBar, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # napari injects the viewer by this annotation
 from ..engines import DEVICE_CHOICES, SegmentationSnapshot, get_engine
 from ..errors import KaizenError, WeightsError
 from . import _layers
-from ._controls import LayerChoice, Section, fit_width
+from ._controls import LayerChoice, ProgressBar, Section, fit_width
 from ._params_form import ParamsForm
 from ._worker import SnapshotRunner
 
@@ -105,7 +105,7 @@ class EngineWidget(QWidget):
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False, tooltip="Stop the run")
         buttons = mw.Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, 1000)
         self.status = QLabel("")
         self.status.setWordWrap(True)
