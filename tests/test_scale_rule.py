@@ -43,9 +43,9 @@ def used_scales(monkeypatch):
     seen: list[float | None] = []
     rescale, classical_rule = Scale.rescale, classical_segment.scale_for
 
-    def spy(self, shape, model_diameter):
+    def spy(self, shape, model_diameter, **options):
         seen.append(self.diameter)
-        return rescale(self, shape, model_diameter)
+        return rescale(self, shape, model_diameter, **options)
 
     def classical_spy(*args, **kwargs):
         scale = classical_rule(*args, **kwargs)
