@@ -168,7 +168,15 @@ def test_patch_sampler_refuses_bad_pairs():
 # --------------------------------------------------------------------------- decomposition
 
 
-def test_greedy_points_sequential_equals_parallel():
+@pytest.mark.parametrize("sparse_max", [0, 50_000], ids=["image-wide rounds", "candidates one by one"])
+def test_greedy_points_sequential_equals_parallel(monkeypatch, sparse_max):
+    import importlib
+
+    dec = importlib.import_module("napari_kaizen.engines.kaizen.decompose")
+
+    # Both parallel ways: rounds of max filters over the image, and the host walk over
+    # ranked candidates that serves fields with few candidates.
+    monkeypatch.setattr(dec, "SPARSE_GREEDY_MAX", sparse_max)
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
         s = torch.randint(0, 4, (40, 50), generator=gen).float()  # many ties on purpose

@@ -85,24 +85,74 @@ def drop_dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float)
     return relabel_sequential(np.where(dim[lab], 0, lab).astype(np.int32))[0].astype(np.int32)
 
 
-def distance_peaks(distance: np.ndarray, h: float) -> np.ndarray:
-    """The h-maxima of a distance map (boolean), before any mask: see :func:`find_seeds`.
+#: Pixels of an object's diameter per sample of the grid its seeds are found on
+#: (:func:`seed_step`): eight samples across a nucleus keep every dip between two
+#: touching ones that the full grid shows.
+SAMPLES_PER_DIAMETER = 8
 
-    Apart so that a search over masks (thresholds) computes the costly h-maxima
-    transform once per ``h``.
+
+def seed_step(object_diameter: float | None) -> int:
+    """The sampling step of :func:`h_maxima_sampled` for objects of this diameter (pixels).
+
+    Examples
+    --------
+    >>> seed_step(None), seed_step(12), seed_step(18), seed_step(40)
+    (1, 1, 2, 5)
+    """
+    if not object_diameter or not np.isfinite(object_diameter):
+        return 1
+    return max(1, int(float(object_diameter) // SAMPLES_PER_DIAMETER))
+
+
+def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
+    """The h-maxima of ``image`` (boolean) found on every ``step``-th pixel of each axis.
+
+    The h-maxima transform sorts every pixel (scikit-image's morphological
+    reconstruction ranks the image twice over) and is the costliest step of every
+    seeded watershed here: 0.6-1.4 s of a 1024 x 1024 field. A distance map is smooth
+    over an object's width, so its maxima and the dips between them survive sampling
+    at a fraction of that width (:func:`seed_step`); a peak found on the sampled grid
+    marks its whole ``step`` x ``step`` block, which is then intersected with the
+    object mask as before. ``step`` 1 is the plain transform.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:40, :60]
+    >>> d = np.maximum(0, 1 - np.hypot(yy - 20, xx - 18) / 12) + np.maximum(0, 1 - np.hypot(yy - 20, xx - 42) / 12)
+    >>> from scipy import ndimage as ndi
+    >>> [ndi.label(h_maxima_sampled(d, 0.2, s))[1] for s in (1, 2, 3)]
+    [2, 2, 2]
     """
     from skimage.morphology import h_maxima
 
+    img = np.asarray(image)
+    step = max(1, int(step))
+    if step == 1 or min(img.shape) < 4 * step:
+        return h_maxima(img, h).astype(bool)
+    off = step // 2  # sample the middle of each block
+    peaks = h_maxima(np.ascontiguousarray(img[off::step, off::step]), h).astype(bool)
+    up = np.repeat(np.repeat(peaks, step, axis=0), step, axis=1)
+    out = np.zeros(img.shape, bool)
+    out[: up.shape[0], : up.shape[1]] = up[: img.shape[0], : img.shape[1]]
+    return out
+
+
+def distance_peaks(distance: np.ndarray, h: float, step: int = 1) -> np.ndarray:
+    """The h-maxima of a distance map (boolean), before any mask: see :func:`find_seeds`.
+
+    Apart so that a search over masks (thresholds) computes the costly h-maxima
+    transform once per ``h``. ``step``: see :func:`h_maxima_sampled`.
+    """
     # h_maxima works on the map's own grey levels; clipping negatives keeps the
     # background flat so it cannot host spurious maxima.
     d = np.clip(np.asarray(distance, dtype=np.float32), 0.0, None)
     if float(d.max()) <= 0:
         return np.zeros(d.shape, bool)
-    return h_maxima(d, max(float(h), 1e-6)).astype(bool)
+    return h_maxima_sampled(d, max(float(h), 1e-6), step)
 
 
 def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: float = 0.0,
-               peaks: np.ndarray | None = None) -> np.ndarray:
+               peaks: np.ndarray | None = None, step: int = 1) -> np.ndarray:
     """Label the h-maxima of ``distance`` inside ``mask``: one id per seed.
 
     Parameters
@@ -117,6 +167,9 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
         Gaussian sigma (pixels) applied first, to remove pixel noise from the map.
     peaks : ndarray of bool, optional
         :func:`distance_peaks` of the (smoothed) map, when already computed.
+    step : int
+        Find the maxima on every ``step``-th pixel (:func:`h_maxima_sampled`,
+        :func:`seed_step`); 1: on every pixel.
 
     Returns
     -------
@@ -127,7 +180,7 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
     if not mask.any():
         return np.zeros(d.shape, np.int32)
     if peaks is None:
-        peaks = distance_peaks(ndi.gaussian_filter(d, smooth) if smooth > 0 else d, h)
+        peaks = distance_peaks(ndi.gaussian_filter(d, smooth) if smooth > 0 else d, h, step)
     seeds, _ = ndi.label(peaks & mask, structure=np.ones((3, 3)))
     return seeds.astype(np.int32)
 

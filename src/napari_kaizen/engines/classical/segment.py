@@ -51,7 +51,9 @@ def segment(
     (128, 128)
     """
     from skimage.filters import threshold_otsu
-    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.morphology import remove_small_objects
+
+    from .._common.instances import h_maxima_sampled, seed_step
     from skimage.segmentation import watershed
 
     p = params or ClassicalParams()
@@ -89,7 +91,9 @@ def segment(
     )
     dist = ndi.distance_transform_edt(mask)
     dist = ndi.gaussian_filter(dist, max(0.5, radius / 6.0))
-    seeds = h_maxima(dist, p.h * radius) & mask
+    # Seeds on a grid of about 8 samples per diameter: the smoothed distance map keeps
+    # its maxima and dips there, at a fraction of the h-maxima's cost (docs/speed.md).
+    seeds = h_maxima_sampled(dist, p.h * radius, seed_step(diameter)) & mask
     markers, n = ndi.label(seeds)
     yield SegmentationSnapshot(
         stage="seeds", progress=0.7, message=f"{n} seeds", maps={"distance": dist.astype(np.float32)}

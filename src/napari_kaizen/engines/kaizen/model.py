@@ -158,9 +158,11 @@ class Encoder(nn.Module):
         for i, conv in enumerate(self.convs):
             x = conv(x)
             # No ReLU after the last plain conv: the residual stack starts with one.
+            # In place: a convolution's output is not needed by its own backward pass,
+            # and a fresh buffer per ReLU was a fifth of the prediction time on the CPU.
             if i < len(self.convs) - 1:
-                x = F.relu(x)
-        return self.project(F.relu(self.res(x)))
+                x = F.relu(x, inplace=True)
+        return self.project(F.relu(self.res(x), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -181,9 +183,9 @@ class Decoder(nn.Module):
         self.out = nn.ConvTranspose2d(f, 1, 3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.res(self.conv(z)))
+        x = F.relu(self.res(self.conv(z)), inplace=True)
         for up in self.up:
-            x = F.relu(up(x))
+            x = F.relu(up(x), inplace=True)
         return self.out(x)
 
 

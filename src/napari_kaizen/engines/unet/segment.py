@@ -24,13 +24,18 @@ __all__ = ["DEFAULT_MODEL", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI", "measure
 def _predict_fn(net, segmentation: bool):
     import torch
 
+    from .._common.inference import as_inference_input, inference_network
+
+    # Batch norm folded, channels last: same output, a fraction of the time (docs/speed.md).
+    net = inference_network(net)
+
     def predict(batch):
-        out = net(batch)
+        out = net(as_inference_input(batch))
         if segmentation:
             # Tiles are averaged as probabilities, not logits: averaging logits would
             # let one confident tile override its neighbours.
             out = torch.cat([out[:, :2], torch.sigmoid(out[:, 2:3])], 1)
-        return out
+        return out.contiguous()
 
     return predict
 
