@@ -132,8 +132,9 @@ def test_bigtiff_and_ome_zarr_round_trip(tmp_path, field):
     from napari_kaizen.io.zarr import write_ome_zarr_labels
 
     write_ome_zarr_labels(tmp_path / "l.zarr", labels)
-    meta = json.loads((tmp_path / "l.zarr" / ".zattrs").read_text())
-    assert meta["multiscales"][0]["version"] == "0.4" and "image-label" in meta
+    # NGFF 0.5 (zarr format 3) since 0.3: the metadata sits under attributes.ome of zarr.json
+    meta = json.loads((tmp_path / "l.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    assert meta["version"] == "0.5" and "image-label" in meta and meta["multiscales"][0]["axes"][0]["name"] == "y"
     levels = read_label_levels(tmp_path / "l.zarr")
     assert np.array_equal(np.asarray(levels[0][:]), labels)
     assert np.array_equal(np.asarray(levels[1][:]), labels[::2, ::2])

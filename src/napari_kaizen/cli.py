@@ -73,6 +73,9 @@ def build_segment_jobs(args: argparse.Namespace):
     from .jobs import build_jobs
 
     scheduler = check_scheduler(getattr(args, "scheduler", None))
+    if args.output is None:
+        raise KaizenError("--output is required: a labels file or folder (only an OME-Zarr plate, whose labels go "
+                          "into the plate, needs none)")
     return build_jobs(
         args.images, args.output, engine=args.engine, diameter=args.diameter, params=args.param or [],
         model=args.model, device=args.device, channel=args.channel, plane=args.plane, all_planes=args.all_planes,
@@ -83,8 +86,15 @@ def build_segment_jobs(args: argparse.Namespace):
 def cmd_segment(args: argparse.Namespace) -> int:
     from .distributed import run_jobs
     from .engines import get_engine
+    from .io.plates import is_plate
     from .jobs import job_model
 
+    plates = [p for p in args.images if is_plate(p)]
+    if plates:
+        if len(plates) != len(args.images):
+            raise KaizenError("give OME-Zarr plates on their own: one `kaizen segment` run per plate or per set of images")
+        codes = [_segment_plate(args, p) for p in plates]  # every plate runs, whatever one gave
+        return 1 if any(codes) else 0
     batch = build_segment_jobs(args)
     if batch.skipped:
         print(f"skipping {len(batch.skipped)} image(s) whose outputs all exist (--skip-existing)")
@@ -107,6 +117,37 @@ def cmd_segment(args: argparse.Namespace) -> int:
         # After the result, not before: an error must stay the only line of a failure.
         if result.warning:
             print(f"warning: {job.name}: {result.warning}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _segment_plate(args: argparse.Namespace, plate: str) -> int:
+    """Segment every field of an OME-Zarr plate, one dask task per field, then write the per-well tables."""
+    from .distributed import check_scheduler, run_jobs
+    from .plates import build_plate_jobs, write_plate_tables
+
+    # A plate is a batch: on dask by default (local threads), one task per field.
+    scheduler = check_scheduler(getattr(args, "scheduler", None)) or "threads"
+    if args.all_planes or args.rois or args.geojson:
+        raise KaizenError("--all-planes, --rois and --geojson are not available for a plate: its fields' labels go "
+                          "into the plate and every well gets a measurements CSV")
+    batch = build_plate_jobs(plate, engine=args.engine, label_name=args.labels_name, tables=args.output,
+                             diameter=args.diameter, params=args.param or [], model=args.model, device=args.device,
+                             channel=args.channel, plane=args.plane, tile=args.tile, halo=args.halo,
+                             overwrite=args.overwrite, skip_existing=args.skip_existing)
+    name = Path(plate).name
+    if batch.skipped:
+        print(f"{name}: skipping {len(batch.skipped)} field(s) whose labels '{batch.label_name}' exist (--skip-existing)")
+    failures = 0
+    for job, result in run_jobs(batch.jobs, scheduler=scheduler, progress=not args.quiet):
+        where = job.src.relative_to(batch.plate.path).as_posix()
+        if isinstance(result, Exception):
+            failures += 1
+            _fail(f"{name} {where}: {result}")
+            continue
+        print(f"{name} {where}: {result.line.split(': ', 1)[-1]}")
+    written = write_plate_tables(batch)
+    print(f"{name}: {len(batch.plate.fields)} fields in {len(batch.plate.wells)} wells; labels in each field's "
+          f"labels/{batch.label_name}; tables -> {batch.tables} ({len(written)} files)")
     return 1 if failures else 0
 
 
@@ -249,6 +290,27 @@ def cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from .engines.bioimageio_package import export_bioimageio, validate_package
+
+    out = export_bioimageio(args.model, args.bioimageio, overwrite=args.overwrite)
+    summary = validate_package(out)
+    if summary.status not in ("valid-format", "passed"):
+        raise KaizenError(f"{out} was written but bioimage.io's validation says {summary.status}; please report it")
+    print(f"{args.model} -> {out} (bioimage.io model package, spec {summary.format_version}, {summary.status})")
+    return 0
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from .engines.bioimageio_package import import_bioimageio
+    from .engines.registry import model_entry
+
+    dest = import_bioimageio(args.package, folder=args.folder)
+    entry = model_entry(dest, source="user")
+    print(f"{Path(args.package).name} -> {dest} ({entry.engine} model; use --model {dest})")
+    return 0
+
+
 def _add_train_parsers(sub, *, load: bool = True) -> None:
     train = sub.add_parser("train", help="train or fine-tune an engine's model")
     if not load:
@@ -277,10 +339,15 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    seg = sub.add_parser("segment", help="segment images (files or folders of TIFF / PNG / NPY)")
-    seg.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    seg = sub.add_parser("segment", help="segment images (files or folders of TIFF / PNG / NPY, OME-Zarr images and plates)")
+    seg.add_argument("images", nargs="+", metavar="IMAGE",
+                     help="image files or folders, OME-Zarr images, or an OME-Zarr HCS plate (every field)")
     seg.add_argument("--engine", default="classical", choices=list(ENGINE_MODULES))
-    seg.add_argument("--output", "-o", required=True, help="labels file (one image) or folder")
+    seg.add_argument("--output", "-o", default=None,
+                     help="labels file (one image) or folder; IMAGE.zarr/labels/NAME puts an OME-Zarr image's labels "
+                          "beside it; for a plate: the folder of its per-well CSVs (default PLATE_measurements/)")
+    seg.add_argument("--labels-name", dest="labels_name", default=None, metavar="NAME",
+                     help="a plate's label image name in each field's labels/ group (default: the engine's name)")
     seg.add_argument("--diameter", default=None,
                      help="object diameter in pixels, 'auto' to estimate it, or 'none' for the model's own scale")
     seg.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
@@ -338,6 +405,17 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
 
     eng = sub.add_parser("engines", help="list engines and bundled models")
     eng.set_defaults(func=cmd_engines)
+
+    exp = sub.add_parser("export-model", help="write a model as a bioimage.io model package (needs the [bioimageio] extra)")
+    exp.add_argument("model", metavar="MODEL", help="bundled:NAME or a .safetensors path (see `kaizen engines`)")
+    exp.add_argument("--bioimageio", required=True, metavar="OUT.zip", help="the package to write")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    exp.set_defaults(func=cmd_export_model)
+
+    imp = sub.add_parser("import-model", help="bring a package written by export-model back into the model list")
+    imp.add_argument("package", metavar="PACKAGE.zip")
+    imp.add_argument("--folder", default=None, help="where to keep it (default: the fine-tuned models' folder)")
+    imp.set_defaults(func=cmd_import_model)
 
     _add_train_parsers(sub, load=train)
     return parser

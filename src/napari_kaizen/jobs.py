@@ -336,7 +336,7 @@ def output_paths(inputs: list[Path], output: Path, tiled: list[bool] | None = No
     ``.zarr`` is accepted too and a huge field in a folder gets the format its size
     needs.
     """
-    from .io.zarr import labels_format_for
+    from .io.zarr import image_of_labels_group, labels_format_for
 
     suffix = output.suffix.lower()
     if tiled is None:
@@ -350,6 +350,9 @@ def output_paths(inputs: list[Path], output: Path, tiled: list[bool] | None = No
         _distinct_names(inputs)
         return [output / f"{p.stem}.tif" for p in inputs]
     shapes = shapes if shapes is not None else [None] * len(inputs)
+    if len(inputs) == 1 and image_of_labels_group(output) is not None:
+        tiled[0] = True  # into the input's own labels/ group (OME-Zarr), tile by tile
+        return [output]
     accepted = (*LABEL_OUTPUT_SUFFIXES, ".zarr")
     if suffix and suffix not in accepted and not output.is_dir():
         raise KaizenError(f"--output {output}: labels are written as {', '.join(accepted)}; give such a name or a folder")
@@ -617,11 +620,15 @@ def _scores(snapshot) -> dict[str, dict[int, float]]:
 
 
 def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
-    """Read, segment and write one image file."""
+    """Read, segment and write one image file (or a plate's field: an OME-Zarr image whose labels
+    go into its ``labels/`` group, through the ``*_or_ome_zarr`` readers and writer)."""
     from .engines import segment_planes, to_plane
     from .engines.registry import input_warning
-    from .io import read_image, read_labels, write_geojson, write_labels, write_measurements_csv, write_roi_zip
+    from .io import write_geojson, write_measurements_csv, write_roi_zip
     from .io.images import read_plane
+    from .io.zarr import read_image_or_ome_zarr as read_image
+    from .io.zarr import read_labels_or_ome_zarr as read_labels
+    from .io.zarr import write_labels_or_ome_zarr as write_labels
 
     start = time.perf_counter()
     dest = job.dest
@@ -731,7 +738,7 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
     from ._files import temp_prefix
     from .errors import OverwriteError
-    from .io.zarr import atomic_zarr, create_label_levels, open_lazy, squeeze_to_2d, write_bigtiff
+    from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
     from .tiled import segment_tiled
 
     start = time.perf_counter()
@@ -748,9 +755,10 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     # An incomplete output of an older version is replaced on a resume.
     overwrite = job.overwrite or (job.skip_existing and dest.exists() and not output_complete(dest))
     try:
-        if dest.suffix.lower() == ".zarr":
-            with atomic_zarr(dest, overwrite=overwrite) as tmp:
-                levels = create_label_levels(tmp, image.shape[-2:], name=src.stem)
+        if is_ome_zarr_labels_path(dest):
+            # a store of its own, or the labels/ group of an OME-Zarr input (then named by dest)
+            name = src.stem if dest.suffix.lower() == ".zarr" else None
+            with label_levels_at(dest, image.shape[-2:], name=name, overwrite=overwrite) as levels:
                 last = drive(segment_tiled(engine, image, job.params, out=levels, **kwargs), src.name, progress=progress)
         else:
             # Stitch into a compressed zarr beside the output (bounded memory), then stream it into a BigTIFF.

@@ -6,10 +6,21 @@ memory map, an OME-Zarr level), and writers fill their output one region at a ti
 
 Labels are written as
 
-* OME-Zarr (NGFF 0.4, zarr format 2, so every current reader opens it): a group whose
-  ``multiscales`` levels ``0, 1, 2, ...`` halve the resolution (nearest neighbour, so
-  every level holds real ids) and whose ``image-label`` attribute marks it as labels;
+* OME-Zarr (NGFF 0.5 on zarr format 3 by default; 0.4 on zarr format 2 on request, and
+  always beside a 0.4 image): a group whose ``multiscales`` levels ``0, 1, 2, ...`` halve
+  the resolution (nearest neighbour, so every level holds real ids) and whose
+  ``image-label`` attribute marks it as labels. When the input is an OME-Zarr image, the
+  labels go into its own ``labels/`` group (``IMAGE.zarr/labels/NAME``, listed in the
+  ``labels`` attribute), so napari and other NGFF viewers open image and labels together;
 * BigTIFF: a tiled, zlib-compressed TIFF streamed tile by tile from a zarr array.
+
+The NGFF metadata is read and written by the reference library, ome-zarr-py
+(:mod:`ome_zarr`): it detects the version of a store (0.4 keeps its metadata in the
+group's attributes on zarr format 2, 0.5 nests it under ``ome`` on zarr format 3) and
+writes ``multiscales``, ``labels`` and ``image-label`` as the specification spells them.
+What stays here is what the library does not do for us: creating empty level arrays
+that a tiled run fills tile by tile (ome-zarr writes whole arrays or dask graphs), the
+pyramid update of one finished tile, and the atomic, no-clobber placement of a store.
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +49,82 @@ PYRAMID_MIN_SIDE = 512
 LAZY_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy")
 
 
-def _compressor():
-    import numcodecs
+#: The NGFF version of label images written here (and of the label groups of 0.5 images).
+NGFF_VERSION = "0.5"
 
-    return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+#: NGFF versions this module writes; reading takes any version ome-zarr-py reads (0.1-0.5).
+WRITABLE_NGFF = ("0.4", "0.5")
+
+
+def _compressor(zarr_format: int = 3):
+    # Blosc zstd + bit shuffle: label ids compress well; the codec type differs by format.
+    if zarr_format == 2:
+        import numcodecs
+
+        return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def ngff_format(version: str = NGFF_VERSION):
+    """The ome-zarr-py ``Format`` of an NGFF ``version`` this module writes (``'0.4'`` or ``'0.5'``).
+
+    Raises
+    ------
+    InputError
+        Another version.
+    """
+    from ome_zarr.format import FormatV04, FormatV05
+
+    formats = {"0.4": FormatV04, "0.5": FormatV05}
+    if str(version) not in formats:
+        raise InputError(f"OME-Zarr version {version!r} cannot be written: choose one of {', '.join(WRITABLE_NGFF)}")
+    return formats[str(version)]()
+
+
+@contextlib.contextmanager
+def _quiet_ome_zarr():
+    """Keep ome-zarr-py's log lines (e.g. 'version mismatch' on every 0.4 store it opens) off
+    the terminal: a person reads our one-line messages, not the library's debug chatter."""
+    import logging
+
+    log = logging.getLogger("ome_zarr")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def ome_attrs(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+    """The NGFF metadata of a zarr group and its version, whatever the version.
+
+    ome-zarr-py detects the version: 0.4 and older keep the metadata in the group's
+    attributes (zarr format 2), 0.5 under ``attributes.ome`` (zarr format 3).
+
+    Returns
+    -------
+    attrs : dict
+        ``multiscales``, ``plate``, ``well``, ``labels``, ``image-label``, ... as present
+        (empty for a path that is no zarr group).
+    version : str or None
+        The NGFF version ome-zarr-py detected, None for no OME-Zarr metadata.
+    """
+    from ome_zarr.io import parse_url
+
+    with _quiet_ome_zarr():
+        try:
+            loc = parse_url(str(Path(path)), mode="r")
+        except (ValueError, OSError, KeyError, TypeError):
+            loc = None
+        if loc is None:
+            return {}, None
+        attrs = dict(loc.root_attrs)
+        if not any(k in attrs for k in ("multiscales", "plate", "well", "labels", "image-label")):
+            return attrs, None
+        return attrs, str(loc.fmt.version)
 
 
 def is_zarr_path(path: str | os.PathLike) -> bool:
@@ -110,16 +193,42 @@ def _open_zarr_image(path: Path) -> Any:
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
         return node
-    attrs = dict(node.attrs)
-    ome = attrs.get("ome", attrs)  # NGFF 0.5 nests its metadata under 'ome'
-    multiscales = ome.get("multiscales")
+    attrs, _ = ome_attrs(path)
+    multiscales = attrs.get("multiscales")
     if not multiscales:
         arrays = sorted(k for k, v in node.arrays())
         if len(arrays) == 1:
             return node[arrays[0]]
-        raise InputError(f"{path.name} is a zarr group without OME-Zarr 'multiscales' metadata: "
-                         "expected an OME-Zarr image or a single zarr array")
+        what = ("an OME-Zarr HCS plate: `kaizen segment` segments every field of it" if "plate" in attrs
+                else "a zarr group without OME-Zarr 'multiscales' metadata")
+        raise InputError(f"{path.name} is {what}; expected an OME-Zarr image (NGFF 'multiscales', 0.4 or 0.5) "
+                         "or a single zarr array")
+    # The full-resolution level, as a zarr array: a slice reads only the chunks it touches
+    # (ome-zarr-py's reader would wrap it in dask, which a dask worker task must not compute).
     return node[multiscales[0]["datasets"][0]["path"]]
+
+
+def open_pyramid(path: str | os.PathLike) -> list[Any]:
+    """Every level of an OME-Zarr image as lazy dask arrays (level 0 first), through ome-zarr-py.
+
+    For viewers: napari takes the list as a multiscale layer and reads only the chunks
+    on screen. Tile-by-tile segmentation reads :func:`open_lazy`'s level 0 instead.
+
+    Raises
+    ------
+    InputError
+        No OME-Zarr image at ``path``.
+    """
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    with _quiet_ome_zarr():
+        loc = parse_url(str(Path(path)), mode="r")
+        nodes = [n for n in Reader(loc)()] if loc is not None else []
+        image = next((n for n in nodes if n.load(Multiscales) is not None and n.data), None)
+    if image is None:
+        raise InputError(f"{Path(path).name} holds no OME-Zarr image (NGFF 'multiscales' metadata)")
+    return list(image.data)
 
 
 def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name: str = "image") -> Any:
@@ -169,8 +278,13 @@ def pyramid_shapes(shape: Sequence[int], *, min_side: int = PYRAMID_MIN_SIDE) ->
 
 
 def create_label_levels(store: Any, shape: Sequence[int], *, name: str = "labels", levels: int | None = None,
-                        chunk: int = CHUNK) -> list[Any]:
+                        chunk: int = CHUNK, version: str = NGFF_VERSION, source: str | None = "../../") -> list[Any]:
     """Create an (empty) OME-Zarr multiscale label image; return its level arrays.
+
+    The arrays are made empty here so that a tiled run fills them tile by tile
+    (:func:`update_pyramid`); the ``multiscales`` and ``image-label`` metadata are
+    written by ome-zarr-py (``write_multiscales_metadata``, ``add_metadata``) in the
+    layout of NGFF ``version``.
 
     Parameters
     ----------
@@ -181,6 +295,13 @@ def create_label_levels(store: Any, shape: Sequence[int], *, name: str = "labels
         The image's name in its metadata.
     levels : int, optional
         Number of levels; default: down to :data:`PYRAMID_MIN_SIDE` pixels.
+    chunk : int
+        Side of the chunks.
+    version : {'0.5', '0.4'}
+        NGFF version: 0.5 is zarr format 3, 0.4 zarr format 2.
+    source : str or None
+        The ``image-label`` ``source.image`` (the image these labels belong to,
+        relative to the label group); None leaves it out.
 
     Returns
     -------
@@ -188,27 +309,27 @@ def create_label_levels(store: Any, shape: Sequence[int], *, name: str = "labels
         Level 0 (full resolution) first; all int32, filled with 0.
     """
     import zarr
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
+    fmt = ngff_format(version)
     shapes = pyramid_shapes(shape)
     if levels is not None:
         shapes = shapes[: max(1, int(levels))]
-    group = zarr.open_group(str(store) if isinstance(store, (str, os.PathLike)) else store, mode="w", zarr_format=2)
+    group = zarr.open_group(str(store) if isinstance(store, (str, os.PathLike)) else store, mode="w",
+                            zarr_format=fmt.zarr_format)
     arrays = []
     for k, s in enumerate(shapes):
         c = (min(chunk, s[0]), min(chunk, s[1]))
+        extra = {"dimension_names": ("y", "x")} if fmt.zarr_format == 3 else {}
         arrays.append(group.create_array(str(k), shape=s, chunks=c, dtype="int32", fill_value=0,
-                                         compressors=_compressor()))
-    group.attrs.update({
-        "multiscales": [{
-            "version": "0.4",
-            "name": name,
-            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-            "datasets": [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [2.0**k, 2.0**k]}]}
-                         for k in range(len(shapes))],
-            "type": "nearest",
-        }],
-        "image-label": {"version": "0.4", "source": {"image": "../../"}},
-    })
+                                         compressors=_compressor(fmt.zarr_format), **extra))
+    datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [2.0**k, 2.0**k]}]}
+                for k in range(len(shapes))]
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=["y", "x"], name=name, metadata={"method": "nearest"})
+    label = {"version": fmt.version}
+    if source is not None:
+        label["source"] = {"image": source}
+    add_metadata(group, {"image-label": label}, fmt=fmt)
     return arrays
 
 
@@ -234,12 +355,20 @@ def update_pyramid(levels: Sequence[Any], region: tuple[int, int, int, int]) -> 
 
 
 def read_label_levels(path: str | os.PathLike) -> list[Any]:
-    """The level arrays of an OME-Zarr label image (level 0 first), lazily."""
+    """The level arrays of an OME-Zarr label image (level 0 first), lazily; NGFF 0.4 or 0.5.
+
+    Raises
+    ------
+    InputError
+        No ``multiscales`` metadata at ``path``.
+    """
     import zarr
 
+    attrs, _ = ome_attrs(path)
+    if not attrs.get("multiscales"):
+        raise InputError(f"{path} holds no OME-Zarr label image (NGFF 'multiscales' metadata)")
     group = zarr.open_group(str(path), mode="r")
-    datasets = dict(group.attrs)["multiscales"][0]["datasets"]
-    return [group[d["path"]] for d in datasets]
+    return [group[d["path"]] for d in attrs["multiscales"][0]["datasets"]]
 
 
 @contextlib.contextmanager
@@ -306,12 +435,88 @@ def write_bigtiff(path: str | os.PathLike, source: Any, *, overwrite: bool = Fal
     return atomic_write(path, write, overwrite=overwrite)
 
 
-def write_ome_zarr_labels(path: str | os.PathLike, source: Any, *, overwrite: bool = False, name: str = "labels") -> Path:
-    """Copy a 2-D label array into a new OME-Zarr multiscale label image at ``path``, chunk by chunk."""
-    dest = Path(path)
-    h, w = (int(s) for s in source.shape)
+def image_of_labels_group(path: str | os.PathLike) -> Path | None:
+    """The OME-Zarr image that ``path`` is a label group of, else None.
+
+    ``IMAGE/labels/NAME`` is such a path when ``IMAGE`` holds NGFF ``multiscales``
+    metadata (the labels group and ``NAME`` need not exist yet): labels written there
+    belong to that image, as the NGFF ``labels`` specification lays them out.
+    """
+    p = Path(path)
+    if p.parent.name != "labels" or not p.name or p.name.startswith("."):
+        return None
+    image = p.parent.parent
+    if not image.is_dir():
+        return None
+    attrs, _ = ome_attrs(image)
+    return image if attrs.get("multiscales") else None
+
+
+@contextlib.contextmanager
+def label_levels_at(dest: str | os.PathLike, shape: Sequence[int], *, name: str | None = None,
+                    levels: int | None = None, overwrite: bool = False) -> Iterator[list[Any]]:
+    """Yield the empty level arrays of a new OME-Zarr label image that will appear at ``dest``.
+
+    Fill them (and :func:`update_pyramid`) inside the block; the label image appears
+    under its name only when the block succeeds, so a crash or Ctrl-C leaves nothing
+    half-written (:func:`atomic_zarr`).
+
+    ``dest`` is either a store of its own (``labels.zarr``, NGFF :data:`NGFF_VERSION`) or
+    ``IMAGE.zarr/labels/NAME`` inside an OME-Zarr image (:func:`image_of_labels_group`):
+    then the label image takes the image's NGFF version (a 0.4 image gets 0.4 labels on
+    zarr format 2, so its readers still open it), its ``image-label`` points at the
+    image, and its name is added to the ``labels`` group's list after it is in place.
+
+    Raises
+    ------
+    OverwriteError
+        ``dest`` exists and ``overwrite`` is False.
+    """
+    dest = Path(dest)
+    image = image_of_labels_group(dest)
+    if image is None:
+        with atomic_zarr(dest, overwrite=overwrite) as tmp:
+            yield create_label_levels(tmp, shape, name=name or dest.stem, levels=levels)
+        return
+    _, version = ome_attrs(image)
+    version = version if version in WRITABLE_NGFF else "0.4"
+    labels_group = _require_labels_group(dest.parent, version)
     with atomic_zarr(dest, overwrite=overwrite) as tmp:
-        levels = create_label_levels(tmp, (h, w), name=name)
+        yield create_label_levels(tmp, shape, name=name or dest.name, levels=levels, version=version, source="../../")
+    _list_label(labels_group, dest.name, version)
+
+
+def _require_labels_group(folder: Path, version: str) -> Any:
+    """The ``labels`` group of an image (created, in the image's zarr format, if missing)."""
+    import zarr
+
+    fmt = ngff_format(version)
+    if folder.is_dir() and ((folder / "zarr.json").exists() or (folder / ".zgroup").exists()):
+        return zarr.open_group(str(folder), mode="r+")
+    return zarr.open_group(str(folder), mode="a", zarr_format=fmt.zarr_format)
+
+
+def _list_label(group: Any, name: str, version: str) -> None:
+    """Add ``name`` to the ``labels`` list of an image's labels group (once), through ome-zarr-py."""
+    from ome_zarr.writer import add_metadata, get_metadata
+
+    names = [str(n) for n in get_metadata(group).get("labels", [])]
+    if name not in names:
+        add_metadata(group, {"labels": [*names, name]}, fmt=ngff_format(version))
+
+
+def write_ome_zarr_labels(path: str | os.PathLike, source: Any, *, overwrite: bool = False, name: str | None = None) -> Path:
+    """Copy a 2-D label array into a new OME-Zarr multiscale label image at ``path``, chunk by chunk.
+
+    ``path`` is a store of its own (``labels.zarr``) or the label group of an OME-Zarr
+    image (``IMAGE.zarr/labels/NAME``, see :func:`label_levels_at`). Atomic and
+    no-clobber as every writer here.
+    """
+    dest = Path(path)
+    h, w = (int(s) for s in source.shape[-2:])
+    if len(source.shape) != 2:
+        raise InputError(f"OME-Zarr labels are written from a 2-D label image; these have shape {tuple(source.shape)}")
+    with label_levels_at(dest, (h, w), name=name, overwrite=overwrite) as levels:
         step = CHUNK * 2
         for y in range(0, h, step):
             for x in range(0, w, step):
@@ -320,6 +525,54 @@ def write_ome_zarr_labels(path: str | os.PathLike, source: Any, *, overwrite: bo
                     source[region[0] : region[1], region[2] : region[3]])
                 update_pyramid(levels, region)
     return dest
+
+
+def is_ome_zarr_labels_path(path: str | os.PathLike) -> bool:
+    """Whether labels at ``path`` are written as OME-Zarr (a ``.zarr`` store or an image's label group)."""
+    p = Path(path)
+    return p.suffix.lower() == ".zarr" or image_of_labels_group(p) is not None
+
+
+def read_image_or_ome_zarr(path: str | os.PathLike) -> np.ndarray:
+    """Read a whole image file (:func:`~napari_kaizen.io.images.read_image`) or OME-Zarr image
+    (its full-resolution level, leading axes of size 1 dropped) as a numpy array.
+
+    For fields that fit in memory (a plate's fields); huge images are read tile by tile
+    from :func:`open_lazy` instead.
+    """
+    from .images import check_fits_memory, read_image
+
+    src = Path(path)
+    if not (src.is_dir() and is_zarr_path(src)):
+        return read_image(src)
+    lazy = open_lazy(src)
+    shape = tuple(int(n) for n in lazy.shape)
+    check_fits_memory(src.name, shape, np.dtype(lazy.dtype))
+    keep = next((i for i, n in enumerate(shape[:-2]) if n != 1), len(shape) - 2)
+    return np.asarray(lazy[(0,) * keep])
+
+
+def write_labels_or_ome_zarr(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write labels as :func:`~napari_kaizen.io.labels.write_labels` does, or as OME-Zarr when
+    :func:`is_ome_zarr_labels_path` says so (an image's ``labels/NAME`` group)."""
+    from .labels import label_dtype, write_labels
+
+    if not is_ome_zarr_labels_path(path):
+        return write_labels(path, labels, overwrite=overwrite)
+    arr = np.asarray(labels)
+    label_dtype(arr)  # the same checks as every labels writer: integers, not negative
+    if arr.max(initial=0) > np.iinfo(np.int32).max:
+        raise InputError(f"OME-Zarr labels here are int32; the largest label {int(arr.max())} does not fit")
+    return write_ome_zarr_labels(path, arr.astype(np.int32, copy=False), overwrite=overwrite)
+
+
+def read_labels_or_ome_zarr(path: str | os.PathLike) -> np.ndarray:
+    """Read labels as :func:`~napari_kaizen.io.labels.read_labels` does, or level 0 of an OME-Zarr label image."""
+    from .labels import read_labels
+
+    if not is_ome_zarr_labels_path(path) or not Path(path).is_dir():
+        return read_labels(path)
+    return np.asarray(read_label_levels(path)[0][...])
 
 
 def labels_format_for(shape: Sequence[int]) -> str:

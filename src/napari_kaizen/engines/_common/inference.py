@@ -64,8 +64,59 @@ def fold_batchnorm(net: Any) -> Any:
     return out
 
 
+def _window_max(x: Any, kernel: int, stride: int, padding: int) -> Any:
+    """Max pooling as elementwise maxima of shifted slices (rows, then columns).
+
+    The same values as ``max_pool2d`` (``-inf`` padding, floor output size), faster on
+    channels-last activations where the windows do not overlap or the stride is 1
+    (:func:`_as_window_max` says where).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if padding:
+        x = F.pad(x, (padding, padding, padding, padding), value=float("-inf"))
+    for dim in (2, 3):
+        n = (x.shape[dim] - kernel) // stride + 1
+        span = stride * (n - 1) + 1
+        out = x.narrow(dim, 0, span)[(slice(None),) * dim + (slice(None, None, stride),)]
+        for d in range(1, kernel):
+            out = torch.maximum(out, x.narrow(dim, d, span)[(slice(None),) * dim + (slice(None, None, stride),)])
+        x = out
+    return x
+
+
+def _as_window_max(module: Any) -> Any:
+    """A drop-in for a plain ``MaxPool2d`` computed by :func:`_window_max`; ``None`` for anything else."""
+    from torch import nn
+
+    if not isinstance(module, nn.MaxPool2d) or module.ceil_mode or module.return_indices:
+        return None
+    params = []
+    for v in (module.kernel_size, module.stride, module.padding, module.dilation):
+        vs = {v} if isinstance(v, int) else set(v)
+        if len(vs) != 1:
+            return None
+        params.append(vs.pop())
+    kernel, stride, padding, dilation = params
+    # Measured on channels-last activations (2 threads): 3 x 3 stride 1 (GoogLeNet's pool
+    # branches) 16 -> 6 ms, 2 x 2 stride 2 (the U-Net's) 14 -> 3.4 ms; overlapping
+    # strided windows (3 x 3 stride 2) are slower as slices (3 -> 17 ms): kept.
+    if dilation != 1 or 2 * padding > kernel or not (stride == 1 or (stride == kernel and padding == 0)):
+        return None
+
+    class WindowMax(nn.Module):
+        def forward(self, x):  # noqa: D102 - max_pool2d's
+            return _window_max(x, kernel, stride, padding)
+
+        def extra_repr(self) -> str:
+            return f"kernel_size={kernel}, stride={stride}, padding={padding}"
+
+    return WindowMax()
+
+
 def inference_network(net: Any) -> Any:
-    """``net`` made fast for prediction: :func:`fold_batchnorm`, then channels-last memory.
+    """``net`` made fast for prediction: :func:`fold_batchnorm`, max pools as shifted maxima, channels last.
 
     Feed it inputs made by :func:`as_inference_input`. The copy is cheap (milliseconds
     for this package's networks) and made per segmentation, so a network that is being
@@ -73,7 +124,13 @@ def inference_network(net: Any) -> Any:
     """
     import torch
 
-    return fold_batchnorm(net).to(memory_format=torch.channels_last)
+    fast = fold_batchnorm(net)
+    for module in list(fast.modules()):
+        for name, child in list(module.named_children()):
+            window_max = _as_window_max(child)
+            if window_max is not None:
+                setattr(module, name, window_max)
+    return fast.to(memory_format=torch.channels_last)
 
 
 def as_inference_input(batch: Any) -> Any:

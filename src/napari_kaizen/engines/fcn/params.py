@@ -72,12 +72,11 @@ class FCNParams:
         Loss weight of edge pixels relative to others (training and fine-tuning only;
         the post's over-weighting of edge errors).
     flip_average : bool
-        Average the probabilities of the image and its three mirror images (test-time
-        augmentation, 4x the network time). Off by default: with the 0.2 models (distance
-        output, seeded watershed), leave one source out, it changed mean mAP over the
-        seven sources by 0.0015 (0.5176 without, 0.519 with; no source by more than
-        0.002) for four times the network's time. (The 0.1 models without a distance
-        output gained 0.003-0.017 per folder from it.)
+        Average the probabilities of the image and its left-right mirror image
+        (test-time augmentation, twice the network's time). Leave one source out, over
+        seven sources: mean mAP 0.501 without it, 0.5165 with this one mirror, 0.5174
+        with all four mirror images (the 0.2 default, four times the time); see
+        ``docs/speed.md``. ``False`` for speed.
     """
 
     diameter: float | str | None = "auto"
@@ -90,7 +89,7 @@ class FCNParams:
     overlap: int = 64
     batch_size: int = 1
     edge_weight: float = 5.0
-    flip_average: bool = False
+    flip_average: bool = True
 
     def check(self) -> FCNParams:
         """Raise a one-line :class:`InputError` for out-of-range values; return self."""

@@ -1,0 +1,98 @@
+"""The speed work's fast paths give what the plain ones give (issue 23).
+
+Each fast path here replaced a slower computation of the same thing; these tests fail
+if it stops being the same thing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_kaizen.engines._common.inference import _window_max, as_inference_input, fold_batchnorm, inference_network
+from napari_kaizen.engines._common.instances import h_maxima_sampled, seed_step
+from napari_kaizen.engines._common.tiling import balanced_tile, tile_starts
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 31, 40), (1, 3, 32, 33), (1, 5, 7, 9)])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 2, 0), (2, 1, 0)])
+def test_window_max_is_max_pool(shape, kernel, stride, padding):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_window_max(x, kernel, stride, padding), F.max_pool2d(x, kernel, stride, padding))
+
+
+def _untrained_but_not_trivial(net):
+    """Random batch-norm statistics, so folding them is tested on more than identities."""
+    gen = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("engine", ["fcn", "unet"])
+def test_inference_network_predicts_what_the_network_predicts(engine):
+    if engine == "fcn":
+        from napari_kaizen.engines.fcn.model import GoogLeNetFCN
+
+        net = GoogLeNetFCN(width=0.5, stride=8, distance=True)
+    else:
+        from napari_kaizen.engines.unet.model import UNet
+
+        net = UNet(base_channels=8, depth=3, max_channels=32)
+    net = _untrained_but_not_trivial(net)
+    x = torch.rand(2, 1, 64, 72, generator=torch.Generator().manual_seed(1))
+    fast = inference_network(net)
+    with torch.inference_mode():
+        want, got = net(x), fast(as_inference_input(x))
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    # The network being trained (or fine-tuned) is left as it was.
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m.training for m in fold_batchnorm(net).modules())
+
+
+def test_kaizen_predicts_the_same_cells_channels_last():
+    from napari_kaizen.engines.kaizen import load_model
+
+    net = load_model(None, device="cpu").net.eval()
+    x = torch.rand(5, 1, 40, 40, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        want = net.predict(x)
+        got = inference_network(net).predict(as_inference_input(x))
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("length, tile, overlap, multiple", [(1365, 1024, 64, 4), (900, 1024, 64, 4),
+                                                              (4000, 1024, 64, 8), (1025, 512, 64, 1)])
+def test_balanced_tiles_cover_the_image_with_the_fewest_tiles(length, tile, overlap, multiple):
+    side = balanced_tile(length, tile, overlap, multiple)
+    assert side <= max(tile, multiple * -(-tile // multiple)) and side % multiple == 0
+    starts = tile_starts(max(length, side), side, side - min(overlap, side // 2))
+    covered = np.zeros(max(length, side), bool)
+    for s in starts:
+        covered[s : s + side] = True
+    assert covered.all()
+    # No more tiles than full-size ones would need.
+    full = len(tile_starts(length, tile, tile - overlap)) if length > tile else 1
+    assert len(starts) <= full
+
+
+def test_sampled_h_maxima_keep_touching_discs_apart():
+    yy, xx = np.mgrid[:60, :90]
+    d = np.zeros((60, 90))
+    for cy, cx in [(30, 25), (30, 48), (30, 71)]:  # three touching discs of 24 px
+        d = np.maximum(d, np.clip(1 - np.hypot(yy - cy, xx - cx) / 12, 0, None))
+    from scipy import ndimage as ndi
+
+    step = seed_step(24)
+    assert step == 3
+    assert ndi.label(h_maxima_sampled(d, 0.2, step), np.ones((3, 3)))[1] == 3
+    from skimage.morphology import h_maxima
+
+    assert np.array_equal(h_maxima_sampled(d, 0.2, 1), h_maxima(d, 0.2).astype(bool))
