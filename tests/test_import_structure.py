@@ -165,3 +165,68 @@ def test_no_import_circles_in_src():
                       if b in group]
             lines.append(f"{describe(graph, circle)}\n  every import among these modules:\n" + "\n".join(inside))
         pytest.fail("import circles (module (line of the import) -> module it imports):\n" + "\n".join(lines))
+
+
+PRIVATE = f"{PACKAGE}.engines._common"
+
+
+def private_imports(module: str, path: Path) -> list[str]:
+    """``file:line name`` of every import in ``module`` that reaches into :data:`PRIVATE`.
+
+    Every ``import`` and ``from ... import`` is resolved to absolute names (``from
+    ..engines import _common`` is ``napari_kaizen.engines._common``), at module level and
+    inside functions alike.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, is_package, node.level, node.module)
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name == PRIVATE or name.startswith(PRIVATE + "."):
+                hits.append(f"{path.relative_to(SRC)}:{node.lineno} {name}")
+                break
+    return hits
+
+
+def test_the_private_import_walk_sees_every_spelling(tmp_path):
+    mod = tmp_path / "napari_kaizen" / "widgets" / "_x.py"
+    mod.parent.mkdir(parents=True)
+    mod.write_text("from ..engines._common.scale import parse_diameter\n"
+                   "def f():\n    from ..engines import _common\n    import napari_kaizen.engines._common.stitch\n"
+                   "from ..engines import parse_diameter\n", encoding="utf-8")
+    global SRC
+    saved, SRC = SRC, tmp_path
+    try:
+        hits = private_imports("napari_kaizen.widgets._x", mod)
+    finally:
+        SRC = saved
+    assert [h.split(" ")[0].rsplit(":", 1)[1] for h in hits] == ["1", "3", "4"]
+
+
+def test_nothing_outside_the_engines_imports_their_private_common_package():
+    """The jobs, tiled runs, the CLI, the API and the widgets use the names ``napari_kaizen.engines`` exports."""
+    hits = []
+    for module, path in module_files().items():
+        if module == f"{PACKAGE}.engines" or module.startswith(f"{PACKAGE}.engines."):
+            continue
+        hits += private_imports(module, path)
+    assert not hits, "import napari_kaizen.engines._common from outside engines/ (use napari_kaizen.engines):\n" + \
+        "\n".join(hits)
+
+
+def test_what_the_engines_export_to_the_layers_above_them_resolves():
+    """Every name of ``engines.SHARED`` exists where the table says, and importing the package loads none of it."""
+    import importlib
+
+    import napari_kaizen.engines as engines
+
+    for name, where in engines.SHARED.items():
+        assert hasattr(importlib.import_module(where, "napari_kaizen.engines"), name), (name, where)
+        assert getattr(engines, name) is getattr(importlib.import_module(where, "napari_kaizen.engines"), name)

@@ -136,6 +136,6 @@ def finetune(images: Any, labels: Any, engine: Any = "kaizen", **kwargs: Any) ->
 def run_to_end(snapshots: Iterable[S]) -> S:
     """Drive a snapshot generator (:func:`iter_segment`, :func:`finetune`, an engine's
     ``segment``) to its end and return the last snapshot."""
-    from .engines._common.snapshots import run_to_end as drain
+    from .engines import run_to_end as drain
 
     return drain(snapshots)

@@ -265,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_engines(args: argparse.Namespace) -> int:
     from .engines import get_engine
-    from .engines._common.loaded import INPUT_KINDS
+    from .engines import INPUT_KINDS
     from .engines.registry import OUTPUT_KINDS, list_models, skipped_line, user_model_dir
     from .errors import EngineNotAvailableError
 
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     import threading
     import warnings
 
-    from .engines._common.normalize import InputWarning
+    from .engines import InputWarning
 
     words = list(sys.argv[1:] if argv is None else argv)
     show_warning = warnings.showwarning

@@ -188,7 +188,7 @@ def parse_param_overrides(params_class: type, items: Sequence[str]) -> dict[str,
     KaizenError
         An item that is not ``NAME=VALUE``, an unknown name, a value of the wrong type.
     """
-    from .engines._common.scale import parse_diameter
+    from .engines import parse_diameter
 
     fields = {f.name: f for f in dataclasses.fields(params_class)}
     hints = typing.get_type_hints(params_class)
@@ -237,7 +237,7 @@ def parse_param_overrides(params_class: type, items: Sequence[str]) -> dict[str,
 
 def make_params(engine: Any, overrides: dict[str, Any]) -> Any:
     """The engine's frozen ``Params`` from keyword overrides; one line if they do not fit."""
-    from .engines._common.scale import parse_diameter
+    from .engines import parse_diameter
 
     if "diameter" in overrides:
         overrides = {**overrides, "diameter": parse_diameter(overrides["diameter"])}
@@ -511,7 +511,7 @@ def build_jobs(
         Anything wrong with the request, in one line.
     """
     from .engines import get_engine, learned_engines
-    from .engines._common.scale import parse_diameter
+    from .engines import parse_diameter
     from .io.zarr import is_zarr_path
 
     if tile is not None:
@@ -622,8 +622,7 @@ def _scores(snapshot) -> dict[str, dict[int, float]]:
 def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     """Read, segment and write one image file (or a plate's field: an OME-Zarr image whose labels
     go into its ``labels/`` group, through the ``*_or_ome_zarr`` readers and writer)."""
-    from .engines._common.normalize import to_plane
-    from .engines._common.planes import segment_planes
+    from .engines import segment_planes, to_plane
     from .engines.registry import input_warning
     from .io import write_geojson, write_measurements_csv, write_roi_zip
     from .io.images import read_plane
@@ -646,7 +645,8 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     if job.all_planes:
         if job.channel is not None:
             image = to_plane(image, channel=job.channel) if image.ndim == 3 else image[..., job.channel]
-        gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device)
+        gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device,
+                                                  scale_for=engine.scale_for)
     else:
         if plane is not None and image.ndim == 2:
             raise KaizenError(f"--plane {','.join(map(str, job.plane))} was given but the image is 2-D; leave --plane out")

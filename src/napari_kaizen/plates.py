@@ -130,8 +130,7 @@ def build_plate_jobs(
         Anything wrong with the request or the plate, in one line.
     """
     from ._files import remove_stale_temporaries
-    from .engines import get_engine
-    from .engines._common.scale import parse_diameter
+    from .engines import get_engine, parse_diameter
     from .jobs import (
         SegmentJob,
         check_halo,

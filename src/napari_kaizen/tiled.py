@@ -9,7 +9,8 @@ strided sample and a few full-resolution crops (:func:`plan_tiles`):
 
 * intensity normalisation: the whole image's percentiles and noise, handed to every
   tile through :func:`~napari_kaizen.engines._common.normalize.whole_image_stats`;
-* the object diameter (``'auto'``), estimated once and handed to every tile as a number;
+* the object scale: the engine's own scale rule (``engine.scale_for``, the function its
+  untiled run calls) on the centre crop (:func:`plan_scale`), handed to every tile as a number;
 * the halo, from that diameter (:func:`~napari_kaizen.engines._common.stitch.choose_halo`).
 
 Engines yield, front ends draw: :func:`segment_tiled` is a generator of
@@ -25,16 +26,33 @@ import gc
 import math
 import os
 import time
+import warnings
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .engines._common.metadata import read_model_metadata
-from .engines._common.normalize import MIN_SIDE, WholeImageStats, as_float, noise_sd, pooled_values, whole_image_stats
-from .engines._common.snapshots import SegmentationSnapshot, run_to_end
-from .engines._common.stitch import DEFAULT_TILE, Tile, check_tile, choose_halo, merge_tile, owned_objects, tile_grid
+from .engines import (
+    DEFAULT_TILE,
+    MIN_SIDE,
+    InputWarning,
+    Scale,
+    SegmentationSnapshot,
+    Tile,
+    WholeImageStats,
+    as_float,
+    check_tile,
+    choose_halo,
+    merge_tile,
+    noise_sd,
+    owned_objects,
+    parse_diameter,
+    pooled_values,
+    run_to_end,
+    tile_grid,
+    whole_image_stats,
+)
 from .errors import InputError, KaizenError
 
 #: Fields with more pixels than this are segmented tile by tile, by every front end (an
@@ -261,12 +279,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     image : array_like, shape (H, W)
         Lazy or in-memory (see :func:`as_2d_source`).
     params : engine params, optional
-        ``diameter='auto'`` (or ``None`` for the classical engine) is estimated here,
-        on full-resolution crops normalised with the whole image's statistics, and the
-        number is handed to every tile.
+        Their ``diameter`` is read here by the engine's own scale rule
+        (:func:`plan_scale`), once for the whole image, and the result is handed to
+        every tile.
     model : loaded model, optional
-        For the model's object diameter (halo) and its stain (a membrane model's
-        ``'auto'`` is left to the engine, which then runs at the model's scale).
+        For the engine's scale rule and the model's object diameter (halo).
     tile : int, optional
         Core side in pixels (None: :data:`DEFAULT_TILE`).
     halo : int, optional
@@ -279,15 +296,10 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     -------
     TilePlan
     """
-    from .engines._common.normalize import prepare_image
-    from .engines._common.scale import resolve_diameter
-
-    from .engines._common.scale import parse_diameter
-
     tile = check_tile(tile)
     engine = resolve_engine(engine)
     src = as_2d_source(image)
-    p = params if params is not None else engine.params_class()
+    p = params if params is not None else engine.Params()
     if isinstance(getattr(p, "diameter", None), str):
         # Read once here too, for callers of this public function that pass text: a
         # diameter of '60' must size the halo as 60 does, not fall back to the default.
@@ -300,32 +312,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         offset = float(_strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))).min())
     stats = whole_image_intensity(src, offset)
     learned = model is not None
-    # What the model reads, from its JSON in any spelling: a membrane stain gives no object size.
-    membrane = read_model_metadata(getattr(model, "metadata", None) or {}).membrane
-    diameter = getattr(p, "diameter", None)
-    auto = diameter is None and not learned or (isinstance(diameter, str) and diameter.strip().lower() == "auto")
-    if auto and not membrane and hasattr(p, "diameter"):
-        estimates = []
-        with whole_image_stats(stats):
-            for box in _crops((h, w), CROP):
-                img = prepare_image(_to_engine(read_region(src, box), offset))
-                try:
-                    estimates.append(resolve_diameter(img, "auto"))
-                except InputError:
-                    continue
-                # The centre crop is what an untiled run measures (estimate_diameter's
-                # own crop); the others stand in only when it has too few objects.
-                break
-        if estimates:
-            diameter = float(estimates[0])
-            p = dataclasses.replace(p, diameter=diameter)
-        elif not learned:
-            raise InputError("could not estimate the object diameter on any of 5 crops of the image "
-                             "(too few separate objects): give the diameter in pixels (--diameter)")
-        else:
-            diameter = None  # learned engines fall back to the model's own scale, as untiled
-    if isinstance(diameter, str):
-        diameter = None  # 'auto' left to the engine (a membrane model runs at its own scale)
+    # The engine's own scale rule, once for the whole image; every tile then reads back
+    # the same scale from its params (an estimate stays marked as one).
+    scale = plan_scale(engine, src, p, stats=stats, offset=offset, model=model)
+    diameter = scale.diameter
+    p = dataclasses.replace(p, diameter=scale.param)
     if getattr(engine, "calibrates_on_crops", False):
         stats = _decide_on_crops(engine, src, p, stats, offset, model, device)
     object_diameter = getattr(model, "object_diameter", None)
@@ -340,6 +331,49 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     tiles = tile_grid((h, w), tile, halo)
     return TilePlan(shape=(h, w), tiles=tiles, halo=int(halo), params=p, stats=stats, offset=offset,
                     diameter=None if diameter is None else float(diameter))
+
+
+def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, offset: float | None = None,
+               model: Any = None) -> Scale:
+    """The engine's scale (its ``scale_for``) for a whole lazy image, read on full-resolution crops.
+
+    The centre crop goes first: it is what an untiled run of an image up to
+    :data:`CROP` pixels a side measures. The other four crops stand in only when the
+    rule cannot measure the centre one (too few objects there). Crops are normalised
+    with the whole image's statistics, as the tiles will be.
+
+    Returns
+    -------
+    Scale
+        ``Scale(None)`` (the model's own scale, with one warning) when a learned
+        engine's ``'auto'`` fails on every crop.
+
+    Raises
+    ------
+    InputError
+        When the engine's rule refuses every crop (the classical engine needs a size).
+    """
+    failures: list[str] = []
+    refused = False
+    with whole_image_stats(stats), warnings.catch_warnings():
+        # A crop the rule cannot measure is not yet the image's failure: say it once, below.
+        warnings.simplefilter("ignore", InputWarning)
+        for box in _crops(tuple(int(s) for s in src.shape), CROP):
+            try:
+                scale = engine.scale_for(_to_engine(read_region(src, box), offset), params, model=model)
+            except InputError as exc:
+                failures.append(str(exc))
+                refused = True
+                continue
+            if scale.failure is None:
+                return scale
+            failures.append(scale.failure)
+    if refused:
+        raise InputError(f"could not estimate the object diameter on any of {len(failures)} crops of the image "
+                         "(too few separate objects): give the diameter in pixels (--diameter)")
+    warnings.warn(f"{failures[-1]} on any of {len(failures)} crops of the image; running at the model's own scale",
+                  InputWarning, stacklevel=3)
+    return Scale(None, failure=failures[-1])
 
 
 def _decide_on_crops(engine: Any, src: Any, params: Any, stats: WholeImageStats, offset: float | None,

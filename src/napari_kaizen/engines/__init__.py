@@ -5,11 +5,13 @@ the same file roles::
 
     params.py    the frozen ``Params`` dataclass (defaults from the paper)
     segment.py   ``segment(image, params, *, model, device)``: a snapshot generator
+    scale_rule.py ``scale_for(image, params, *, model, prepared)``: what ``diameter`` means
+                 for one image (a ``Scale``); ``segment`` and tiled / stack runs all call it
     model.py     the network, its loaded-model type and ``load_model`` (learned engines)
     training.py  ``train`` / ``finetune`` generators (learned engines)
     cli.py       ``add_train_arguments`` / ``run_train`` for ``kaizen train NAME``
 
-and its ``__init__`` names ``TITLE``, ``Params``, ``segment`` and, for learned engines,
+and its ``__init__`` names ``TITLE``, ``Params``, ``segment``, ``scale_for`` and, for learned engines,
 ``DEFAULT_MODEL``, ``ARCHITECTURE`` (the ``architecture`` string of its weights' JSON)
 and ``INPUT_KIND``, and makes ``load_model`` / ``finetune`` importable without
 importing torch until they are used. :func:`get_engine` checks that and returns an
@@ -37,7 +39,7 @@ ENGINE_MODULES: dict[str, str] = {
 }
 
 #: What every engine package must name, and what a learned one must name besides.
-REQUIRED = ("TITLE", "Params", "segment")
+REQUIRED = ("TITLE", "Params", "segment", "scale_for")
 REQUIRED_LEARNED = ("DEFAULT_MODEL", "ARCHITECTURE", "INPUT_KIND", "load_model", "finetune")
 
 
@@ -74,6 +76,10 @@ class Engine(Protocol):
 
     def segment(self, image: Any, params: Any = None, *, model: Any = None, device: Any = "auto") -> Iterator[Any]:
         """Segment one 2-D image; the last snapshot is a done ``SegmentationSnapshot``."""
+
+    def scale_for(self, image: Any, params: Any = None, *, model: Any = None, prepared: Any = None) -> Any:
+        """The object scale (a ``Scale``) this engine segments ``image`` at: its one reading of
+        ``params.diameter`` (a number, ``'auto'`` or None), shared by plain, tiled and stack runs."""
 
     def load_model(self, model: Any = None, device: Any = "auto") -> Any:
         """Load ``'bundled:NAME'`` / a weights path once, to reuse across images."""
@@ -144,6 +150,9 @@ class PackageEngine:
         if model is not None and not self.learned:
             raise EngineNotAvailableError(f"the {self.name} engine uses no model; leave the model out")
         return self.module.segment(image, params, model=model, device=device)
+
+    def scale_for(self, image: Any, params: Any = None, *, model: Any = None, prepared: Any = None) -> Any:
+        return self.module.scale_for(image, params, model=model, prepared=prepared)
 
     def load_model(self, model: Any = None, device: Any = "auto") -> Any:
         return self._learned_only("load_model", "loads no model")(model, device=device)
@@ -241,3 +250,29 @@ def lazy_exports(package: str, table: dict[str, str]):
 def signature_of(func: Any) -> list[str]:
     """Keyword names of ``func`` (for the contract test and the docs)."""
     return list(inspect.signature(func).parameters)
+
+
+#: What the layers above the engines (jobs, tiled runs, the CLI, the widgets) use of
+#: the engines' shared machinery, by its one name: they import these from
+#: ``napari_kaizen.engines`` and never from ``engines._common``
+#: (``tests/test_import_structure.py``). Each is imported on first use, so importing
+#: this package stays light.
+SHARED: dict[str, str] = {
+    # one reading of a diameter, and what an engine's scale rule returns
+    "parse_diameter": "._common.scale", "Scale": "._common.scale_rule",
+    # input planes and normalisation
+    "InputWarning": "._common.normalize", "MIN_SIDE": "._common.normalize", "to_plane": "._common.normalize",
+    "as_float": "._common.normalize", "noise_sd": "._common.normalize", "WholeImageStats": "._common.normalize",
+    "whole_image_stats": "._common.normalize", "pooled_values": "._common.normalize",
+    # snapshots and running them
+    "SegmentationSnapshot": "._common.snapshots", "run_to_end": "._common.snapshots",
+    "segment_planes": "._common.planes",
+    # the stitching tile of huge images
+    "DEFAULT_TILE": "._common.stitch", "Tile": "._common.stitch", "check_tile": "._common.stitch",
+    "choose_halo": "._common.stitch", "merge_tile": "._common.stitch", "owned_objects": "._common.stitch",
+    "tile_grid": "._common.stitch",
+    # devices, models and their files
+    "DEVICE_CHOICES": "._common.device", "INPUT_KINDS": "._common.metadata", "weights_paths": "._common.weights",
+}
+
+__getattr__ = lazy_exports(__name__, SHARED)

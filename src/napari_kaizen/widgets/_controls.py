@@ -10,9 +10,30 @@ from typing import Any
 
 from magicgui import widgets as mw
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QToolButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QProgressBar, QToolButton, QVBoxLayout, QWidget
 
 from . import _layers
+
+
+class ProgressBar(QProgressBar):
+    """A progress bar whose new value is painted with the window's next paint, not at once.
+
+    Qt's ``QProgressBar.setValue`` repaints synchronously whenever the shown text or bar
+    length changes; in a napari window (an OpenGL canvas beside the widgets, composited
+    in software under a virtual display) that repaint composites the whole window on
+    the spot, 60-80 ms per call, and lets any stale widget in it redraw too. Here the
+    value changes with updates switched off and the repaint is queued, so it joins the
+    canvas' own next paint.
+    """
+
+    def setValue(self, value: int) -> None:  # noqa: N802 - Qt's name
+        enabled = self.updatesEnabled()
+        self.setUpdatesEnabled(False)
+        try:
+            super().setValue(int(value))
+        finally:
+            self.setUpdatesEnabled(enabled)
+        self.update()
 
 
 class LayerChoice(mw.ComboBox):

@@ -20,17 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QLabel, QProgressBar, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:  # napari injects the viewer by this annotation
     import napari.viewer
 
-from ..engines import get_engine
-from ..engines._common.device import DEVICE_CHOICES
-from ..engines._common.snapshots import SegmentationSnapshot
+from ..engines import DEVICE_CHOICES, SegmentationSnapshot, get_engine
 from ..errors import KaizenError, WeightsError
 from . import _layers
-from ._controls import LayerChoice, Section, fit_width
+from ._controls import LayerChoice, ProgressBar, Section, fit_width
 from ._params_form import ParamsForm
 from ._worker import SnapshotRunner
 
@@ -107,7 +105,7 @@ class EngineWidget(QWidget):
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False, tooltip="Stop the run")
         buttons = mw.Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, 1000)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -269,7 +267,7 @@ class EngineWidget(QWidget):
         if self._needs_tiles(layer):
             return self._run_tiled(layer, params, spec, device)
         load = self.model.loader(spec, device) if self.model is not None else (lambda: None)
-        segment = self.engine.segment
+        segment, scale_for = self.engine.segment, self.engine.scale_for
         stack = bool(self.all_planes.value) and np.ndim(layer.data) > 2
         if stack:
             # The whole stack is read in the worker (a lazy / dask stack is computed there).
@@ -283,9 +281,10 @@ class EngineWidget(QWidget):
             # Runs in the worker thread: loading weights and checking the image too.
             model = load()
             if stack:
-                from ..engines._common.planes import segment_planes
+                from ..engines import segment_planes
 
-                return wrap(segment_planes(segment, np.asarray(data), params, model=model, device=device))
+                return wrap(segment_planes(segment, np.asarray(data), params, model=model, device=device,
+                                           scale_for=scale_for))
             return wrap(segment(data, params, model=model, device=device))
 
         self._error = None

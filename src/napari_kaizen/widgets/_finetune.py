@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 from magicgui import widgets as mw
-from qtpy.QtWidgets import QGroupBox, QLabel, QProgressBar, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from . import _layers
+from ._controls import ProgressBar
 from ._worker import SnapshotRunner
 
 
@@ -57,6 +58,30 @@ class LossPlot(QLabel):
 
     def set_history(self, steps: list[int], losses: list[float]) -> None:
         self.setText(f"loss {losses[-1]:.4g} at step {steps[-1]}" if losses else "")
+
+
+class LazyLossPlot(QWidget):
+    """The loss plot, made when the first loss arrives.
+
+    A matplotlib canvas redraws its whole figure (tight layout included: 0.3-0.7 s on
+    a loaded 2-core machine) on every resize; made at docking, it redrew whenever a
+    segmentation run's status line re-wrapped the panel, stalling the window in runs
+    that never fine-tune. Until fine-tuning starts this is an empty widget.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self.canvas = None
+
+    def set_history(self, steps: list[int], losses: list[float]) -> None:
+        if self.canvas is None:
+            if not losses:
+                return
+            self.canvas = _make_loss_plot()
+            self._layout.addWidget(self.canvas)
+        self.canvas.set_history(steps, losses)
 
 
 def _make_loss_plot():
@@ -169,9 +194,9 @@ class FinetunePanel(QGroupBox):
         form = mw.Container(widgets=[self.image, self.labels, self.region, self.steps, self.learning_rate,
                                      self.output, self.apply_to])
         buttons = mw.Container(widgets=[self.start_button, self.cancel_button], layout="horizontal", labels=False)
-        self.progress = QProgressBar()
+        self.progress = ProgressBar()
         self.progress.setRange(0, 1000)
-        self.plot = _make_loss_plot()
+        self.plot = LazyLossPlot()
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)

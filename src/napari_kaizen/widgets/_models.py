@@ -176,7 +176,7 @@ class ModelPicker(mw.Container):
 
 
 def _mtime(model: str | Path) -> float:
-    from ..engines._common.weights import weights_paths
+    from ..engines import weights_paths
 
     try:
         return weights_paths(model)[0].stat().st_mtime

@@ -14,7 +14,7 @@ from typing import Any
 
 from magicgui import widgets as mw
 
-from ..engines._common.scale import parse_diameter
+from ..engines import parse_diameter
 
 
 def attribute_docs(cls: type) -> dict[str, str]:

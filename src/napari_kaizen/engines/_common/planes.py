@@ -7,36 +7,37 @@ they are unique in the whole stack (a measurements table then has one row per ob
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import replace
 
 import numpy as np
 
 from ...errors import InputError
-from .normalize import iter_planes
+from .normalize import InputWarning, iter_planes
 from .snapshots import SegmentationSnapshot, Snapshot
 
 
-def _resolve_stack_diameter(params, planes):
-    """Estimate an ``'auto'`` diameter once for the whole stack.
+def _resolve_stack_scale(params, planes, scale_for, model):
+    """Read the params' diameter once for the whole stack, by the engine's scale rule.
 
     Objects have one size throughout a stack, but the planes near its top and bottom
     cut few of them; measuring on the planes with the most contrast first gives one
-    reliable figure for every plane.
+    figure for every plane. Without a rule, or when no plane can be measured, every
+    plane reads the diameter itself.
     """
-    if params is None or getattr(params, "diameter", None) != "auto":
+    if params is None or scale_for is None:
         return params
-    from dataclasses import replace as _replace
-
-    from .normalize import prepare_image
-    from .scale import estimate_diameter
-
     order = sorted(range(len(planes)), key=lambda k: -float(np.std(planes[k][1])))
-    for k in order[:5]:
-        try:
-            return _replace(params, diameter=estimate_diameter(prepare_image(planes[k][1])))
-        except InputError:
-            continue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputWarning)  # a plane that cannot be measured is not the stack's failure
+        for k in order[:5]:
+            try:
+                scale = scale_for(planes[k][1], params, model=model)
+            except InputError:
+                continue
+            if scale.failure is None:
+                return replace(params, diameter=scale.param)
     return params
 
 
@@ -48,6 +49,7 @@ def segment_planes(
     model=None,
     device="auto",
     skip_constant: bool = True,
+    scale_for: Callable | None = None,
 ) -> Generator[Snapshot, None, None]:
     """Segment every 2-D plane of ``stack`` (shape ``(..., H, W)``) with one engine.
 
@@ -60,6 +62,9 @@ def segment_planes(
         Passed to ``segment`` for every plane (load the model once beforehand).
     skip_constant : bool
         Leave constant planes (blank frames) empty instead of failing the whole run.
+    scale_for : callable, optional
+        The engine's scale rule (``engine.scale_for``): the diameter is then read once,
+        on the planes with the most contrast, and every plane is segmented at that scale.
 
     Yields
     ------
@@ -70,7 +75,7 @@ def segment_planes(
     """
     arr = np.asarray(stack)
     planes = list(iter_planes(arr))
-    params = _resolve_stack_diameter(params, planes)
+    params = _resolve_stack_scale(params, planes, scale_for, model)
     out = np.zeros(arr.shape, np.uint32) if not planes else None
     n = len(planes)
     offset = 0

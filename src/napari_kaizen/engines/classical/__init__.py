@@ -5,6 +5,7 @@ weights (no ``DEFAULT_MODEL``, ``load_model`` or ``finetune``).
 """
 
 from .params import ClassicalParams
+from .scale_rule import scale_for
 from .segment import segment
 
 TITLE = "Classical (Otsu + watershed)"
@@ -15,4 +16,4 @@ INPUT_KIND = "nuclei"
 #: A tiled run measures the Otsu threshold on sample crops of the whole image first (seconds).
 CALIBRATE_ON_CROPS = True
 
-__all__ = ["DEFAULT_MODEL", "INPUT_KIND", "TITLE", "ClassicalParams", "Params", "segment"]
+__all__ = ["DEFAULT_MODEL", "INPUT_KIND", "TITLE", "ClassicalParams", "Params", "scale_for", "segment"]

@@ -9,9 +9,9 @@ from scipy import ndimage as ndi
 
 from ...errors import InputError
 from .._common.normalize import prepare_image, whole_image_value
-from .._common.scale import resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
+from .scale_rule import scale_for
 
 #: Smallest object diameter the engine accepts (pixels): below it no seed is a nucleus.
 MIN_DIAMETER = 2.0
@@ -62,7 +62,7 @@ def segment(
     if empty is not None:
         yield empty
         return
-    diameter = resolve_diameter(img, "auto" if p.diameter is None else p.diameter)
+    diameter = scale_for(image, p, prepared=img).diameter
     if not MIN_DIAMETER <= diameter <= max(img.shape):
         raise InputError(f"diameter {diameter:g} px is out of range for this {img.shape[0]}x{img.shape[1]} image: "
                          f"give a diameter between {MIN_DIAMETER:g} px and the image's side ({max(img.shape)} px)")

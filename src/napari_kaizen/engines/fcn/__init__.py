@@ -12,6 +12,7 @@ are here too. Everything that needs torch is imported on first use.
 
 from .. import lazy_exports
 from .params import ARCHITECTURE, CELLS_MODEL, DEFAULT_MODEL, INPUT_KIND, FCNParams
+from .scale_rule import scale_for
 from .segment import instances_from_distance, instances_from_probabilities, segment
 from .targets import fcn_targets, pixel_weights
 
@@ -29,5 +30,5 @@ __getattr__ = lazy_exports(__name__, {
 __all__ = [
     "ARCHITECTURE", "CELLS_MODEL", "CLASSES", "DEFAULT_MODEL", "FCNModel", "FCNParams", "GoogLeNetFCN",
     "INPUT_KIND", "Params", "TITLE", "add_train_arguments", "fcn_targets", "finetune",
-    "instances_from_distance", "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate", "run_train", "segment", "train",
+    "instances_from_distance", "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate", "run_train", "scale_for", "segment", "train",
 ]

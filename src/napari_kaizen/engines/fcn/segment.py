@@ -22,9 +22,9 @@ from scipy import ndimage as ndi
 
 from .._common.instances import BORDER_AREA_FRACTION, drop_dim_objects, small_objects
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
-from .._common.scale import rescale_for_model, resolve_diameter
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
 from .params import FCNParams
+from .scale_rule import scale_for
 
 #: Names of the predictor's output channels, in order (the third only with a distance output).
 MAP_NAMES = ("probability", "edge", "distance")
@@ -296,15 +296,10 @@ def segment(
     if empty is not None:
         yield empty
         return
-    auto = isinstance(p.diameter, str) and p.diameter.strip().lower() == "auto"
-    # 'auto' measures bright blobs (nuclei); a membrane stain's cells cannot be measured
-    # that way, so a membrane model runs at the image's own scale unless told a size.
-    diameter = None if auto and fcn.input_kind == "membrane" else resolve_diameter(
-        img, p.diameter, required=False)
     # Into the model's size range, not to its centre: the same mean mAP over the seven
     # held-out sources (0.520 against 0.518), 0.7x the network pixels where nuclei are
     # small (docs/speed.md).
-    rs = rescale_for_model(img.shape, diameter, fcn.object_diameter, fit="range")
+    rs = scale_for(image, p, model=fcn, prepared=img).rescale(img.shape, fcn.object_diameter, fit="range")
     x = rs.to_model(img)
     # Batch norm folded, channels last: about twice as fast, same output (module docs).
     net = inference_network(fcn.net.eval())

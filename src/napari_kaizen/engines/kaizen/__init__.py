@@ -15,6 +15,7 @@ from .. import lazy_exports
 from .dataset import PatchSampler
 from .decompose import decompose
 from .params import ARCHITECTURE, DEFAULT_MODEL, INPUT_KIND, KaizenParams
+from .scale_rule import scale_for
 from .segment import segment
 from .snapshots import DecompositionSnapshot, DecompositionTrace
 
@@ -30,5 +31,5 @@ __getattr__ = lazy_exports(__name__, {
 __all__ = [
     "ARCHITECTURE", "DEFAULT_MODEL", "INPUT_KIND", "TITLE", "DecompositionSnapshot", "DecompositionTrace",
     "KaizenModel", "KaizenParams", "KaizenVQVAE", "Params", "PatchSampler", "VQVAEConfig", "add_train_arguments",
-    "decompose", "finetune", "load_model", "run_train", "segment", "train",
+    "decompose", "finetune", "load_model", "run_train", "scale_for", "segment", "train",
 ]

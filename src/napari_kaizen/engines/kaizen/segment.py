@@ -53,10 +53,10 @@ def segment(
     ((96, 96), dtype('int32'))
     """
     from .._common.normalize import prepare_image
-    from .._common.scale import rescale_for_model, resolve_diameter
     from .._common.snapshots import empty_field_snapshot
     from .decompose import check_patch_size, decompose
     from .model import load_model
+    from .scale_rule import scale_for
 
     p = params if params is not None else KaizenParams()
     if not isinstance(p, KaizenParams):
@@ -70,7 +70,6 @@ def segment(
     if empty is not None:
         yield empty
         return
-    d = resolve_diameter(img, p.diameter, required=False)
-    rs = rescale_for_model(img.shape, d, km.object_diameter)
+    rs = scale_for(image, p, model=km, prepared=img).rescale(img.shape, km.object_diameter)
     work = rs.to_model(img)
     yield from decompose(work, km, p, rescale=rs, input_image=img)

@@ -18,7 +18,7 @@ Everything that needs torch is imported on first use.
 from .. import lazy_exports
 from .params import ARCHITECTURE, DEFAULT_MODEL, INPUT_KIND, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, UNetParams
 from .postprocess import instances
-from .segment import segment
+from .segment import scale_for, segment
 from .targets import balance_lambda, distance_map, segmentation_targets
 
 TITLE = "U-Net (ISL)"
@@ -33,6 +33,6 @@ __getattr__ = lazy_exports(__name__, {
 __all__ = [
     "ARCHITECTURE", "DEFAULT_MODEL", "INPUT_KIND", "ISLUNet", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI",
     "Params", "TITLE", "UNet", "UNetModel", "UNetParams", "add_train_arguments", "balance_lambda", "build_model",
-    "distance_map", "finetune", "instances", "load_model", "pretrain", "run_train", "segment",
+    "distance_map", "finetune", "instances", "load_model", "pretrain", "run_train", "scale_for", "segment",
     "segmentation_targets",
 ]

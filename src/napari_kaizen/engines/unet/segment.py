@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -9,14 +10,15 @@ import numpy as np
 
 from ...errors import DeviceError, InputError
 from .._common.normalize import prepare_image
-from .._common.scale import median_diameter, rescale_for_model, resolve_diameter
+from .._common.scale import median_diameter
+from .._common.scale_rule import Scale, given_or_estimated, is_auto
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
 from .params import DEFAULT_MODEL, PRETRAINED_MEMBRANE, PRETRAINED_NUCLEI, UNetParams
 
 if TYPE_CHECKING:  # the model module imports torch; segment() loads it on first call
     from .model import UNetModel
 
-__all__ = ["DEFAULT_MODEL", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI", "segment"]
+__all__ = ["DEFAULT_MODEL", "PRETRAINED_MEMBRANE", "PRETRAINED_NUCLEI", "measure_scale", "scale_for", "segment"]
 
 
 def _predict_fn(net, segmentation: bool):
@@ -131,28 +133,15 @@ def segment(
         yield empty
         return
     model_d = net_model.object_diameter
-    auto = isinstance(p.diameter, str) and p.diameter.strip().lower() == "auto"
-    diameter = None if auto else resolve_diameter(img, p.diameter)
-    rs = rescale_for_model(img.shape, diameter, model_d)
-    if min(rs.model_shape) < 16:
-        raise InputError(
-            f"image is too small at the model's scale ({rs.model_shape[0]}x{rs.model_shape[1]} px): "
-            "at least 16x16 pixels are needed"
-        )
+    measuring = _measures(p.diameter, net_model)
     yield Snapshot(stage="tiles", progress=0.0, message="predicting")
-    maps = yield from relay(predict_maps(net_model, rs.to_model(img), p), 0.0, 0.8 if not auto else 0.4)
-
-    if auto and net_model.segmentation and model_d:
-        # 'auto': measure what the model found at the image's own scale, then rerun
-        # rescaled if those objects are not the size the model was trained on.
-        _, first = instances(maps[1], maps[2], h=p.h, min_area=_min_area(p, model_d),
-                             mask_threshold=p.mask_threshold, smooth=p.smooth)
-        found = median_diameter(first)
-        if np.isfinite(found):
-            rs = rescale_for_model(img.shape, found, model_d)
-            if not rs.identity:
-                maps = yield from relay(predict_maps(net_model, rs.to_model(img), p), 0.4, 0.8)
-        diameter = found if np.isfinite(found) else None
+    object_scale = yield from relay(measure_scale(image, p, net_model, prepared=img), 0.0, 0.4)
+    rs = object_scale.rescale(img.shape, model_d)
+    _check_model_shape(rs.model_shape)
+    # The measuring pass ran at the image's own scale: its maps serve when no rescale follows.
+    maps = object_scale.probe if object_scale.probe is not None and rs.identity else None
+    if maps is None:
+        maps = yield from relay(predict_maps(net_model, rs.to_model(img), p), 0.4 if measuring else 0.0, 0.8)
 
     fluo = rs.to_input(maps[0])
     if not net_model.segmentation:
@@ -174,6 +163,79 @@ def segment(
         stage="labels", progress=1.0, message=f"{int(labels.max())} objects{scale}",
         labels=labels, maps=shown, changed=tuple(range(1, int(labels.max()) + 1)), done=True,
     )
+
+
+def _check_model_shape(shape: tuple[int, int]) -> None:
+    if min(shape) < 16:
+        raise InputError(
+            f"image is too small at the model's scale ({shape[0]}x{shape[1]} px): "
+            "at least 16x16 pixels are needed"
+        )
+
+
+def _measures(diameter: Any, net_model: UNetModel) -> bool:
+    """Whether ``'auto'`` is measured by a pass of the network (a nucleus or cell model of known size)."""
+    return is_auto(diameter) and bool(net_model.segmentation) and bool(net_model.object_diameter)
+
+
+def measure_scale(
+    image: np.ndarray, params: UNetParams | None, model: UNetModel, *, prepared: np.ndarray | None = None
+) -> Generator[Snapshot, None, Scale]:
+    """The U-Net's scale rule as a generator: ``'tiles'`` progress, then returns the :class:`Scale`.
+
+    A number is used as given and ``None`` is the model's own scale. ``'auto'`` runs the
+    network once at the image's own scale and measures the objects it finds (their
+    median equivalent diameter): the U-Net reads label-free images, whose nuclei a
+    fluorescence blob estimate cannot size. A model that predicts fluorescence only,
+    or whose training diameter is unknown, runs ``'auto'`` at its own scale. The
+    measuring pass's maps travel in :attr:`Scale.probe`, so :func:`segment` reuses
+    them when no rescale follows. :func:`scale_for` is the same rule without the
+    progress.
+    """
+    p = params if params is not None else UNetParams()
+    if not _measures(p.diameter, model):
+        return given_or_estimated(None, None if is_auto(p.diameter) else p.diameter, required=True)
+    from .postprocess import instances
+
+    img = prepared if prepared is not None else prepare_image(image, percentiles=model.percentiles)
+    _check_model_shape(img.shape)  # the measuring pass runs at the image's own scale
+    maps = yield from predict_maps(model, img, p)
+    _, first = instances(maps[1], maps[2], h=p.h, min_area=_min_area(p, model.object_diameter),
+                         mask_threshold=p.mask_threshold, smooth=p.smooth)
+    found = median_diameter(first)
+    if not np.isfinite(found):
+        return Scale(None, failure="the model found no objects to measure at the image's own scale", probe=maps)
+    return Scale(float(found), estimated=True, probe=maps)
+
+
+def scale_for(image: np.ndarray, params: UNetParams | None = None, *, model: Any = None,
+              prepared: np.ndarray | None = None) -> Scale:
+    """The object diameter the U-Net segments ``image`` at (the rule of :func:`measure_scale`).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        The label-free plane as :func:`segment` receives it.
+    params : UNetParams, optional
+    model : UNetModel, str or None
+        The loaded model ('auto' runs it); a name or path is loaded, ``None`` is
+        :data:`DEFAULT_MODEL`.
+    prepared : ndarray, optional
+        ``image`` already normalised with the model's percentiles.
+
+    Returns
+    -------
+    Scale
+        Without :attr:`Scale.probe` (the maps are not kept).
+    """
+    from .model import load_model
+
+    rule = measure_scale(image, params, load_model(model, "auto"), prepared=prepared)
+    while True:
+        try:
+            next(rule)
+        except StopIteration as stop:
+            return dataclasses.replace(stop.value, probe=None)
 
 
 def _fluorescence_only(net_model: UNetModel, fluo: np.ndarray, fluo_model: np.ndarray, rs, p: UNetParams):

@@ -1,0 +1,122 @@
+"""What an engine's scale rule returns: the object diameter one image is segmented at.
+
+Every engine owns one function, ``scale_for(image, params, *, model=None, prepared=None)``
+(named by the engine contract, :mod:`napari_kaizen.engines`), that turns its params'
+``diameter`` -- a number of pixels, ``'auto'`` or ``None`` -- into a :class:`Scale`
+for one image. The engine's own ``segment`` calls it on the image it was given, and a
+tiled run (:func:`napari_kaizen.tiled.plan_tiles`) or a stack run
+(:func:`~napari_kaizen.engines._common.planes.segment_planes`) calls the very same
+function once on a sample of the whole image and hands every tile or plane
+:attr:`Scale.param`, which the rule then reads back as the same scale. So what
+``'auto'`` means for an engine is written once, and a huge image split into tiles is
+segmented at the scale its untiled run would use.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from .scale import EstimatedDiameter, Rescale, rescale_for_model, resolve_diameter
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The object diameter an engine segments one image at.
+
+    Attributes
+    ----------
+    diameter : float or None
+        Typical object diameter in the input image (pixels); ``None``: the model's own
+        scale (no rescaling).
+    estimated : bool
+        True when the software measured the diameter (``'auto'``): a measurement the
+        model cannot take is brought into its range with a warning instead of refusing
+        the image (:func:`~napari_kaizen.engines._common.scale.rescale_for_model`).
+    failure : str or None
+        Why ``'auto'`` could not be measured on this image (the run then goes on at the
+        model's own scale); ``None`` when nothing failed. A tiled run tries its next
+        sample crop on a failure.
+    probe : object
+        What the rule computed on the way (the U-Net's model-scale maps), for its own
+        engine to reuse; never compared, never sent to tiles.
+
+    Examples
+    --------
+    >>> Scale(17.0).param, type(Scale(17.0, estimated=True).param).__name__
+    (17.0, 'EstimatedDiameter')
+    >>> Scale(None).rescale((64, 64), 16.0).identity
+    True
+    """
+
+    diameter: float | None = None
+    estimated: bool = False
+    failure: str | None = None
+    probe: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def param(self) -> float | None:
+        """The ``diameter`` a params object carries so that the rule reads this same scale back.
+
+        An estimate stays marked as one (:class:`~.scale.EstimatedDiameter`, a float), so
+        a tile clamps an out-of-range estimate exactly as the untiled run does.
+        """
+        if self.diameter is None:
+            return None
+        return EstimatedDiameter(self.diameter) if self.estimated else float(self.diameter)
+
+    def rescale(self, input_shape: tuple[int, int], model_diameter: float | None, **options: Any) -> Rescale:
+        """The resampling that brings objects of this scale to ``model_diameter``:
+        :func:`~napari_kaizen.engines._common.scale.rescale_for_model` (``options`` are its
+        keywords)."""
+        return rescale_for_model(tuple(input_shape), self.param, model_diameter, **options)
+
+
+def is_auto(diameter: Any) -> bool:
+    """Whether a params ``diameter`` asks for an estimate (``'auto'``, any case)."""
+    return isinstance(diameter, str) and diameter.strip().lower() == "auto"
+
+
+def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *, required: bool) -> Scale:
+    """The :class:`Scale` of a diameter as given, ``'auto'`` measured on ``image``.
+
+    The rule shared by the engines whose ``'auto'`` is the image-only estimate
+    (:func:`~napari_kaizen.engines._common.scale.estimate_diameter`).
+
+    Parameters
+    ----------
+    image : ndarray or None
+        The image normalised as the engine normalises it; only read for ``'auto'``.
+    diameter : float, str or None
+        A number of pixels (an :class:`~.scale.EstimatedDiameter` stays an estimate),
+        ``'auto'`` or ``None`` (the model's own scale).
+    required : bool
+        True: an estimate that fails raises :class:`~napari_kaizen.errors.InputError`.
+        False: it warns (:class:`~.normalize.InputWarning`) and gives ``Scale(None)``
+        with the reason in :attr:`Scale.failure`.
+
+    Examples
+    --------
+    >>> given_or_estimated(None, 60.0, required=True)
+    Scale(diameter=60.0, estimated=False, failure=None)
+    >>> given_or_estimated(None, None, required=False).diameter is None
+    True
+    """
+    if diameter is None:
+        return Scale(None)
+    if not is_auto(diameter):
+        d = resolve_diameter(image, diameter)
+        return Scale(d, estimated=isinstance(diameter, EstimatedDiameter))
+    try:
+        return Scale(float(resolve_diameter(image, "auto")), estimated=True)
+    except InputError as exc:
+        if required:
+            raise
+        from .normalize import InputWarning
+
+        warnings.warn(f"{exc}; running at the model's own scale", InputWarning, stacklevel=3)
+        return Scale(None, failure=str(exc))
