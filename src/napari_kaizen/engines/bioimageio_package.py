@@ -8,7 +8,7 @@ built:
   the engine reads, so a bioimage.io runner (``bioimageio.core``, deepImageJ, ilastik)
   computes the same maps as the engine's predictor: for the FCN the softmax class
   probabilities without background and the distance map through a sigmoid, averaged over
-  the four mirror images (:func:`napari_kaizen.engines.fcn.segment.predictor`); for the
+  the engine's mirror images (:func:`napari_kaizen.engines.fcn.segment.predictor`); for the
   ISL U-Net the fluorescence, distance and mask probability;
 * the input pre-processing as bioimage.io's ``scale_range`` (percentiles of the
   model's JSON, per image, not clipped: :func:`~napari_kaizen.engines._common.normalize.normalize_percentile`);
@@ -70,7 +70,7 @@ _ARCHITECTURES = {
         title="GoogLeNet fully convolutional network (FCN)",
         channels=("probability", "edge", "distance"),
         outputs=("the class probabilities (softmax, background left out) and, with a distance head, the distance "
-                 "map (sigmoid; 1 at an object's centre, falling to its outline), averaged over the four mirror "
+                 "map (sigmoid; 1 at an object's centre, falling to its outline), averaged over the mirror "
                  "images of the input"),
         post=("thresholds the foreground probability, seeds one object at each of the distance map's h-maxima, "
               "grows the seeds by a watershed inside the foreground, drops objects smaller than a fraction of the "
@@ -103,19 +103,29 @@ def require_spec() -> Any:
 
 
 def _maps_module(net: Any, n_classes: int, flip_average: bool = True) -> Any:
-    """The network wrapped to output the engine's maps (a TorchScript-able module)."""
+    """The network wrapped to output the engine's maps (a TorchScript-able module).
+
+    The mirror images averaged are the engine's own (:data:`~napari_kaizen.engines.fcn.segment.FLIPS`).
+    """
     import torch
     from torch import nn
 
+    from .fcn.segment import FLIPS
+
+    mirrors = {tuple(sorted(d % 4 for d in dims)) for dims in FLIPS if dims} if flip_average else set()
+
     class FCNMaps(nn.Module):
         """Input ``(B, 1, H, W)`` normalised; output ``(B, n_classes - 1 [+ 1], H, W)``: class
-        probabilities without background [+ the distance map], flip-averaged."""
+        probabilities without background [+ the distance map], averaged over the mirror images."""
 
-        def __init__(self, inner: nn.Module, classes: int, flips: bool) -> None:
+        def __init__(self, inner: nn.Module, classes: int, left_right: bool, up_down: bool, both: bool) -> None:
             super().__init__()
             self.inner = inner
             self.classes = classes
-            self.flips = flips
+            # Flags, not a list of axes: TorchScript scripts them without type annotations.
+            self.left_right = left_right
+            self.up_down = up_down
+            self.both = both
 
         def maps(self, x: torch.Tensor) -> torch.Tensor:
             y = self.inner(x)
@@ -125,15 +135,20 @@ def _maps_module(net: Any, n_classes: int, flip_average: bool = True) -> Any:
             return torch.cat([probs, torch.sigmoid(y[:, self.classes :])], dim=1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not self.flips:
-                return self.maps(x)
             out = self.maps(x)
-            out = out + torch.flip(self.maps(torch.flip(x, [3])), [3])
-            out = out + torch.flip(self.maps(torch.flip(x, [2])), [2])
-            out = out + torch.flip(self.maps(torch.flip(x, [2, 3])), [2, 3])
-            return out / 4.0
+            n = 1.0
+            if self.left_right:
+                out = out + torch.flip(self.maps(torch.flip(x, [3])), [3])
+                n += 1.0
+            if self.up_down:
+                out = out + torch.flip(self.maps(torch.flip(x, [2])), [2])
+                n += 1.0
+            if self.both:
+                out = out + torch.flip(self.maps(torch.flip(x, [2, 3])), [2, 3])
+                n += 1.0
+            return out / n
 
-    return FCNMaps(net, int(n_classes), bool(flip_average)).eval()
+    return FCNMaps(net, int(n_classes), (3,) in mirrors, (2,) in mirrors, (2, 3) in mirrors).eval()
 
 
 def _unet_maps_module(net: Any) -> Any:
