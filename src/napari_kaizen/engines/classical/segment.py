@@ -91,7 +91,7 @@ def segment(
     )
     dist = ndi.distance_transform_edt(mask)
     dist = ndi.gaussian_filter(dist, max(0.5, radius / 6.0))
-    # Seeds on a grid of about 8 samples per diameter: the smoothed distance map keeps
+    # Seeds on a grid of about 6 samples per diameter: the smoothed distance map keeps
     # its maxima and dips there, at a fraction of the h-maxima's cost (docs/speed.md).
     seeds = h_maxima_sampled(dist, p.h * radius, seed_step(diameter)) & mask
     markers, n = ndi.label(seeds)
