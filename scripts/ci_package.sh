@@ -9,6 +9,7 @@
 # sample, NOTICE) or a GUI import in the core fails here, not on a user's machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
@@ -63,6 +64,18 @@ say "kaizen segment on the bundled sample, in the fresh environment"
 for f in sample_labels.tif sample_labels_measurements.csv sample_labels_rois.zip sample_labels.geojson; do
     [[ -s "$work/out/$f" ]] || { say "missing output $f"; exit 1; }
 done
+
+# Model exchange (issue 26): packages exported here must run in bioimage.io's own runner.
+# bioimageio.core 0.11 needs pydantic < 2.13 (napari's environment has a newer one), so it
+# gets an environment of its own; it never imports napari_kaizen.
+say "bioimage.io: export the bundled FCN and U-Net, run them in bioimageio.core (own environment)"
+"$VENV/bin/kaizen" export-model bundled:fcn_nuclei --bioimageio "$work/fcn_nuclei.zip"
+"$VENV/bin/kaizen" export-model bundled:unet_nuclei --bioimageio "$work/unet_nuclei.zip"
+fresh "$PYTHON" -m venv "$work/bioimageio"
+fresh "$work/bioimageio/bin/python" -m pip install -q "$TORCH_SPEC"
+fresh "$work/bioimageio/bin/python" -m pip install -q "bioimageio.core==0.11.0" "pydantic<2.13"
+(cd "$work" && fresh BIOIMAGEIO_CACHE_PATH="$work/bioimageio-cache" "$work/bioimageio/bin/python" \
+    "$repo/scripts/check_bioimageio_core.py" "$work/fcn_nuclei.zip" "$work/unet_nuclei.zip")
 
 say "npe2 validate napari-kaizen (development environment)"
 "$VENV/bin/npe2" validate napari-kaizen
