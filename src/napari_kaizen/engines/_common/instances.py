@@ -139,22 +139,24 @@ def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
     return out
 
 
-def distance_peaks(distance: np.ndarray, h: float, step: int = 1) -> np.ndarray:
+def distance_peaks(distance: np.ndarray, h: float) -> np.ndarray:
     """The h-maxima of a distance map (boolean), before any mask: see :func:`find_seeds`.
 
     Apart so that a search over masks (thresholds) computes the costly h-maxima
-    transform once per ``h``. ``step``: see :func:`h_maxima_sampled`.
+    transform once per ``h``.
     """
+    from skimage.morphology import h_maxima
+
     # h_maxima works on the map's own grey levels; clipping negatives keeps the
     # background flat so it cannot host spurious maxima.
     d = np.clip(np.asarray(distance, dtype=np.float32), 0.0, None)
     if float(d.max()) <= 0:
         return np.zeros(d.shape, bool)
-    return h_maxima_sampled(d, max(float(h), 1e-6), step)
+    return h_maxima(d, max(float(h), 1e-6)).astype(bool)
 
 
 def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: float = 0.0,
-               peaks: np.ndarray | None = None, step: int = 1) -> np.ndarray:
+               peaks: np.ndarray | None = None) -> np.ndarray:
     """Label the h-maxima of ``distance`` inside ``mask``: one id per seed.
 
     Parameters
@@ -169,9 +171,6 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
         Gaussian sigma (pixels) applied first, to remove pixel noise from the map.
     peaks : ndarray of bool, optional
         :func:`distance_peaks` of the (smoothed) map, when already computed.
-    step : int
-        Find the maxima on every ``step``-th pixel (:func:`h_maxima_sampled`,
-        :func:`seed_step`); 1: on every pixel.
 
     Returns
     -------
@@ -182,7 +181,7 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
     if not mask.any():
         return np.zeros(d.shape, np.int32)
     if peaks is None:
-        peaks = distance_peaks(ndi.gaussian_filter(d, smooth) if smooth > 0 else d, h, step)
+        peaks = distance_peaks(ndi.gaussian_filter(d, smooth) if smooth > 0 else d, h)
     seeds, _ = ndi.label(peaks & mask, structure=np.ones((3, 3)))
     return seeds.astype(np.int32)
 

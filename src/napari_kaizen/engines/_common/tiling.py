@@ -127,11 +127,6 @@ def iter_tiled_predict(
         arr = arr[None]
     _, height, width = arr.shape
     m = max(1, int(multiple_of))
-
-    def up(n: int) -> int:
-        return int(np.ceil(n / m) * m)
-
-    tile = up(max(tile, m))
     # Small images: one tile exactly the (padded) image size; larger ones the fewest
     # equal tiles, not full-size tiles that overlap by more than ``overlap``.
     th, tw = balanced_tile(height, tile, overlap, m), balanced_tile(width, tile, overlap, m)

@@ -52,9 +52,9 @@ def segment(
     """
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_objects
+    from skimage.segmentation import watershed
 
     from .._common.instances import h_maxima_sampled, seed_step
-    from skimage.segmentation import watershed
 
     p = params or ClassicalParams()
     img = prepare_image(image)

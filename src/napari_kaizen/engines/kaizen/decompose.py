@@ -620,6 +620,8 @@ def decompose(
     """
     import torch
 
+    from .._common.inference import inference_network
+
     p = params or KaizenParams()
     net = resolve_net(model)
     if device is not None:
@@ -629,8 +631,6 @@ def decompose(
     dev = next(net.parameters()).device
     net.eval()
     patch = check_patch_size(net, p)
-    from .._common.inference import inference_network
-
     # Channels-last copy: the encoder's strided convolutions run 7x, the decoder's
     # transposed ones 2x faster on the CPU (docs/speed.md); the weights are the same.
     net = inference_network(net)
