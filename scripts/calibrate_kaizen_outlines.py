@@ -4,7 +4,9 @@
 Kaizen's ``outline='image'`` step (:mod:`napari_kaizen.engines.kaizen.outlines`)
 redraws every cell the decomposition found at ``edge_level`` of its own contrast,
 merges touching cells with no valley darker than ``valley`` of their peaks, and drops
-pieces under ``min_area_fraction`` of the median cell. This script runs the
+pieces under ``min_area_fraction`` of the median cell; then, with the best of them, the
+two cell filters (``min_contrast``: dim cells; ``min_foreground``: cells lying on the
+field's background) are chosen together. This script runs the
 decomposition once per real training image (``scripts/real_nuclei.py``, every dataset
 folder but ``--exclude``), scores every combination of :data:`GRID` by mAP against
 the manual outlines (mean over dataset folders of each folder's mean), and writes
@@ -61,32 +63,35 @@ def choose(table: dict, folders: list[str]) -> tuple[tuple, float]:
     return best, best_score
 
 
-#: Then, with the grid's best, the dim-cell filter (a fourth grid axis would cost 5x).
+#: Then, with the grid's best, the two cell filters together: the dim-cell filter and
+#: the background filter (two more axes of the first grid would cost 20x).
 MIN_CONTRAST = (0.0, 0.15, 0.25, 0.35, 0.5)
+MIN_FOREGROUND = (0.0, 0.3, 0.5, 0.7)
 
 
-def choose_contrast(contrast_table: dict, combo: tuple, folders: list[str]) -> tuple[float, float]:
-    """The ``min_contrast`` with the best mean folder mAP for ``combo``."""
-    best, best_score = 0.0, -1.0
-    for c in MIN_CONTRAST:
-        per_folder = contrast_table[(combo, c)]
+def choose_filters(filter_table: dict, combo: tuple, folders: list[str]) -> tuple[tuple[float, float], float]:
+    """The ``(min_contrast, min_foreground)`` with the best mean folder mAP for ``combo``."""
+    best, best_score = (0.0, 0.0), -1.0
+    for filters in itertools.product(MIN_CONTRAST, MIN_FOREGROUND):
+        per_folder = filter_table[(combo, filters)]
         score = float(np.mean([np.mean(per_folder[f]) for f in folders]))
         if score > best_score:
-            best, best_score = c, score
+            best, best_score = filters, score
     return best, best_score
 
 
 def write(init: str, output: str, combo: tuple, score: float, folders: list[str], overwrite: bool,
-          command: str, contrast: float = 0.0) -> Path:
+          command: str, filters: tuple[float, float] = (0.0, 0.0)) -> Path:
     from napari_kaizen.engines._common.weights import load_weights, save_weights
 
     state, meta = load_weights(init)
     meta = {k: v for k, v in meta.items() if k not in ("sha256", "weights_file", "created", "format_version")}
     meta["outlines"] = {
         **dict(zip(GRID, combo)),
-        "min_contrast": contrast,
+        "min_contrast": filters[0],
+        "min_foreground": filters[1],
         "chosen_on": f"real annotated nuclei of {'scripts/nuclei_sources.py, sources' if any('/' in f or f.startswith('dsb') or f == 'mnfinder' for f in folders) else 'scripts/real_nuclei.py, folders'} "
-                     f"{', '.join(folders)} (mean mAP over them {score:.4f}; grid {GRID}, then min_contrast {MIN_CONTRAST})",
+                     f"{', '.join(folders)} (mean mAP over them {score:.4f}; grid {GRID}, then min_contrast {MIN_CONTRAST} x min_foreground {MIN_FOREGROUND})",
         "reproduce": command,
     }
     return save_weights(output, state, meta, overwrite=overwrite)
@@ -154,27 +159,27 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(folders, None)] + ([(f_rest, held) for held in folders
                                  for f_rest in [[f for f in folders if f != held]]] if args.lodo else [])
     chosen = {held: choose(table, rest)[0] for rest, held in runs}
-    # The dim-cell filter, for each calibration's best grid point (raw decompositions cached).
-    contrast_table: dict[tuple, dict[str, list[float]]] = {}
+    # The cell filters, for each calibration's best grid point (raw decompositions cached).
+    filter_table: dict[tuple, dict[str, list[float]]] = {}
     for x, raw, img in raws:
         for combo in set(chosen.values()):
-            base, _ = image_outlines(raw, img, **dict(zip(GRID, combo)))
-            for c in MIN_CONTRAST:
-                lab = base if c == 0 else image_outlines(raw, img, **dict(zip(GRID, combo)), min_contrast=c)[0]
-                contrast_table.setdefault((combo, c), {}).setdefault(x.dataset, []).append(
+            for filters in itertools.product(MIN_CONTRAST, MIN_FOREGROUND):
+                lab, _ = image_outlines(raw, img, **dict(zip(GRID, combo)), min_contrast=filters[0],
+                                        min_foreground=filters[1])
+                filter_table.setdefault((combo, filters), {}).setdefault(x.dataset, []).append(
                     metrics.mean_average_precision(x.labels, lab))
     for rest, held in runs:
         combo = chosen[held]
-        c, s = choose_contrast(contrast_table, combo, rest)
+        filters, s = choose_filters(filter_table, combo, rest)
+        said = f"{dict(zip(GRID, combo))}, min_contrast {filters[0]}, min_foreground {filters[1]}"
         if held is None:
-            print(f"all folders: {dict(zip(GRID, combo))}, min_contrast {c}: mean folder mAP {s:.4f}", flush=True)
-            print(f"wrote {write(args.init, args.output, combo, s, rest, args.overwrite, command, c)}")
+            print(f"all folders: {said}: mean folder mAP {s:.4f}", flush=True)
+            print(f"wrote {write(args.init, args.output, combo, s, rest, args.overwrite, command, filters)}")
         else:
             Path(args.lodo).mkdir(parents=True, exist_ok=True)
             path = write(args.init, str(Path(args.lodo) / f"kaizen_{held}"), combo, s, rest, args.overwrite,
-                         command + f"  # fold: calibrated without {held}", c)
-            print(f"without {held}: {dict(zip(GRID, combo))}, min_contrast {c} (mAP on the rest {s:.4f}) -> {path}",
-                  flush=True)
+                         command + f"  # fold: calibrated without {held}", filters)
+            print(f"without {held}: {said} (mAP on the rest {s:.4f}) -> {path}", flush=True)
     if args.report:
         Path(args.report).write_text(json.dumps(
         {"grid": GRID, "scores": {json.dumps(dict(zip(GRID, c))): {f: float(np.mean(v)) for f, v in t.items()}

@@ -8,7 +8,9 @@
 2. ``real``: fine-tuned from stage 1 on the real annotated nuclei of
    ``scripts/real_nuclei.py`` (every dataset folder but ``--exclude``; each image
    brought to the model's object diameter) mixed with fresh synthetic fields, then the
-   per-cell mask level is calibrated on the real cells (``mask_fraction``).
+   per-cell mask level is calibrated on the real cells (``mask_fraction``). With
+   ``--sources`` the real nuclei are those of every source of ``scripts/nuclei_sources.py``
+   (mnfinder and the DSB2018 acquisition groups; ``--exclude`` then names sources).
 
 Fixed seeds; one CPU thread by default (it runs beside other work on a 2-core machine;
 ``--device cuda`` on a GPU). Same torch version and device, same weights::
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--sources", action="store_true",
+                        help="stage 'real': the real nuclei of every source of scripts/nuclei_sources.py "
+                             "(mnfinder and the DSB2018 acquisition groups; --exclude names sources)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also write <output>_stepN weights")
     args = parser.parse_args(argv)
 
@@ -70,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.init:
             parser.error("stage 'real' needs --init (the stage-1 weights)")
-        from real_nuclei import load_real_nuclei, provenance_summary
+        if args.sources:
+            from nuclei_sources import load_sources, provenance_summary
 
-        data = [r for r in load_real_nuclei() if r.dataset not in set(args.exclude)]
+            data = load_sources(exclude=args.exclude)
+        else:
+            from real_nuclei import load_real_nuclei, provenance_summary
+
+            data = [r for r in load_real_nuclei() if r.dataset not in set(args.exclude)]
         s = REAL
         gen = train([r.image for r in data], [r.labels for r in data], init=args.init, synthetic=s["fields"],
                     steps=args.steps or s["steps"], learning_rate=s["lr"], real_share=s["real_share"],

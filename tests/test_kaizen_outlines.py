@@ -101,3 +101,32 @@ def test_a_nucleus_cut_by_the_image_edge_is_kept_but_an_inner_piece_of_its_size_
     # The paper-era rule (no lower bar at the edge) dropped both.
     _, lut_same = image_outlines(truth, img, min_area_fraction=0.3, border_area_fraction=None)
     assert lut_same[5] == 0 and lut_same[6] == 0
+
+
+def test_cells_on_the_background_are_dropped_by_min_foreground():
+    """A cell explained out of background noise goes; dim nuclei the threshold still sees stay."""
+    truth, img = _scene()
+    rng = np.random.default_rng(0)
+    noisy = img + rng.normal(0, 0.03, img.shape).astype(np.float32)
+    noisy[truth == 2] *= 0.4  # a dim nucleus: on the foreground side of Li's threshold, below Otsu's
+    pred = truth.copy()
+    ghost = _disc(truth.shape, 75, 40, 8)
+    pred[ghost] = 7  # a "cell" the decomposition read into the empty background
+    kept, lut = image_outlines(pred, noisy, min_area_fraction=0.1)
+    assert lut[7] != 0  # no background filter: the ghost survives
+    out, lut = image_outlines(pred, noisy, min_area_fraction=0.1, min_foreground=0.5)
+    assert lut[7] == 0 and all(lut[i] for i in range(1, 5)), lut.tolist()
+    assert out.max() == kept.max() - 1
+
+
+def test_min_foreground_is_validated_and_calibrated():
+    import pytest
+
+    from napari_kaizen.engines.kaizen.params import KaizenParams
+    from napari_kaizen.errors import InputError
+
+    with pytest.raises(InputError, match="min_foreground"):
+        KaizenParams(min_foreground=1.5)
+    assert KaizenParams().outline_constants({"outlines": {"min_foreground": 0.5}})["min_foreground"] == 0.5
+    assert KaizenParams(min_foreground=0.0).outline_constants({"outlines": {"min_foreground": 0.5}})["min_foreground"] == 0.0
+    assert KaizenParams().outline_constants(None)["min_foreground"] == 0.0

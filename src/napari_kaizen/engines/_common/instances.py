@@ -74,6 +74,46 @@ def dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float) -> n
     return dim
 
 
+def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: float) -> np.ndarray:
+    """Boolean table over ids ``0..max``: objects lying mostly on the field's background.
+
+    The field's stained foreground is the lightly smoothed image above Li's minimum
+    cross-entropy threshold; an object with less than ``min_foreground`` of its pixels
+    there is background (a piece of noise or haze the decomposition explained as a
+    cell). ``min_foreground`` 0 marks nothing.
+
+    Li's threshold, not Otsu's: where nuclei are bright and dim in one field, Otsu's
+    threshold falls between the bright and the dim nuclei (on real held-out nuclei it
+    dropped dim ones, -0.02 mAP on two sources), Li's lower one between the nuclei and
+    the background.
+
+    Examples
+    --------
+    >>> img = np.zeros((20, 20)); img[2:8, 2:8] = 1.0; img[12:18, 12:18] = 0.9
+    >>> lab = np.zeros((20, 20), int); lab[2:8, 2:8] = 1; lab[12:18, 2:8] = 2
+    >>> background_objects(lab, img, 0.5).tolist()
+    [False, False, True]
+    """
+    from skimage.filters import threshold_li
+
+    lab = np.asarray(labels)
+    n = int(lab.max()) if lab.size else 0
+    out = np.zeros(n + 1, bool)
+    if min_foreground <= 0 or n == 0:
+        return out
+    smooth = ndi.gaussian_filter(np.asarray(image, np.float32), 1.0)
+    if float(smooth.max() - smooth.min()) <= 1e-12:
+        return out
+    # A tiled run fixes the threshold for the whole image, so tiles drop the same objects.
+    level = whole_image_value("foreground_li_threshold", threshold_li, smooth)
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    above = np.bincount(lab.ravel(), weights=(smooth > level).ravel(), minlength=n + 1)
+    present = counts > 0
+    out[present] = above[present] < min_foreground * counts[present]
+    out[0] = False
+    return out
+
+
 def drop_dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float) -> np.ndarray:
     """``labels`` without its :func:`dim_objects`, ids renumbered 1..M."""
     from skimage.segmentation import relabel_sequential

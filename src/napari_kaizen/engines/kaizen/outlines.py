@@ -20,7 +20,7 @@ predictions inside one nucleus) become one (:func:`merge_without_valley`), and a
 left with less than ``min_area_fraction`` of the median cell area (a rim fragment, a
 micronucleus) is dropped (a cell cut by the image's edge is held to a lower bar:
 only part of it is visible), as is a cell much dimmer than the typical one
-(``min_contrast``). The constants are calibrated per model on annotated real nuclei
+(``min_contrast``) and one lying mostly on the field's background (``min_foreground``). The constants are calibrated per model on annotated real nuclei
 (``scripts/calibrate_kaizen_outlines.py``) and stored in its metadata.
 
 A model fine-tuned on a person's corrections also carries a learned outline rule
@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.instances import BORDER_AREA_FRACTION, dim_objects, small_objects
+from .._common.instances import BORDER_AREA_FRACTION, background_objects, dim_objects, small_objects
 
 
 def image_outlines(
@@ -52,6 +52,7 @@ def image_outlines(
     min_area_fraction: float = 0.25,
     valley: float = 0.9,
     min_contrast: float = 0.0,
+    min_foreground: float = 0.0,
     border_area_fraction: float | None = BORDER_AREA_FRACTION,
     rule=None,
 ) -> np.ndarray:
@@ -75,6 +76,10 @@ def image_outlines(
     min_contrast : float
         Cells dimmer than this fraction of the typical cell's contrast are dropped
         (:func:`~napari_kaizen.engines._common.instances.dim_objects`); 0 keeps all.
+    min_foreground : float
+        Cells with less than this fraction of their pixels in the field's stained
+        foreground are dropped (noise or haze explained as a cell:
+        :func:`~napari_kaizen.engines._common.instances.background_objects`); 0 keeps all.
     border_area_fraction : float or None
         The smallest area, as a fraction of the median cell, of a cell that touches
         the image's edge (only part of it is in the image, so ``min_area_fraction``
@@ -131,6 +136,8 @@ def image_outlines(
     keep[0] = False
     dim = dim_objects(out, img, min_contrast)  # ids up to out.max(), which may be below n
     keep[: dim.size] &= ~dim
+    off = background_objects(out, img, min_foreground)
+    keep[: off.size] &= ~off
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[out], lut[root]

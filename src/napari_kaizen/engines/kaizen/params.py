@@ -21,7 +21,10 @@ INPUT_KIND = "nuclei"
 #: The ``'cell'`` mask rule's level for a model whose metadata does not calibrate one.
 DEFAULT_MASK_FRACTION = 0.25
 #: The ``'image'`` outline's constants for a model whose metadata does not calibrate them.
-DEFAULT_OUTLINES = {"edge_level": 0.2, "valley": 0.9, "min_area_fraction": 0.25, "min_contrast": 0.0}
+DEFAULT_OUTLINES = {"edge_level": 0.2, "valley": 0.9, "min_area_fraction": 0.25, "min_contrast": 0.0,
+                    "min_foreground": 0.0}
+#: The outline constants that 0 turns off (filters), not constants that must be positive.
+ZERO_OFF_OUTLINES = ("min_contrast", "min_foreground")
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,13 @@ class KaizenParams:
         the model's reconstruction is smooth and coarse, people outline the visible
         edge. ``'model'``: the masks of the reconstructions (the paper's). Live
         snapshots always show the model's masks.
-    edge_level, valley, min_area_fraction, min_contrast : float or None
+    edge_level, valley, min_area_fraction, min_contrast, min_foreground : float or None
         The ``'image'`` outline's constants; ``None`` (default) takes the model's
         calibrated values (its metadata's ``outlines``, chosen on annotated training
-        images), else 0.2, 0.9, 0.25 and 0 (``min_contrast``: cells dimmer than this
-        fraction of the typical cell are dropped; 0 keeps all).
+        images), else 0.2, 0.9, 0.25, 0 and 0 (``min_contrast``: cells dimmer than this
+        fraction of the typical cell are dropped; ``min_foreground``: cells with less
+        than this fraction of their pixels in the field's stained foreground are
+        dropped, noise or haze explained as a cell; 0 keeps all).
     learned_outline : bool
         Under ``outline='image'``, use the outline rule a fine-tuned model learned
         from the person's corrections (:mod:`~napari_kaizen.engines.kaizen.outline_rule`)
@@ -150,6 +155,7 @@ class KaizenParams:
     valley: float | None = None
     min_area_fraction: float | None = None
     min_contrast: float | None = None
+    min_foreground: float | None = None
     learned_outline: bool = True
     min_size: int = 20
     mirror_pad: int = 8
@@ -201,9 +207,10 @@ class KaizenParams:
             raise InputError(f"KaizenParams.learned_outline must be True or False, got {self.learned_outline!r}")
         if self.outline not in ("image", "model"):
             raise InputError(f"KaizenParams.outline must be 'image' or 'model', got {self.outline!r}")
-        for name, hi in (("edge_level", 1.0), ("valley", 2.0), ("min_area_fraction", 1.0), ("min_contrast", 1.0)):
+        for name, hi in (("edge_level", 1.0), ("valley", 2.0), ("min_area_fraction", 1.0), ("min_contrast", 1.0),
+                         ("min_foreground", 1.0)):
             v = getattr(self, name)
-            zero_ok = name == "min_contrast"  # 0 turns the dim-cell filter off
+            zero_ok = name in ZERO_OFF_OUTLINES  # 0 turns a filter off
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not (0.0 < float(v) or (zero_ok and float(v) == 0.0)) or not float(v) < hi):
                 interval = f"[0, {hi:g})" if zero_ok else f"(0, {hi:g})"
@@ -227,7 +234,7 @@ class KaizenParams:
         return value if 0.0 < value < 1.0 else DEFAULT_MASK_FRACTION
 
     def outline_constants(self, metadata: dict | None) -> dict[str, float] | None:
-        """``{edge_level, valley, min_area_fraction}`` of the ``'image'`` outline (None: ``'model'``)."""
+        """The ``'image'`` outline's constants, :data:`DEFAULT_OUTLINES`' keys (None: ``'model'``)."""
         if self.outline == "model":
             return None
         calibrated = (metadata or {}).get("outlines") or {}
@@ -240,7 +247,7 @@ class KaizenParams:
                     value = float(value)
                 except (TypeError, ValueError):
                     value = default
-                if not (math.isfinite(value) and (value > 0 or (name == "min_contrast" and value == 0))):
+                if not (math.isfinite(value) and (value > 0 or (name in ZERO_OFF_OUTLINES and value == 0))):
                     value = default
             out[name] = float(value)
         return out
