@@ -91,6 +91,37 @@ def test_the_runner_draws_a_due_snapshot_before_the_engine_goes_on(qtbot):
                       "compute 2", "draw 2 start", "draw 2 end"]
 
 
+@pytest.mark.parametrize("hold_ms, drawn", [(None, [0, 2]), (100, [0, 1, 2])])
+def test_the_throttle_timer_does_not_draw_beside_a_computing_engine(qtbot, monkeypatch, hold_ms, drawn):
+    """A snapshot that came too soon waits for the next one (drawn while the worker waits),
+    unless the engine's next step is longer than ``MAX_HOLD_MS``."""
+    from napari_kaizen.widgets import _worker
+
+    if hold_ms is not None:
+        monkeypatch.setattr(_worker, "MAX_HOLD_MS", hold_ms)
+    computing = threading.Event()
+    beside: list[int] = []
+
+    def engine():
+        yield 0
+        yield 1  # too soon after 0: taken at once, not drawn yet
+        computing.set()
+        time.sleep(0.6)  # three ticks of the throttle
+        computing.clear()
+        yield 2
+
+    def draw(snap):
+        if computing.is_set():
+            beside.append(snap)
+        draws.append(snap)
+
+    draws: list[int] = []
+    runner = _worker.SnapshotRunner(min_interval_ms=200)
+    runner.start(engine, draw=draw)
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
+    assert draws == drawn
+    assert beside == ([] if hold_ms is None else [1])
+
 @pytest.mark.parametrize("queued", [False, True])
 def test_the_progress_bar_queues_its_repaint(qtbot, queued):
     """Qt's own bar repaints inside ``setValue`` (which composites the whole napari window); ours later."""
