@@ -154,12 +154,11 @@ def add_in_turns(add, data, *, visible: bool = True, prepare=None, **kwargs: Any
     """Add a layer with ``add(data, **kwargs)`` in two event-loop turns: made hidden, then shown.
 
     Adding a visible layer is napari's costliest single step: in one go it builds the
-    layer's controls and visuals, slices the data, uploads the texture and repaints
-    (the first time a colormap is used, with a new shader). Made hidden, the layer is
-    only built; showing it after a turn (:func:`breathe`) does the rest. Each half
-    stalls the window about as long as, or less than, napari's own ``add_labels``, the
-    whole about as long; the layer ends up exactly as ``add(data, visible=visible,
-    **kwargs)`` makes it.
+    layer's controls and visuals, slices the data, uploads the texture and repaints.
+    Made hidden, the layer is only built; showing it after a turn (:func:`breathe`)
+    does the rest. Each half stalls the window about as long as, or less than,
+    napari's own ``add_labels`` of a visible labels layer; the layer ends up exactly
+    as ``add(data, visible=visible, **kwargs)`` makes it.
 
     Parameters
     ----------
