@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.gui
@@ -90,6 +91,37 @@ def test_the_runner_draws_a_due_snapshot_before_the_engine_goes_on(qtbot):
                       "compute 2", "draw 2 start", "draw 2 end"]
 
 
+@pytest.mark.parametrize("hold_ms, drawn", [(None, [0, 2]), (100, [0, 1, 2])])
+def test_the_throttle_timer_does_not_draw_beside_a_computing_engine(qtbot, monkeypatch, hold_ms, drawn):
+    """A snapshot that came too soon waits for the next one (drawn while the worker waits),
+    unless the engine's next step is longer than ``MAX_HOLD_MS``."""
+    from napari_kaizen.widgets import _worker
+
+    if hold_ms is not None:
+        monkeypatch.setattr(_worker, "MAX_HOLD_MS", hold_ms)
+    computing = threading.Event()
+    beside: list[int] = []
+
+    def engine():
+        yield 0
+        yield 1  # too soon after 0: taken at once, not drawn yet
+        computing.set()
+        time.sleep(0.6)  # three ticks of the throttle
+        computing.clear()
+        yield 2
+
+    def draw(snap):
+        if computing.is_set():
+            beside.append(snap)
+        draws.append(snap)
+
+    draws: list[int] = []
+    runner = _worker.SnapshotRunner(min_interval_ms=200)
+    runner.start(engine, draw=draw)
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
+    assert draws == drawn
+    assert beside == ([] if hold_ms is None else [1])
+
 @pytest.mark.parametrize("queued", [False, True])
 def test_the_progress_bar_queues_its_repaint(qtbot, queued):
     """Qt's own bar repaints inside ``setValue`` (which composites the whole napari window); ours later."""
@@ -126,3 +158,46 @@ def test_the_loss_plot_is_made_when_the_first_loss_arrives(qtbot):
     assert plot.canvas is None  # no matplotlib figure to redraw while segmentation runs resize the panel
     plot.set_history([1, 2], [0.5, 0.4])
     assert plot.canvas is not None
+
+
+def test_a_new_layer_is_built_hidden_and_shown_a_turn_later_as_a_direct_add_makes_it(make_napari_viewer, qtbot):
+    """Building a layer and showing it are two event-loop turns; the layers end up as napari makes them."""
+    import pandas as pd
+    from qtpy.QtCore import QTimer
+
+    from napari_kaizen.widgets import _layers
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 48)).astype(np.float32) * 7 - 2
+    labels = rng.integers(0, 5, (64, 48)).astype(np.int32)
+    features = pd.DataFrame({"index": np.arange(5), "score": np.linspace(0, 1, 5)})
+    # What a timer due at once sees: it runs between building and showing.
+    seen: dict[str, bool] = {}
+    viewer.layers.events.inserted.connect(
+        lambda event: QTimer.singleShot(0, lambda layer=event.value: seen.setdefault(layer.name, layer.visible)))
+
+    style = {"colormap": "magma", "blending": "additive", "scale": (2.0, 0.5), "translate": (3.0, 1.0)}
+    ours = _layers.set_image(viewer, "ours", image, owner="test", **style)
+    hidden = _layers.set_image(viewer, "ours hidden", image, owner="test", visible=False, **style)
+    cells = _layers.set_labels(viewer, "cells", labels, owner="test", features=features, opacity=0.6)
+    assert seen == {"ours": False, "ours hidden": False, "cells": False}
+
+    direct = viewer.add_image(image, name="direct", **style)
+    direct_cells = viewer.add_labels(labels, name="direct cells", features=features, opacity=0.6)
+    assert ours.visible and not hidden.visible and cells.visible
+    for layer in (ours, hidden):
+        np.testing.assert_array_equal(layer.data, image)
+        assert tuple(layer.contrast_limits) == tuple(direct.contrast_limits)
+        assert tuple(layer.contrast_limits_range) == tuple(direct.contrast_limits_range)
+        assert layer.colormap.name == direct.colormap.name and layer.blending == direct.blending
+        np.testing.assert_allclose(layer.scale, direct.scale)
+        np.testing.assert_allclose(layer.translate, direct.translate)
+    np.testing.assert_array_equal(cells.data, labels)
+    assert cells.opacity == direct_cells.opacity
+    pd.testing.assert_frame_equal(cells.features, direct_cells.features)
+    np.testing.assert_array_equal(_layers.written(cells), labels)
+    assert _layers.owned_by(cells, "test") and not _layers.is_edited(cells)
+    # Edits are tracked from the start.
+    cells.paint((10, 10), 9, refresh=True)
+    assert _layers.is_edited(cells)

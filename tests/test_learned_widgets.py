@@ -73,6 +73,31 @@ def test_run_shows_maps_and_cells(make_napari_viewer, qtbot, field, spec):
     assert sum(layer.name.startswith(spec["prefix"]) for layer in viewer.layers) == 3
 
 
+
+def test_run_layers_hold_the_last_snapshot_as_napari_would_show_it(make_napari_viewer, qtbot, field, spec):
+    """Layers are built and shown in separate event-loop turns; once the run is over they
+    are exactly what one ``add_image`` / ``add_labels`` per map would have made."""
+    from napari.layers import Image
+
+    viewer, widget, _ = _widget(make_napari_viewer, field, spec)
+    _run(widget, qtbot)
+    snap = widget.runner.last_snapshot
+    assert snap.done
+    for key, (suffix, style) in widget.MAPS.items():
+        layer = viewer.layers[f"{spec['prefix']} {suffix}"]
+        np.testing.assert_array_equal(layer.data, snap.maps[key])
+        assert layer.visible == style["visible"]
+        assert layer.colormap.name == style["colormap"] and layer.blending == style["blending"]
+        plain = Image(snap.maps[key], **style)
+        assert tuple(layer.contrast_limits) == tuple(plain.contrast_limits)
+        assert tuple(layer.contrast_limits_range) == tuple(plain.contrast_limits_range)
+    cells = viewer.layers[spec["cells"]]
+    assert cells.visible
+    np.testing.assert_array_equal(cells.data, snap.labels)
+    assert cells.data.dtype == np.int32
+    assert cells.metadata["napari_kaizen"] == {"owner": widget.owner, "edited": False}
+
+
 def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, tmp_path, spec):
     viewer, widget, image_layer = _widget(make_napari_viewer, field, spec)
     _run(widget, qtbot)

@@ -138,8 +138,9 @@ def breathe() -> None:
 
     Making a layer costs napari hundreds of milliseconds (visuals, first paint); a
     widget that adds three layers in one go freezes the window for all of them. Called
-    after each new layer, the stall is one layer long. User input is held back, so no
-    click can start something new in the middle of a draw.
+    after each new layer, the stall is one layer long (half of one with
+    :func:`add_in_turns`). User input is held back, so no click can start something new
+    in the middle of a draw.
     """
     from qtpy.QtCore import QEventLoop
     from qtpy.QtWidgets import QApplication
@@ -147,6 +148,45 @@ def breathe() -> None:
     app = QApplication.instance()
     if app is not None:
         app.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+
+
+def add_in_turns(add, data, *, visible: bool = True, prepare=None, **kwargs: Any):
+    """Add a layer with ``add(data, **kwargs)`` in two event-loop turns: made hidden, then shown.
+
+    Adding a visible layer is napari's costliest single step: in one go it builds the
+    layer's controls and visuals, slices the data, uploads the texture and repaints.
+    Made hidden, the layer is only built; showing it after a turn (:func:`breathe`)
+    does the rest. Each half stalls the window about as long as, or less than,
+    napari's own ``add_labels`` of a visible labels layer; the layer ends up exactly
+    as ``add(data, visible=visible, **kwargs)`` makes it.
+
+    Parameters
+    ----------
+    add : callable
+        ``viewer.add_image``, ``viewer.add_labels`` or ``viewer.add_points``.
+    data : array-like
+        The layer's data.
+    visible : bool
+        Whether the layer is shown in the end.
+    prepare : callable, optional
+        ``prepare(layer)`` right after it is made, before any other code (event-loop
+        turns included) sees it.
+    **kwargs
+        The other keyword arguments of ``add``.
+
+    Returns
+    -------
+    napari.layers.Layer
+        The new layer.
+    """
+    layer = add(data, visible=False, **kwargs)
+    if prepare is not None:
+        prepare(layer)
+    breathe()
+    if visible:
+        layer.visible = True
+        breathe()
+    return layer
 
 
 def prewarm() -> None:
@@ -175,9 +215,7 @@ def set_image(viewer, name: str, data: np.ndarray, *, owner: str, **kwargs: Any)
         return layer
     if layer is False:
         name = fresh_name(viewer, name)
-    layer = viewer.add_image(data, name=name, metadata={META_KEY: {"owner": owner}}, **kwargs)
-    breathe()
-    return layer
+    return add_in_turns(viewer.add_image, data, name=name, metadata={META_KEY: {"owner": owner}}, **kwargs)
 
 
 def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any = None, **kwargs: Any):
@@ -203,13 +241,15 @@ def set_labels(viewer, name: str, data: np.ndarray, *, owner: str, features: Any
         return layer
     if layer is False:
         name = fresh_name(viewer, name)
-    layer = viewer.add_labels(data, name=name, metadata={META_KEY: {"owner": owner, "edited": False}}, **kwargs)
-    _WRITTEN[layer] = np.array(data, copy=True)
-    if features is not None:
-        layer.features = features
-    _track_edits(layer)
-    breathe()
-    return layer
+
+    def prepare(layer) -> None:
+        _WRITTEN[layer] = np.array(data, copy=True)
+        if features is not None:
+            layer.features = features
+        _track_edits(layer)
+
+    return add_in_turns(viewer.add_labels, data, name=name, metadata={META_KEY: {"owner": owner, "edited": False}},
+                        prepare=prepare, **kwargs)
 
 
 def set_points(viewer, name: str, coords: np.ndarray, *, owner: str, features: Any = None, **kwargs: Any):
@@ -225,9 +265,8 @@ def set_points(viewer, name: str, coords: np.ndarray, *, owner: str, features: A
         return layer
     if layer is False:
         name = fresh_name(viewer, name)
-    layer = viewer.add_points(coords, name=name, metadata={META_KEY: {"owner": owner}}, features=features, **kwargs)
-    breathe()
-    return layer
+    return add_in_turns(viewer.add_points, coords, name=name, metadata={META_KEY: {"owner": owner}},
+                        features=features, **kwargs)
 
 
 def image_layer_problem(layer, *, missing: str = "open an image (or File > Open Sample > napari-kaizen) and choose it above"
