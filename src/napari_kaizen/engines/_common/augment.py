@@ -81,6 +81,37 @@ class AugmentParams:
     scale_spread: float = 0.0
 
 
+def trained_augment(metadata, default: AugmentParams) -> AugmentParams:
+    """The augmentation a model was trained with (its metadata's ``training.augment``).
+
+    A fine-tune continues with it: a model trained to be robust to zoom, contrast and
+    noise and then fine-tuned on one corrected frame without them forgets that
+    robustness, and segments the session's other frames worse than before. ``default``
+    when the metadata records none (or one this version cannot read).
+
+    Examples
+    --------
+    >>> trained_augment({"training": {"augment": {"scale_range": [0.5, 2.0]}}}, AugmentParams()).scale_range
+    (0.5, 2.0)
+    >>> trained_augment({}, AugmentParams(roll=True)).roll
+    True
+    """
+    from dataclasses import fields
+
+    recorded = ((metadata or {}).get("training") or {}).get("augment")
+    if not isinstance(recorded, dict):
+        return default
+    known = {f.name: f for f in fields(AugmentParams)}
+    if not set(recorded) <= set(known):
+        return default
+    # JSON writes the tuples as lists.
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    try:
+        return AugmentParams(**values)
+    except TypeError:
+        return default
+
+
 #: Augmentation for models of real micrographs: what changes between microscopes, labs
 #: and stainings. Zoom 0.5-2x (mostly within +-30 %: the object size is estimated at
 #: inference and the image rescaled, so the tails are for estimates that miss), gamma and

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from .._common.augment import AugmentParams, augment, draw_zoom, zoom_window
+from .._common.augment import AugmentParams, augment, draw_zoom, trained_augment, zoom_window
 from .._common.metadata import with_kind_keys
 from .._common.normalize import DEFAULT_PERCENTILES
 from .._common.scale import equivalent_diameters, rescale_for_model, rescale_to_diameter, resolve_diameter
@@ -640,8 +640,9 @@ def finetune(
     """Fine-tune a trained FCN on a few (corrected) label images.
 
     The model is copied (the one passed in is left as it was), trained for ``steps``
-    more RMSprop steps with the same targets and augmentation as :func:`train`, and
-    written to ``output`` with metadata that records what it was fine-tuned from.
+    more RMSprop steps with the same targets as :func:`train` and the augmentation the
+    model was trained with (its metadata's ``training.augment``; else the synthetic
+    recipe's), and written to ``output`` with metadata that records what it was fine-tuned from.
 
     Parameters
     ----------
@@ -737,9 +738,13 @@ def finetune(
     dev = choose_device(device)
     net = copy.deepcopy(base.net).to(dev)
     net.freeze_batchnorm(freeze_batchnorm)
+    # The base model's own augmentation (the real-nuclei model's zoom, contrast and
+    # noise): with the synthetic recipe's flips and rolls only, one corrected frame of
+    # a new source lowered the mAP of its other frames (docs/correction_loop.md).
+    augment = trained_augment(meta0, FCN_AUGMENT)
     result = yield from _fit(
         net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
-        edge_weight=edge_weight, seed=seed, dev=dev, augment_params=FCN_AUGMENT, report_every=report_every,
+        edge_weight=edge_weight, seed=seed, dev=dev, augment_params=augment, report_every=report_every,
         regions=masks,
     )
     net.freeze_batchnorm(False)
@@ -761,6 +766,7 @@ def finetune(
         "lr": float(lr),
         "schedule": "cosine annealing to 0.02 * lr",
         "freeze_batchnorm": bool(freeze_batchnorm),
+        "augment": asdict(augment),
         "seed": int(seed),
         "device": str(dev),
         "torch": torch.__version__,
