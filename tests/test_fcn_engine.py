@@ -406,6 +406,11 @@ def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     assert meta["object_diameter"] == nuclei_model.object_diameter
     assert meta["training"]["base_training"]["n_images"] == 590
     assert meta["training"]["data"].startswith("image layer") and meta["training"]["lr"] == 1e-4
+    # It continued with the zoom and photometric augmentation the bundled model was trained
+    # with, not the synthetic recipe's flips and rolls (which undid that robustness).
+    trained = nuclei_model.metadata["training"]["augment"]
+    assert trained["scale_range"] == [0.5, 2.0]
+    assert {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in meta["training"]["augment"].items()} == trained
     # Objects twice the model's size: images and labels are brought to its scale.
     big = np.kron(img, np.ones((2, 2), img.dtype)), np.kron(lab, np.ones((2, 2), lab.dtype))
     run_to_end(fcn.finetune(*big, model=nuclei_model, steps=1, batch_size=2, output=tmp_path / "ft_big",
