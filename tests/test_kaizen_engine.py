@@ -418,7 +418,7 @@ def test_accuracy_on_held_out_dense_nuclei(bundled, outline):
     lose some AP50 against the model's masks and must still beat the classical engine.
     Their constants are calibrated on seven real sources, whose annotators outline
     tighter (``edge_level`` 0.3) than the generator draws (0.2): measured here AP50
-    0.733 / mAP 0.454 against the classical engine's 0.540 / 0.422 (0.822 / 0.536 with
+    0.767 / mAP 0.483 against the classical engine's 0.540 / 0.422 (0.822 / 0.536 with
     the constants of one lab's folders, which lost 0.03-0.05 mAP on each unseen DSB2018
     source).
     """
@@ -428,7 +428,7 @@ def test_accuracy_on_held_out_dense_nuclei(bundled, outline):
     if outline == "model":
         assert kz.ap50 >= 0.85 and kz.map - cl.map >= 0.10
     else:
-        assert kz.ap50 >= 0.70 and kz.ap50 - cl.ap50 >= 0.15 and kz.map > cl.map
+        assert kz.ap50 >= 0.72 and kz.ap50 - cl.ap50 >= 0.15 and kz.map - cl.map >= 0.04
 
 
 def test_accuracy_holds_on_twice_larger_nuclei_with_diameter(bundled):
@@ -439,8 +439,8 @@ def test_accuracy_holds_on_twice_larger_nuclei_with_diameter(bundled):
     assert kz.ap50 >= 0.85
     # The default image outlines (constants calibrated on seven real sources) merge some
     # of the generator's seamless pressed pairs, outline tighter than it draws and drop
-    # its dimmest nuclei (3-6x dimmer than the rest). Here that measured AP50 0.609 /
-    # mAP 0.442 against the classical engine's 0.604 / 0.421 (with one lab's constants
-    # 0.688 / 0.519): level in AP50, ahead in mAP.
+    # its dimmest nuclei (3-6x dimmer than the rest). Here that measured AP50 0.660 /
+    # mAP 0.491 against the classical engine's 0.604 / 0.421 (with one lab's constants
+    # 0.688 / 0.519): ahead in both.
     kz_img, _ = _kaizen_vs_classical(fields, KaizenParams(diameter=36.0), bundled)
-    assert kz_img.ap50 >= cl.ap50 - 0.02 and kz_img.map > cl.map
+    assert kz_img.ap50 > cl.ap50 and kz_img.map - cl.map >= 0.05

@@ -77,8 +77,9 @@ def image_outlines(
         Cells dimmer than this fraction of the typical cell's contrast are dropped
         (:func:`~napari_kaizen.engines._common.instances.dim_objects`); 0 keeps all.
     min_foreground : float
-        Cells with less than this fraction of their pixels in the field's stained
-        foreground are dropped (noise or haze explained as a cell:
+        Cells whose mask in ``labels`` has less than this fraction of its pixels in the
+        field's stained foreground are dropped before their outlines are drawn (noise
+        or haze explained as a cell:
         :func:`~napari_kaizen.engines._common.instances.background_objects`); 0 keeps all.
     border_area_fraction : float or None
         The smallest area, as a fraction of the median cell, of a cell that touches
@@ -105,8 +106,17 @@ def image_outlines(
     n = int(lab.max()) if lab.size else 0
     if n == 0:
         return np.zeros(lab.shape, np.int32), np.zeros(1, np.int32)
+    # Cells the decomposition read into the background go before any outline is drawn:
+    # measured on the model's own masks, the filter does not depend on how wide the
+    # outlines are drawn (the calibrated level, or a person's learned rule, which drew
+    # wider outlines and lost whole cells to a filter measured on them).
+    off = background_objects(lab, img, min_foreground)
+    if off.any():
+        lab = np.where(off[lab], 0, lab)
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     present = areas > 0
+    if not present.any():
+        return np.zeros(lab.shape, np.int32), np.zeros(n + 1, np.int32)
     d_typ = 2.0 * np.sqrt(np.median(areas[present]) / np.pi)
     grow = max(1, int(round(margin * d_typ)))
     ring = max(2, int(round(0.3 * d_typ)))
@@ -136,8 +146,6 @@ def image_outlines(
     keep[0] = False
     dim = dim_objects(out, img, min_contrast)  # ids up to out.max(), which may be below n
     keep[: dim.size] &= ~dim
-    off = background_objects(out, img, min_foreground)
-    keep[: off.size] &= ~off
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[out], lut[root]
