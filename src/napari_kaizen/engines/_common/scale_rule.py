@@ -81,7 +81,9 @@ def is_auto(diameter: Any) -> bool:
     return isinstance(diameter, str) and diameter.strip().lower() == "auto"
 
 
-def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *, required: bool) -> Scale:
+def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *, required: bool,
+                       source: np.ndarray | None = None,
+                       percentiles: tuple[float, float] | None = None) -> Scale:
     """The :class:`Scale` of a diameter as given, ``'auto'`` measured on ``image``.
 
     The rule shared by the engines whose ``'auto'`` is the image-only estimate
@@ -91,6 +93,12 @@ def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *
     ----------
     image : ndarray or None
         The image normalised as the engine normalises it; only read for ``'auto'``.
+    source : ndarray, optional
+        The plane as the engine received it, for when ``image`` is None: normalised
+        here (:func:`~.normalize.prepare_image` with ``percentiles``, default its own)
+        only if ``'auto'`` needs it, so a given diameter costs no normalisation.
+    percentiles : (float, float), optional
+        The normalisation of ``source``.
     diameter : float, str or None
         A number of pixels (an :class:`~.scale.EstimatedDiameter` stays an estimate),
         ``'auto'`` or ``None`` (the model's own scale).
@@ -111,6 +119,10 @@ def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *
     if not is_auto(diameter):
         d = resolve_diameter(image, diameter)
         return Scale(d, estimated=isinstance(diameter, EstimatedDiameter))
+    if image is None and source is not None:
+        from .normalize import DEFAULT_PERCENTILES, prepare_image
+
+        image = prepare_image(source, percentiles=percentiles or DEFAULT_PERCENTILES)
     try:
         return Scale(float(resolve_diameter(image, "auto")), estimated=True)
     except InputError as exc:

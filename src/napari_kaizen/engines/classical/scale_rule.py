@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._common.normalize import prepare_image
-from .._common.scale_rule import Scale, given_or_estimated, is_auto
+from .._common.scale_rule import Scale, given_or_estimated
 from .params import ClassicalParams
 
 
@@ -50,6 +49,4 @@ def scale_for(image: np.ndarray, params: ClassicalParams | None = None, *, model
     """
     p = params or ClassicalParams()
     diameter = "auto" if p.diameter is None else p.diameter
-    if prepared is None and is_auto(diameter):
-        prepared = prepare_image(image)
-    return given_or_estimated(prepared, diameter, required=True)
+    return given_or_estimated(prepared, diameter, required=True, source=image)

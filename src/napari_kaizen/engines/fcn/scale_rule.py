@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.scale_rule import Scale, given_or_estimated, is_auto
 from .params import FCNParams
 
@@ -40,6 +39,5 @@ def scale_for(image: np.ndarray, params: FCNParams | None = None, *, model: Any 
     p = params or FCNParams()
     if is_auto(p.diameter) and getattr(model, "input_kind", None) == "membrane":
         return Scale(None)
-    if prepared is None and is_auto(p.diameter):
-        prepared = prepare_image(image, percentiles=getattr(model, "percentiles", None) or DEFAULT_PERCENTILES)
-    return given_or_estimated(prepared, p.diameter, required=False)
+    return given_or_estimated(prepared, p.diameter, required=False, source=image,
+                              percentiles=getattr(model, "percentiles", None))

@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._common.normalize import prepare_image
-from .._common.scale_rule import Scale, given_or_estimated, is_auto
+from .._common.scale_rule import Scale, given_or_estimated
 from .params import KaizenParams
 
 
@@ -42,6 +41,4 @@ def scale_for(image: np.ndarray, params: KaizenParams | None = None, *, model: A
     True
     """
     p = params or KaizenParams()
-    if prepared is None and is_auto(p.diameter):
-        prepared = prepare_image(image)
-    return given_or_estimated(prepared, p.diameter, required=False)
+    return given_or_estimated(prepared, p.diameter, required=False, source=image)
