@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .errors import KaizenError
+from .errors import KaizenError, quiet_loggers
 from .jobs import JobResult, SegmentJob, progress_bar, run_job
 
 SCHEDULERS = ("threads", "processes", "tcp://HOST:PORT")
@@ -142,8 +142,7 @@ def run_jobs(jobs: Sequence[SegmentJob], *, scheduler: str | None = None, progre
                               "resume") from None
 
 
-@contextlib.contextmanager
-def _quiet_distributed() -> Iterator[None]:
+def _quiet_distributed() -> contextlib.AbstractContextManager[None]:
     """Keep dask.distributed's own log lines (reconnect attempts, a closing connection pool)
     off the terminal: what a person needs is said once, by the run, in our words."""
     import logging
@@ -151,15 +150,7 @@ def _quiet_distributed() -> Iterator[None]:
     # dask's logging config gives child loggers (distributed.client, .core, ...) their own
     # levels, so each is raised, not only the parent.
     names = ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]
-    logs = [logging.getLogger(n) for n in names]
-    levels = [log.level for log in logs]
-    for log in logs:
-        log.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for log, level in zip(logs, levels):
-            log.setLevel(level)
+    return quiet_loggers(*names, level=logging.CRITICAL + 1)
 
 
 def _scheduler_lost(exc: BaseException) -> bool:

@@ -9,26 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, quiet_loggers
 
 #: Suffixes :func:`read_image` understands.
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
 
-@contextlib.contextmanager
-def quiet_tifffile():
+def quiet_tifffile() -> contextlib.AbstractContextManager[None]:
     """Silence tifffile's logger for the duration.
 
     tifffile logs a damaged file's problems and may then return nothing or raise: the
     caller says it once, in our words, instead of log lines and a puzzling shape.
     """
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+    return quiet_loggers("tifffile", level=logging.CRITICAL)
 
 
 #: Share of the available memory one image read whole may take (the engines need the rest).

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OverwriteError
+from ..errors import InputError, OverwriteError, quiet_loggers
 
 #: Side of the chunks of label arrays written here (and of BigTIFF tiles: 512).
 CHUNK = 1024
@@ -83,19 +83,12 @@ def ngff_format(version: str = NGFF_VERSION):
     return formats[str(version)]()
 
 
-@contextlib.contextmanager
-def _quiet_ome_zarr():
+def _quiet_ome_zarr() -> contextlib.AbstractContextManager[None]:
     """Keep ome-zarr-py's log lines (e.g. 'version mismatch' on every 0.4 store it opens) off
     the terminal: a person reads our one-line messages, not the library's debug chatter."""
     import logging
 
-    log = logging.getLogger("ome_zarr")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+    return quiet_loggers("ome_zarr", level=logging.ERROR)
 
 
 def ome_attrs(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
