@@ -20,8 +20,10 @@ predictions inside one nucleus) become one (:func:`merge_without_valley`), and a
 left with less than ``min_area_fraction`` of the median cell area (a rim fragment, a
 micronucleus) is dropped (a cell cut by the image's edge is held to a lower bar:
 only part of it is visible), as is a cell much dimmer than the typical one
-(``min_contrast``) and one lying mostly on the field's background (``min_foreground``). The constants are calibrated per model on annotated real nuclei
-(``scripts/calibrate_kaizen_outlines.py``) and stored in its metadata.
+(``min_contrast``); before any outline is drawn, a cell whose mask lies mostly on the
+field's background goes (``min_foreground``). The constants are calibrated per model
+on annotated real nuclei (``scripts/calibrate_kaizen_outlines.py``) and stored in its
+metadata.
 
 A model fine-tuned on a person's corrections also carries a learned outline rule
 (:mod:`~napari_kaizen.engines.kaizen.outline_rule`): a small per-pixel classifier of
