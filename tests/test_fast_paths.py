@@ -11,8 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_kaizen.engines._common.inference import _window_max, as_inference_input, fold_batchnorm, inference_network
-from napari_kaizen.engines._common.instances import h_maxima_sampled, seed_step
+from napari_kaizen.engines._common.inference import (
+    _as_shuffled_conv,
+    _window_max,
+    as_inference_input,
+    fold_batchnorm,
+    inference_network,
+)
+from napari_kaizen.engines._common.instances import distance_peaks, flooded_h_maxima, h_maxima_sampled, seed_step
 from napari_kaizen.engines._common.tiling import balanced_tile, tile_starts
 
 
@@ -21,6 +27,27 @@ from napari_kaizen.engines._common.tiling import balanced_tile, tile_starts
 def test_window_max_is_max_pool(shape, kernel, stride, padding):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
     assert torch.equal(_window_max(x, kernel, stride, padding), F.max_pool2d(x, kernel, stride, padding))
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(8, 4, 2), (4, 2, 1), (2, 2, 0), (16, 8, 4), (4, 2, 3)])
+def test_shuffled_convolution_is_the_transposed_one(kernel, stride, padding):
+    gen = torch.Generator().manual_seed(4)
+    up = torch.nn.ConvTranspose2d(6, 3, kernel, stride=stride, padding=padding).eval()
+    with torch.no_grad():
+        up.weight.copy_(torch.randn(up.weight.shape, generator=gen))
+    fast = _as_shuffled_conv(up)
+    x = torch.randn(2, 6, 9, 13, generator=gen).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want, got = up(x), fast(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+
+
+def test_only_transposed_convolutions_of_whole_strides_are_replaced():
+    assert _as_shuffled_conv(torch.nn.ConvTranspose2d(4, 2, 3, stride=1, padding=1)) is None  # Kaizen's last layer
+    assert _as_shuffled_conv(torch.nn.ConvTranspose2d(4, 2, 6, stride=4)) is None
+    assert _as_shuffled_conv(torch.nn.ConvTranspose2d(4, 2, 4, stride=2, output_padding=1)) is None
+    assert _as_shuffled_conv(torch.nn.Conv2d(4, 2, 3)) is None
 
 
 def _untrained_but_not_trivial(net):
@@ -96,3 +123,36 @@ def test_sampled_h_maxima_keep_touching_discs_apart():
     from skimage.morphology import h_maxima
 
     assert np.array_equal(h_maxima_sampled(d, 0.2, 1), h_maxima(d, 0.2).astype(bool))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_work", [0.0, 3.0, 40.0])
+def test_flooded_h_maxima_are_scikit_images(dtype, max_work):
+    from skimage.morphology import h_maxima
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        # Plateaus, exact zeros (flat background), isolated zero pockets and noise.
+        a = rng.random((31, 47))
+        a[a < 0.3] = 0
+        a = (np.round(a * rng.integers(3, 30)) / 10).astype(dtype)
+        h = float(rng.choice([0.1, 0.2, 0.5]))
+        assert np.array_equal(flooded_h_maxima(a, h, max_work=max_work), h_maxima(a, h).astype(bool))
+
+
+def test_distance_peaks_of_touching_and_faint_nuclei():
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    from napari_kaizen.data import synthesize
+    from napari_kaizen.engines._common.instances import distance_map
+
+    field = synthesize(seed=10_003, shape=(192, 192))
+    d = distance_map(field.nucleus_labels)
+    # A predicted map: never exactly 0 between nuclei, a little noise, one faint nucleus.
+    d = np.clip(d + np.random.default_rng(1).normal(0, 0.003, d.shape), 0, None).astype(np.float32)
+    d[field.nucleus_labels == field.nucleus_labels.max()] *= 0.35
+    for h in (0.1, 0.2):
+        got, want = distance_peaks(d, h), h_maxima(d, h).astype(bool)
+        assert ndi.label(got, np.ones((3, 3)))[1] == ndi.label(want, np.ones((3, 3)))[1] > 10
+        assert (got != want).sum() <= 2

@@ -149,9 +149,9 @@ def seed_step(object_diameter: float | None) -> int:
 def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
     """The h-maxima of ``image`` (boolean) found on every ``step``-th pixel of each axis.
 
-    The h-maxima transform sorts every pixel (scikit-image's morphological
-    reconstruction ranks the image twice over) and is the costliest step of every
-    seeded watershed here: 0.6-1.4 s of a 1024 x 1024 field. A distance map is smooth
+    The h-maxima transform (:func:`flooded_h_maxima`, scikit-image's result) was the
+    costliest step of every seeded watershed here: 0.6-1.4 s of a 1024 x 1024 field
+    with scikit-image's reconstruction, which sorts every pixel. A distance map is smooth
     over an object's width, so its maxima and the dips between them survive sampling
     at a fraction of that width (:func:`seed_step`); a peak found on the sampled grid
     marks its whole ``step`` x ``step`` block, which is then intersected with the
@@ -165,34 +165,143 @@ def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
     >>> [ndi.label(h_maxima_sampled(d, 0.2, s))[1] for s in (1, 2, 3)]
     [2, 2, 2]
     """
-    from skimage.morphology import h_maxima
-
     img = np.asarray(image)
     step = max(1, int(step))
     if step == 1 or min(img.shape) < 4 * step:
-        return h_maxima(img, h).astype(bool)
+        return flooded_h_maxima(img, h)
     off = step // 2  # sample the middle of each block
-    peaks = h_maxima(np.ascontiguousarray(img[off::step, off::step]), h).astype(bool)
+    peaks = flooded_h_maxima(np.ascontiguousarray(img[off::step, off::step]), h)
     up = np.repeat(np.repeat(peaks, step, axis=0), step, axis=1)
     out = np.zeros(img.shape, bool)
     out[: up.shape[0], : up.shape[1]] = up[: img.shape[0], : img.shape[1]]
     return out
 
 
+#: Values of a distance map (about 1 at object centres) at or below this are background
+#: to :func:`distance_peaks`. A predicted map is never exactly 0 between objects (a
+#: sigmoid), so without a floor the whole field is one connected landscape that
+#: :func:`flooded_h_maxima` must flood pixel by pixel; with it, the background is flat
+#: and only the objects are flooded. On the seven sources' held-out FCN maps (71
+#: fields, h 0.1 / 0.2 / 0.3) the peaks were those of the floor-less transform in 201 of
+#: 213 cases and one pixel apart in the other 12; the leave-one-source-out mAP of the
+#: FCN was the same to the last digit, and the transform 5-20x faster than scikit-image's.
+SEED_FLOOR = 0.01
+
+
+def _grow_max3(a: np.ndarray) -> np.ndarray:
+    """The maximum over each pixel's 3 x 3 neighbourhood inside the image (rows, then columns)."""
+    r = a.copy()
+    np.maximum(r[1:], a[:-1], out=r[1:])
+    np.maximum(r[:-1], a[1:], out=r[:-1])
+    c = r.copy()
+    np.maximum(c[:, 1:], r[:, :-1], out=c[:, 1:])
+    np.maximum(c[:, :-1], r[:, 1:], out=c[:, :-1])
+    return c
+
+
+def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.ndarray:
+    """scikit-image's ``h_maxima`` of a 2D non-negative map, by geodesic dilation.
+
+    The h-maxima are the pixels where the image minus its reconstruction by dilation
+    from ``image - h`` is at least ``h``. scikit-image's reconstruction sorts every
+    pixel twice (0.5-1 s on a 1024 x 1024 field, ``n log n``); here it is reached by
+    repeated 3 x 3 dilations under the image, each linear in the pixels, which settle
+    after about an object's radius of steps once the flat zero background is filled
+    at once: a zero region 8-connected to an object (a connected non-zero region) in
+    which some marker is at least 0 reconstructs to exactly 0; each step then works
+    only on the box around the last step's changes. A field that has not settled
+    after ``max_work`` (a large hazy clump) is finished by scikit-image's
+    reconstruction from where the steps left off, so the worst case costs about twice
+    scikit-image's time. The result is the same as ``h_maxima`` (same marker, same
+    float arithmetic; ``tests/test_fast_paths.py`` compares them).
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (H, W)
+        A map at least 0 everywhere (a distance map); anything else is handed to
+        scikit-image's ``h_maxima`` as it is.
+    h : float
+        The dynamic a maximum needs (> 0).
+    max_work : float
+        Dilation work, in whole-image steps, before handing over to scikit-image (a
+        whole-image step costs about 1/100 of its reconstruction; the 1024 x 1024
+        benchmark field settles after 22).
+
+    Returns
+    -------
+    ndarray of bool
+
+    Examples
+    --------
+    >>> from skimage.morphology import h_maxima
+    >>> yy, xx = np.mgrid[:40, :60]
+    >>> d = np.maximum(0, 1 - np.hypot(yy - 20, xx - 18) / 12) + np.maximum(0, 0.7 - np.hypot(yy - 20, xx - 42) / 12)
+    >>> bool((flooded_h_maxima(d, 0.2) == h_maxima(d, 0.2).astype(bool)).all())
+    True
+    """
+    from skimage.morphology import reconstruction
+
+    from skimage.morphology import h_maxima
+
+    img = np.asarray(image)
+    img = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
+    if not img.size or h > float(np.ptp(img)):
+        return np.zeros(img.shape, bool)
+    if img.ndim != 2 or float(img.min()) < 0:
+        return h_maxima(img, h).astype(bool)  # the flat-zero step below needs a map >= 0
+    # scikit-image's marker, to the bit: h and two float resolutions below the image.
+    marker = img - h - 2 * np.finfo(img.dtype).resolution * np.abs(img)
+    rec = marker
+    zero = img == 0
+    if zero.any():
+        # A flat zero region next to an object holding a marker of at least 0 is reached
+        # at level 0 (through the object, then the region's own zeros): fill it now.
+        footprint = np.ones((3, 3), bool)
+        objects, m = ndi.label(~zero, structure=footprint)
+        strong = np.zeros(m + 1, bool)
+        strong[objects[marker >= 0]] = True
+        strong[0] = False
+        flats, n = ndi.label(zero, structure=footprint)
+        reached = np.zeros(n + 1, bool)
+        reached[flats[zero & ndi.binary_dilation(strong[objects], structure=footprint)]] = True
+        reached[0] = False
+        rec = np.where(reached[flats], img.dtype.type(0), marker)
+    rec = np.array(rec, copy=True)
+    # Each step works on the box around the last step's changes, one pixel wider: nothing
+    # else can change, and every pixel outside has already passed its value on.
+    y0, y1, x0, x1 = 0, img.shape[0], 0, img.shape[1]
+    work = 0.0
+    while True:
+        if work >= max_work:
+            rec = reconstruction(rec, img, method="dilation")
+            break
+        work += (y1 - y0) * (x1 - x0) / img.size
+        window, ceiling = rec[y0:y1, x0:x1], img[y0:y1, x0:x1]
+        nxt = np.minimum(_grow_max3(window), ceiling)
+        changed = nxt != window
+        rows = np.flatnonzero(changed.any(axis=1))
+        if not rows.size:
+            break
+        window[...] = nxt
+        cols = np.flatnonzero(changed.any(axis=0))
+        y0, y1 = max(0, y0 + rows[0] - 1), min(img.shape[0], y0 + rows[-1] + 2)
+        x0, x1 = max(0, x0 + cols[0] - 1), min(img.shape[1], x0 + cols[-1] + 2)
+    return (img - rec) >= h
+
+
 def distance_peaks(distance: np.ndarray, h: float) -> np.ndarray:
     """The h-maxima of a distance map (boolean), before any mask: see :func:`find_seeds`.
 
     Apart so that a search over masks (thresholds) computes the costly h-maxima
-    transform once per ``h``.
+    transform once per ``h``. Values at or below :data:`SEED_FLOOR` count as 0.
     """
-    from skimage.morphology import h_maxima
-
-    # h_maxima works on the map's own grey levels; clipping negatives keeps the
-    # background flat so it cannot host spurious maxima.
-    d = np.clip(np.asarray(distance, dtype=np.float32), 0.0, None)
+    # Clipping negatives (and the floor) keeps the background flat, so it can host no
+    # spurious maxima and is filled in one step (flooded_h_maxima).
+    d = np.asarray(distance, dtype=np.float32)
+    d = np.where(d > SEED_FLOOR, d, np.float32(0))
     if float(d.max()) <= 0:
         return np.zeros(d.shape, bool)
-    return h_maxima(d, max(float(h), 1e-6)).astype(bool)
+    return flooded_h_maxima(d, max(float(h), 1e-6))
 
 
 def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: float = 0.0,

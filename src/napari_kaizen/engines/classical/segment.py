@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
+from .._common.allocator import keep_freed_memory
 from .._common.normalize import prepare_image, whole_image_value
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
@@ -56,6 +57,7 @@ def segment(
 
     from .._common.instances import h_maxima_sampled, seed_step
 
+    keep_freed_memory()  # reuse big blocks across calls (allocator.py)
     p = params or ClassicalParams()
     img = prepare_image(image)
     empty = empty_field_snapshot(img)

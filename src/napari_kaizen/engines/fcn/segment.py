@@ -20,6 +20,7 @@ from collections.abc import Generator
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._common.allocator import keep_freed_memory
 from .._common.instances import BORDER_AREA_FRACTION, drop_dim_objects, small_objects
 from .._common.normalize import DEFAULT_PERCENTILES, prepare_image
 from .._common.snapshots import SegmentationSnapshot, Snapshot, empty_field_snapshot, relay
@@ -283,6 +284,7 @@ def segment(
     from .._common.tiling import iter_tiled_predict
     from .model import load_model
 
+    keep_freed_memory()  # reuse big blocks across calls (allocator.py)
     p = (params or FCNParams()).check()
     # Validate the image before loading weights: a bad image is the commoner mistake.
     img = prepare_image(image)

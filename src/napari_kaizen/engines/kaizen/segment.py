@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from .._common.allocator import keep_freed_memory
 from .params import DEFAULT_MODEL, KaizenParams
 from .snapshots import DecompositionSnapshot
 
@@ -58,6 +59,7 @@ def segment(
     from .model import load_model
     from .scale_rule import scale_for
 
+    keep_freed_memory()  # reuse big blocks across calls (allocator.py)
     p = params if params is not None else KaizenParams()
     if not isinstance(p, KaizenParams):
         raise InputError(f"params must be KaizenParams, got {type(p).__name__}")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...errors import DeviceError, InputError
+from .._common.allocator import keep_freed_memory
 from .._common.normalize import prepare_image
 from .._common.scale import median_diameter
 from .._common.scale_rule import Scale, given_or_estimated, is_auto
@@ -119,6 +120,7 @@ def segment(
     """
     from .postprocess import instances
 
+    keep_freed_memory()  # reuse big blocks across calls (allocator.py)
     p = params if params is not None else UNetParams()
     if not isinstance(p, UNetParams):
         raise InputError(f"params must be UNetParams, got {type(p).__name__}")
