@@ -14,8 +14,8 @@ glibc_only = pytest.mark.skipif(
 )
 
 # Allocate and free a 64 MiB block twenty times, as an engine does with its feature
-# maps, and print the page faults that took (torch: numpy asks for huge pages,
-# which fault in 2 MiB at a time).
+# maps, and print the page faults that took. A torch tensor, not a numpy array: numpy
+# asks the kernel for huge pages, which fault in 2 MiB at a time and hide the churn.
 _CHURN = """
 import resource, torch
 from napari_kaizen.engines._common.allocator import keep_freed_memory

@@ -249,9 +249,7 @@ def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
     >>> bool((flooded_h_maxima(d, 0.2) == h_maxima(d, 0.2).astype(bool)).all())
     True
     """
-    from skimage.morphology import reconstruction
-
-    from skimage.morphology import h_maxima
+    from skimage.morphology import h_maxima, reconstruction
 
     img = np.asarray(image)
     img = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
@@ -276,7 +274,7 @@ def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
         reached[flats[zero & ndi.binary_dilation(strong[objects], structure=footprint)]] = True
         reached[0] = False
         rec = np.where(reached[flats], img.dtype.type(0), marker)
-    rec = np.array(rec, copy=True)
+    # ``rec`` is a fresh array either way (``marker`` is not read again): updated in place.
     # Tiles of FLOOD_TILE px are dilated (up to FLOOD_STEPS times each visit, against a
     # 1 px border read from their neighbours) while they or a neighbour changed in the
     # last sweep: flat and settled parts of the field cost nothing more. Any order of
@@ -293,14 +291,18 @@ def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
             y0, x0 = ty * FLOOD_TILE, tx * FLOOD_TILE
             y1, x1 = min(height, y0 + FLOOD_TILE), min(width, x0 + FLOOD_TILE)
             ya, xa = max(0, y0 - 1), max(0, x0 - 1)
-            window, ceiling = rec[ya : min(height, y1 + 1), xa : min(width, x1 + 1)], img[ya : y1 + 1, xa : x1 + 1]
+            box = (slice(ya, min(height, y1 + 1)), slice(xa, min(width, x1 + 1)))
+            window, ceiling = rec[box], img[box]
             own = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
+            moved = False
             for _ in range(FLOOD_STEPS):
                 work += window.size / img.size
                 nxt = np.minimum(_grow_max3(window), ceiling)[own]
                 if np.array_equal(nxt, window[own]):
                     break
                 window[own] = nxt
+                moved = True
+            if moved:
                 changed[max(0, ty - 1) : ty + 2, max(0, tx - 1) : tx + 2] = True
         active = changed
     return (img - rec) >= h
