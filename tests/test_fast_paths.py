@@ -18,7 +18,15 @@ from napari_kaizen.engines._common.inference import (
     fold_batchnorm,
     inference_network,
 )
-from napari_kaizen.engines._common.instances import distance_peaks, flooded_h_maxima, h_maxima_sampled, seed_step
+from napari_kaizen.engines._common.instances import (
+    distance_peaks,
+    fill_holes,
+    flooded_h_maxima,
+    h_maxima_sampled,
+    relabel,
+    seed_step,
+    seeded_watershed,
+)
 from napari_kaizen.engines._common.tiling import balanced_tile, tile_starts
 
 
@@ -156,3 +164,68 @@ def test_distance_peaks_of_touching_and_faint_nuclei():
         got, want = distance_peaks(d, h), h_maxima(d, h).astype(bool)
         assert ndi.label(got, np.ones((3, 3)))[1] == ndi.label(want, np.ones((3, 3)))[1] > 10
         assert (got != want).sum() <= 2
+
+
+def _random_watershed_case(rng, plateaus: bool):
+    from scipy import ndimage as ndi
+
+    h, w = rng.integers(8, 80, 2)
+    surface = ndi.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 3))
+    if plateaus:
+        surface = np.round(surface * rng.integers(2, 10))
+    mask = ndi.gaussian_filter(rng.random((h, w)), 1.5) > rng.uniform(0.4, 0.6)
+    seeds = rng.random((h, w)) < rng.uniform(0.001, 0.05)
+    if rng.random() < 0.5:
+        seeds = ndi.binary_dilation(seeds)
+    # 8-connected seed ids may span two 4-connected mask components; some lie outside the mask.
+    markers, _ = ndi.label(seeds, structure=np.ones((3, 3)) if rng.random() < 0.5 else None)
+    return surface, markers, mask
+
+
+def test_seeded_watershed_is_scikit_images_where_its_order_is_not_arbitrary():
+    """No plateaus, and no pixel beside markers of two ids: the very same labels."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        surface, _, mask = _random_watershed_case(rng, plateaus=False)
+        # Single-pixel markers on a grid of 3 px: no two share a neighbour.
+        spots = np.zeros(mask.shape, bool)
+        spots[::3, ::3] = rng.random(spots[::3, ::3].shape) < 0.3
+        markers, _ = ndi.label(spots)
+        assert np.array_equal(seeded_watershed(surface, markers, mask), watershed(surface, markers, mask=mask))
+
+
+@pytest.mark.parametrize("plateaus", [False, True])
+def test_seeded_watershed_differs_only_between_seeds(plateaus):
+    """Arbitrary ties may go the other way, but only inside components of two or more seeds."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(4)
+    for _ in range(150):
+        surface, markers, mask = _random_watershed_case(rng, plateaus=plateaus)
+        got, want = seeded_watershed(surface, markers, mask), watershed(surface, markers, mask=mask)
+        assert np.array_equal(got > 0, want > 0)
+        comps, _ = ndi.label(mask)
+        differ = got != want
+        # Where they differ, the component holds two or more seed ids.
+        for c in np.unique(comps[differ]):
+            assert len(np.unique(markers[(comps == c) & (markers > 0)])) >= 2
+
+
+def test_fill_holes_and_relabel_are_scipys_and_scikit_images():
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        h, w = rng.integers(1, 60, 2)
+        mask = rng.random((h, w)) < rng.uniform(0.2, 0.8)
+        assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+        labels, n = ndi.label(mask)
+        labels = labels * (rng.random(n + 1) < 0.6)[labels]
+        got = relabel(labels)
+        assert got.dtype == np.int32 and np.array_equal(got, relabel_sequential(labels)[0])
+    assert relabel(np.zeros((0, 3), np.int32)).shape == (0, 3)

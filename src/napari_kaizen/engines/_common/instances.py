@@ -116,13 +116,110 @@ def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: fl
 
 def drop_dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float) -> np.ndarray:
     """``labels`` without its :func:`dim_objects`, ids renumbered 1..M."""
-    from skimage.segmentation import relabel_sequential
-
     lab = np.asarray(labels)
     dim = dim_objects(lab, image, min_contrast)
     if not dim.any():
         return lab
-    return relabel_sequential(np.where(dim[lab], 0, lab).astype(np.int32))[0].astype(np.int32)
+    return relabel(np.where(dim[lab], 0, lab))
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1..N in their order (0 stays 0), as int32.
+
+    The same as ``skimage.segmentation.relabel_sequential(labels)[0]``, by a lookup
+    table over the ids, at a fraction of its time on a large field.
+    """
+    lab = np.asarray(labels)
+    if lab.size == 0:
+        return np.zeros(lab.shape, np.int32)
+    top = int(lab.max())
+    if top <= 0:
+        return np.zeros(lab.shape, np.int32)
+    present = np.zeros(top + 1, bool)
+    present[lab.ravel()] = True
+    present[0] = False
+    lut = np.zeros(top + 1, np.int32)
+    lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
+    return lut[lab]
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every enclosed hole filled, as ``scipy.ndimage.binary_fill_holes``.
+
+    A hole is a background component (4-connected, scipy's default) that does not
+    reach the image's edge. scipy finds them by dilating the outside in one pixel per
+    pass, as many passes as the widest stretch of background needs; labelling the
+    background once gives the same mask in one pass.
+    """
+    m = np.asarray(mask, bool)
+    if m.size == 0:
+        return m.copy()
+    background, n = ndi.label(~m)
+    if n == 0:
+        return m.copy()
+    outside = np.zeros(n + 1, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # the mask itself
+    return ~outside[background] | m
+
+
+def seeded_watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(surface, markers, mask=mask)``, flooding only where it can matter.
+
+    A mask component (4-connected, the watershed's own connectivity) that holds one
+    marker id is that id throughout, and one with none stays 0, whatever the surface:
+    only components holding two or more ids are flooded, inside their bounding box.
+    The labels are scikit-image's own except where its order is arbitrary: every
+    marker enters its queue at the same level, and a pixel next to markers of two ids
+    (or, on a plateau, reached from two at once) goes to the one its heap happens to
+    release first, an order that depends on every other marker in the image. There a
+    few pixels between two seeds may go the other way (``tests/test_fast_paths.py``);
+    on the real benchmark images this changed the classical engine's mAP on one
+    source by 0.0003 and no other engine's score. On the 1024 x 1024 benchmark field
+    (795 foreground components for 1056 seeds) the classical engine's watershed took
+    94 ms, this 39 ms.
+
+    Parameters
+    ----------
+    surface : ndarray of float, shape (H, W)
+        Flooded from its minima (e.g. ``-distance``).
+    markers : ndarray of int, shape (H, W)
+        Seed ids > 0, 0 elsewhere.
+    mask : ndarray of bool, shape (H, W)
+
+    Returns
+    -------
+    ndarray of int32
+    """
+    from skimage.segmentation import watershed
+
+    m = np.asarray(mask, bool)
+    mk = np.asarray(markers)
+    comps, n = ndi.label(m)
+    out = np.zeros(m.shape, np.int32)
+    if n == 0:
+        return out
+    at = (mk > 0) & m
+    ids = mk[at].astype(np.int64)
+    if ids.size == 0:
+        return out
+    span = int(ids.max()) + 1
+    pairs = np.unique(comps[at].astype(np.int64) * span + ids)
+    comp_of, id_of = pairs // span, pairs % span
+    per_comp = np.bincount(comp_of, minlength=n + 1)
+    single = per_comp[comp_of] == 1
+    lut = np.zeros(n + 1, np.int32)
+    lut[comp_of[single]] = id_of[single]
+    out = lut[comps]
+    shared = per_comp >= 2
+    if shared.any():
+        region = shared[comps]
+        rows, cols = np.nonzero(region.any(axis=1))[0], np.nonzero(region.any(axis=0))[0]
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        flooded = watershed(surface[box], np.where(region[box], mk[box], 0), mask=region[box])
+        out[box] = np.where(region[box], flooded, out[box])
+    return out
 
 
 #: Samples across an object's diameter on the grid its seeds are found on
@@ -365,19 +462,16 @@ def watershed_instances(distance: np.ndarray, mask: np.ndarray, seeds: np.ndarra
     ndarray of int32
         Labels 1..N.
     """
-    from skimage.segmentation import relabel_sequential, watershed
-
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    labels = watershed(-np.asarray(distance, np.float32), seeds, mask=mask)
+    labels = seeded_watershed(-np.asarray(distance, np.float32), seeds, mask)
     orphans, n_orphans = ndi.label(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     counts = np.bincount(labels.ravel())
     small = counts < max(1, int(min_area))
     small[0] = False
-    labels = np.where(small[labels], 0, labels)
-    return relabel_sequential(labels.astype(np.int32))[0].astype(np.int32)
+    return relabel(np.where(small[labels], 0, labels))
 
 
 def distance_map(labels: np.ndarray) -> np.ndarray:

@@ -192,6 +192,26 @@ def blob_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: int =
     return float(d[order][np.searchsorted(cdf, cdf[-1] / 2.0)] * LOG_TO_ANNOTATED)
 
 
+def _convex_enough(prop, level: float) -> bool:
+    """``prop.solidity >= level``, building the convex hull only when a bound cannot tell.
+
+    The hull of a region lies inside its octagon, the region's extent along the rows,
+    the columns and both diagonals; so a region that fills ``level`` of the pixels of
+    its octagon fills at least that of its hull. A round nucleus fills about 0.95 of
+    its octagon, and scikit-image's hull (a Qhull call per region) took two thirds of
+    the threshold measurement.
+    """
+    image = prop.image
+    yy, xx = np.nonzero(image)
+    gy, gx = np.ogrid[: image.shape[0], : image.shape[1]]
+    s, d = yy + xx, yy - xx
+    octagon = int(np.count_nonzero((gy + gx >= s.min()) & (gy + gx <= s.max())
+                                   & (gy - gx >= d.min()) & (gy - gx <= d.max())))
+    if prop.area / octagon >= level:
+        return True
+    return not prop.solidity < level
+
+
 def threshold_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: int = 3) -> float:
     """Typical diameter (pixels) of the separate, convex bright objects of a normalised image.
 
@@ -224,16 +244,18 @@ def threshold_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: 
     from skimage.filters import threshold_otsu
     from skimage.measure import regionprops
 
+    from .instances import fill_holes
+
     img = central_crop(np.asarray(image, dtype=np.float32), max_side)
     smooth = ndi.gaussian_filter(img, 1.0)
     if float(smooth.max() - smooth.min()) <= 1e-12:
         raise InputError("could not estimate the object diameter of a constant image: give the diameter in pixels")
-    mask = ndi.binary_opening(ndi.binary_fill_holes(smooth > threshold_otsu(smooth)))
+    mask = ndi.binary_opening(fill_holes(smooth > threshold_otsu(smooth)))
     background = float(np.median(smooth[~mask])) if (~mask).any() else float(smooth.min())
     comps, _ = ndi.label(mask)
     diameters, weights = [], []
     for prop in regionprops(comps):
-        if prop.area < 12 or prop.solidity < 0.9:
+        if prop.area < 12 or not _convex_enough(prop, 0.9):
             continue
         y0, x0, y1, x1 = prop.bbox
         pad = int(0.5 * np.sqrt(prop.area)) + 2

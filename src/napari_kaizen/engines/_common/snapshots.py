@@ -108,9 +108,9 @@ def empty_field_snapshot(image: np.ndarray, cls: type = SegmentationSnapshot, *,
     (:func:`~napari_kaizen.engines._common.normalize.empty_field_message`). ``cls`` is
     the engine's snapshot class (a :class:`SegmentationSnapshot` subclass).
     """
-    from .normalize import empty_field_message, noise_field_message
+    from .normalize import field_message
 
-    message = noise_field_message(image) or (empty_field_message(image) if fluorescence else None)
+    message = field_message(image, fluorescence=fluorescence)
     if message is None:
         return None
     return cls(stage="labels", progress=1.0, message=message, labels=np.zeros(np.shape(image), np.int32), done=True)

@@ -53,9 +53,8 @@ def segment(
     """
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_objects
-    from skimage.segmentation import watershed
 
-    from .._common.instances import h_maxima_sampled, seed_step
+    from .._common.instances import fill_holes, h_maxima_sampled, seed_step, seeded_watershed
 
     keep_freed_memory()  # reuse big blocks across calls (allocator.py)
     p = params or ClassicalParams()
@@ -84,7 +83,7 @@ def segment(
     # roughly evens out shot noise between dim and bright objects.
     compressed = np.sqrt(np.clip(smooth, 0.0, None))
     thr = whole_image_value("classical_otsu", threshold_otsu, compressed) * p.threshold_scale
-    mask = ndi.binary_fill_holes(compressed > thr)
+    mask = fill_holes(compressed > thr)
     min_area = max(4, int(p.min_size * np.pi * radius**2))
     mask = remove_small_objects(mask, max_size=min_area - 1) if _new_skimage() else remove_small_objects(mask, min_area)
     yield SegmentationSnapshot(
@@ -100,7 +99,7 @@ def segment(
     yield SegmentationSnapshot(
         stage="seeds", progress=0.7, message=f"{n} seeds", maps={"distance": dist.astype(np.float32)}
     )
-    labels = watershed(-dist, markers, mask=mask)
+    labels = seeded_watershed(-dist, markers, mask)
     labels = _remove_small(labels, min_area)
     yield SegmentationSnapshot(
         stage="labels", progress=1.0, message=f"{int(labels.max())} objects", labels=labels, done=True,
@@ -117,10 +116,9 @@ def _new_skimage() -> bool:
 
 def _remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Drop labels under ``min_area`` pixels and renumber 1..N (dtype int32)."""
-    from skimage.segmentation import relabel_sequential
+    from .._common.instances import relabel
 
     counts = np.bincount(labels.ravel())
     small = counts < min_area
     small[0] = False
-    out = np.where(small[labels], 0, labels)
-    return relabel_sequential(out.astype(np.int32))[0]
+    return relabel(np.where(small[labels], 0, labels))

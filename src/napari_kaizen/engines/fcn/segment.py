@@ -124,14 +124,14 @@ def instances_from_probabilities(
     >>> int(lab.max()), int((lab > 0).sum())
     (2, 60)
     """
-    from skimage.segmentation import relabel_sequential, watershed
+    from .._common.instances import relabel, seeded_watershed
 
     p_int = np.asarray(prob_interior, np.float32)
     p_edge = np.asarray(prob_edge, np.float32)
     seeds = p_int > threshold
     markers, n = ndi.label(seeds)
     fg = ((p_int + p_edge) > foreground) | seeds
-    labels = watershed(1.0 - p_int, markers, mask=fg) if n else np.zeros(p_int.shape, np.int32)
+    labels = seeded_watershed(1.0 - p_int, markers, fg) if n else np.zeros(p_int.shape, np.int32)
     orphans = fg & (labels == 0)
     if orphans.any():
         extra, m = ndi.label(orphans)
@@ -139,7 +139,7 @@ def instances_from_probabilities(
     labels = labels.astype(np.int32, copy=False)
     if min_area > 1 and labels.any():
         labels = np.where(small_objects(labels, min_area, border_min_area)[labels], 0, labels)
-    return relabel_sequential(labels.astype(np.int32))[0].astype(np.int32)
+    return relabel(labels)
 
 
 def instances_from_distance(
@@ -187,20 +187,18 @@ def instances_from_distance(
     >>> int(lab.max()), bool(lab[6, 5] != lab[6, 13])
     (2, True)
     """
-    from skimage.segmentation import relabel_sequential
-
-    from .._common.instances import find_seeds, watershed_instances
+    from .._common.instances import fill_holes, find_seeds, relabel, watershed_instances
 
     fg = (np.asarray(prob_interior, np.float32) + np.asarray(prob_edge, np.float32)) > foreground
-    fg = ndi.binary_fill_holes(fg)
+    fg = fill_holes(fg)
     d = np.asarray(distance, np.float32)
     # Seeds from every pixel: finding them on a sampled grid (as the classical engine
     # does) cost the FCN 0.011 mean mAP, leave one source out (docs/speed.md).
     seeds = find_seeds(d, fg, h, peaks=peaks)
     labels = watershed_instances(d, fg, seeds, 1)
     if min_area > 1 and labels.any():
-        labels = np.where(small_objects(labels, min_area, border_min_area)[labels], 0, labels)
-    return relabel_sequential(labels.astype(np.int32))[0].astype(np.int32)
+        labels = relabel(np.where(small_objects(labels, min_area, border_min_area)[labels], 0, labels))
+    return labels
 
 
 def instances(maps: dict[str, np.ndarray], thresholds: dict[str, float], min_area: int = 0,

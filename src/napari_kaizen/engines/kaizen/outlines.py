@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._common.instances import BORDER_AREA_FRACTION, background_objects, dim_objects, small_objects
+from .._common.instances import BORDER_AREA_FRACTION, background_objects, dim_objects, seeded_watershed, small_objects
 
 
 def image_outlines(
@@ -101,8 +101,6 @@ def image_outlines(
     lut : ndarray of int32, shape (N + 1,)
         Old id -> new id (0: dropped).
     """
-    from skimage.segmentation import watershed
-
     lab = np.asarray(labels)
     img = np.asarray(image, np.float32)
     n = int(lab.max()) if lab.size else 0
@@ -132,7 +130,7 @@ def image_outlines(
         if feats.shape[0]:
             foreground[where] = np.asarray(rule(feats)) >= 0.5
     markers = np.where(foreground | (lab > 0), ndi.grey_erosion(lab, size=3), 0)
-    out = watershed(-smooth, markers, mask=foreground | (markers > 0))
+    out = seeded_watershed(-smooth, markers, foreground | (markers > 0))
     out = np.where(foreground, out, 0)
     root = merge_without_valley(out, smooth, valley=valley, n_labels=n)
     out = root[out]

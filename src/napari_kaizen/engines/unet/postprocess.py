@@ -9,10 +9,9 @@ map then splits the predicted mask into one region per seed.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 # The seeding and watershed are shared with the FCN's distance output.
-from .._common.instances import find_seeds, watershed_instances
+from .._common.instances import fill_holes, find_seeds, watershed_instances
 
 __all__ = ["find_seeds", "instances", "watershed_instances"]
 
@@ -33,6 +32,6 @@ def instances(
     seeds, labels : ndarray of int32
     """
     mask = np.asarray(mask_probability) > mask_threshold
-    mask = ndi.binary_fill_holes(mask)
+    mask = fill_holes(mask)
     seeds = find_seeds(distance, mask, h, smooth=smooth)
     return seeds, watershed_instances(distance, mask, seeds, min_area)
