@@ -130,3 +130,35 @@ def test_min_foreground_is_validated_and_calibrated():
     assert KaizenParams().outline_constants({"outlines": {"min_foreground": 0.5}})["min_foreground"] == 0.5
     assert KaizenParams(min_foreground=0.0).outline_constants({"outlines": {"min_foreground": 0.5}})["min_foreground"] == 0.0
     assert KaizenParams().outline_constants(None)["min_foreground"] == 0.0
+
+
+def test_percentiles_of_every_cell_in_one_sort_are_numpys_to_the_bit():
+    from napari_kaizen.engines.kaizen.outlines import _percentiles_by_group
+
+    rng = np.random.default_rng(0)
+    groups = [rng.random(int(rng.integers(1, 400))).astype(np.float32) for _ in range(300)]
+    groups += [np.full(7, 0.25, np.float32), np.array([3.0], np.float32), np.round(rng.random(50) * 4).astype(np.float32)]
+    for q in (20, 90, 50, 33.3):
+        got = _percentiles_by_group(groups, q)
+        want = np.array([np.percentile(g, q) for g in groups], np.float32)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_cell_rings_are_four_connected_dilations():
+    """The ring and the grown region, by one city-block distance: the same as dilating."""
+    from napari_kaizen.engines.kaizen.outlines import _cell_contrasts
+
+    lab = np.zeros((60, 70), np.int32)
+    yy, xx = np.mgrid[:60, :70]
+    lab[np.hypot(yy - 20, xx - 20) < 8] = 1
+    lab[np.hypot(yy - 22, xx - 37) < 9] = 2
+    lab[(yy > 50) & (xx < 6)] = 3  # at the image's corner
+    smooth = ndi.gaussian_filter(np.random.default_rng(1).random(lab.shape).astype(np.float32), 1) + (lab > 0)
+    peak, back, regions = _cell_contrasts(lab, smooth, 2, 5, 3)
+    for i, sl, region in regions:
+        own = lab == i
+        grown = ndi.binary_dilation(own, iterations=2)
+        ring = ndi.binary_dilation(grown, iterations=5) & ~grown & (lab == 0)
+        assert np.array_equal(region, grown[sl])
+        assert peak[i] == np.float32(np.percentile(smooth[own], 90))
+        assert back[i] == np.float32(np.percentile(smooth[ring], 20))

@@ -91,10 +91,11 @@ def _strongest_scale(img: np.ndarray, diameters: np.ndarray) -> tuple[np.ndarray
         b = np.full(small.shape, -np.inf, np.float32)
         a = np.zeros(small.shape, np.int16)
         for k, sigma in scales:
-            r = -((sigma / f) ** 2) * ndi.gaussian_laplace(small, sigma / f)
+            r = ndi.gaussian_laplace(small, sigma / f)
+            r *= -((sigma / f) ** 2)
             better = r > b
-            b[better] = r[better]
-            a[better] = k
+            np.copyto(a, k, where=better)
+            np.maximum(b, r, out=b)
         if f > 1:
             zoom = (h / b.shape[0], w / b.shape[1])
             b_up, a_up = ndi.zoom(b, zoom, order=1), ndi.zoom(a, zoom, order=0)
@@ -102,8 +103,8 @@ def _strongest_scale(img: np.ndarray, diameters: np.ndarray) -> tuple[np.ndarray
             b[: b_up.shape[0], : b_up.shape[1]] = b_up[:h, :w]
             a[: a_up.shape[0], : a_up.shape[1]] = a_up[:h, :w]
         better = b > best
-        best[better] = b[better]
-        arg[better] = a[better]
+        np.copyto(arg, a, where=better)
+        np.maximum(best, b, out=best)
     return best, arg
 
 

@@ -121,9 +121,9 @@ def image_outlines(
     grow = max(1, int(round(margin * d_typ)))
     ring = max(2, int(round(0.3 * d_typ)))
     smooth = ndi.gaussian_filter(img, max(0.5, d_typ / 25.0))
-    peak, back = _cell_contrasts(lab, smooth, grow, ring, n)
+    peak, back, regions = _cell_contrasts(lab, smooth, grow, ring, n)
     if rule is None:
-        foreground = _above_own_level(lab, smooth, peak, back, grow, edge_level)
+        foreground = _above_own_level(lab, smooth, peak, back, regions, edge_level)
     else:
         feats, where = _features(lab, img, smooth, peak, back, d_typ, grow)
         foreground = np.zeros(lab.shape, bool)
@@ -151,17 +151,16 @@ def image_outlines(
     return lut[out], lut[root]
 
 
-def _above_own_level(lab: np.ndarray, smooth: np.ndarray, peak: np.ndarray, back: np.ndarray, grow: int,
+def _above_own_level(lab: np.ndarray, smooth: np.ndarray, peak: np.ndarray, back: np.ndarray, regions: list,
                      edge_level: float) -> np.ndarray:
     """Pixels within ``grow`` of a cell that are above ``edge_level`` of its contrast
-    (where grown cells overlap, the lowest of their levels)."""
+    (where grown cells overlap, the lowest of their levels); ``regions`` from
+    :func:`_cell_contrasts`."""
     level = np.full(lab.shape, np.inf, np.float32)
     region_any = np.zeros(lab.shape, bool)
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None or peak[i] <= back[i]:
+    for i, sl, region in regions:
+        if peak[i] <= back[i]:
             continue
-        sl = tuple(slice(max(0, s.start - grow - 1), min(dim, s.stop + grow + 1)) for s, dim in zip(sl, lab.shape))
-        region = ndi.binary_dilation(lab[sl] == i, iterations=grow)
         cut = back[i] + edge_level * (peak[i] - back[i])
         sub = level[sl]
         sub[region] = np.minimum(sub[region], cut)
@@ -281,7 +280,7 @@ def outline_features(labels: np.ndarray, image: np.ndarray, *, margin: float = 0
     grow = max(1, int(round(margin * d)))
     ring = max(2, int(round(0.3 * d)))
     smooth = ndi.gaussian_filter(img, max(0.5, d / 25.0))
-    peak, back = _cell_contrasts(lab, smooth, grow, ring, n)
+    peak, back, _ = _cell_contrasts(lab, smooth, grow, ring, n)
     return _features(lab, img, smooth, peak, back, d, grow)
 
 
@@ -312,19 +311,66 @@ def _features(lab: np.ndarray, img: np.ndarray, smooth: np.ndarray, peak: np.nda
 
 
 def _cell_contrasts(lab: np.ndarray, smooth: np.ndarray, grow: int, ring: int, n: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's peak (90th percentile inside) and local background (20th of a ring)."""
-    peak = np.zeros(n + 1, np.float32)
-    back = np.zeros(n + 1, np.float32)
+                    ) -> tuple[np.ndarray, np.ndarray, list]:
+    """Each cell's peak (90th percentile inside) and local background (20th of a ring).
+
+    The ring is the background between ``grow`` and ``grow + ring`` pixels (city-block
+    distance, as that many 4-connected dilations) from the cell. Also returns, per
+    cell, its box and the pixels within ``grow`` of it there (``(id, box, region)``),
+    which :func:`_above_own_level` needs. The percentiles of every cell are taken in
+    one sort (:func:`_percentiles_by_group`), not one ``np.percentile`` call each:
+    those were 60 % of this loop.
+    """
     pad = grow + ring + 1
+    inside: list[np.ndarray] = []
+    around: list[np.ndarray] = []
+    around_ids, bare, regions = [], [], []
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
             continue
         sl = tuple(slice(max(0, s.start - pad), min(dim, s.stop + pad)) for s, dim in zip(sl, lab.shape))
-        own = lab[sl] == i
-        region = ndi.binary_dilation(own, iterations=grow)
-        outer = ndi.binary_dilation(region, iterations=ring) & ~region & (lab[sl] == 0)
+        sub = lab[sl]
+        own = sub == i
+        dist = ndi.distance_transform_cdt(~own, metric="taxicab")
+        region = dist <= grow
+        outer = (dist <= grow + ring) & ~region & (sub == 0)
         values = smooth[sl]
-        peak[i] = np.percentile(values[own], 90)
-        back[i] = np.percentile(values[outer], 20) if outer.any() else values[~own].min(initial=peak[i])
-    return peak, back
+        inside.append(values[own])
+        if outer.any():
+            around.append(values[outer])
+            around_ids.append(i)
+        else:
+            bare.append((i, values[~own]))
+        regions.append((i, sl, region))
+    ids = np.array([i for i, _, _ in regions], np.intp)
+    peak = np.zeros(n + 1, np.float32)
+    back = np.zeros(n + 1, np.float32)
+    if ids.size:
+        peak[ids] = _percentiles_by_group(inside, 90)
+    if around:
+        back[np.array(around_ids, np.intp)] = _percentiles_by_group(around, 20)
+    for i, rest in bare:
+        back[i] = rest.min(initial=peak[i])
+    return peak, back, regions
+
+
+def _percentiles_by_group(groups: list[np.ndarray], q: float) -> np.ndarray:
+    """``[np.percentile(g, q) for g in groups]`` (float32 groups, default linear method), in one sort.
+
+    numpy's arithmetic is kept step by step (the index ``(n - 1) q / 100`` in float64,
+    the weight cast to the values' dtype, the upper neighbour minus ``1 - weight``
+    from 0.5 up), so the values are the same to the bit (``tests/test_kaizen_outlines.py``).
+    """
+    counts = np.fromiter((g.size for g in groups), np.intp, len(groups))
+    values = np.concatenate(groups)
+    owner = np.repeat(np.arange(len(groups)), counts)
+    ordered = values[np.lexsort((values, owner))]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    virtual = (counts - 1) * (q / 100)
+    below = np.floor(virtual).astype(np.intp)
+    above = np.minimum(below + 1, counts - 1)
+    weight = virtual - below
+    lo, hi = ordered[starts + below], ordered[starts + above]
+    diff = hi - lo
+    dtype = ordered.dtype
+    return np.where(weight >= 0.5, hi - diff * (1 - weight).astype(dtype), lo + diff * weight.astype(dtype))
