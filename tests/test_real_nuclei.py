@@ -30,9 +30,12 @@ DATA = Path(__file__).parent / "data" / "real_nuclei"
 #: of the seven sources' annotators, tighter than this lab's). Averaging the image with
 #: its left-right mirror only (the default since the speed work: half the network time
 #: of four mirror images, mean mAP over the seven held-out sources 0.5165 against
-#: 0.5174; docs/speed.md) it scores 0.917 / 0.699 here (0.931 / 0.721 with four); its
-#: floor is 0.90 / 0.69, still above the classical engine's 0.661. See docs/real_nuclei.md.
-FLOORS = {"classical": (0.78, 0.58), "kaizen": (0.85, 0.67), "fcn": (0.90, 0.69)}
+#: 0.5174; docs/speed.md) it scored 0.917 / 0.699 here (0.931 / 0.721 with four). Trained
+#: four times longer (4000 steps, 2026-12-06; mean held-out mAP over the seven sources
+#: 0.517 -> 0.526) it scores 0.903 / 0.711: a higher mAP, a lower AP50, so the AP50 floor
+#: went from 0.90 to 0.88 to keep a margin between machines, still above the classical
+#: engine's 0.860; the mAP floor stays 0.69, above classical's 0.661. See docs/real_nuclei.md.
+FLOORS = {"classical": (0.78, 0.58), "kaizen": (0.85, 0.67), "fcn": (0.88, 0.69)}
 
 
 def _crops():
