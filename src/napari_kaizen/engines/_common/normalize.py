@@ -294,6 +294,10 @@ def noise_sd(image: np.ndarray) -> float:
 #: the low end.
 EMPTY_CNR = 4.0
 
+#: The blur (Gaussian sigma, pixels) under which both empty-field checks measure: single
+#: noisy pixels do not survive it, cells (wider than 2 px) do.
+CHECK_BLUR = 2.0
+
 #: Below this side length (pixels) the guard is not applied: the smooth background (an
 #: eighth of the image) cannot be told from a nucleus that fills much of a small crop.
 EMPTY_CHECK_MIN_SIDE = 96
@@ -321,7 +325,7 @@ def contrast_to_noise(image: np.ndarray, *, blurred: np.ndarray | None = None) -
     background = ndi.zoom(coarse, (arr.shape[0] / coarse.shape[0], arr.shape[1] / coarse.shape[1]), order=1)
     background = background[: arr.shape[0], : arr.shape[1]]
     if blurred is None:
-        blurred = ndi.gaussian_filter(arr, 2.0)
+        blurred = ndi.gaussian_filter(arr, CHECK_BLUR)
     residual = blurred[: background.shape[0], : background.shape[1]] - background
     # What the smooth background leaves unexplained (ripples of an uneven background,
     # strongest at high photon counts where the pixel noise is small) counts as noise
@@ -340,7 +344,7 @@ def contrast_to_noise(image: np.ndarray, *, blurred: np.ndarray | None = None) -
 STRUCTURE_MIN = 0.1
 
 
-def structure_share(image: np.ndarray, sigma: float = 2.0, *, blurred: np.ndarray | None = None) -> float:
+def structure_share(image: np.ndarray, sigma: float = CHECK_BLUR, *, blurred: np.ndarray | None = None) -> float:
     """The share of ``image``'s variance that survives a Gaussian blur of ``sigma`` pixels.
 
     ``blurred``: ``image`` (float32) already blurred by ``sigma``, when at hand; used
@@ -405,7 +409,7 @@ def field_message(image: np.ndarray, *, fluorescence: bool = True) -> str | None
     if min(np.shape(image)[:2]) < EMPTY_CHECK_MIN_SIDE:
         return None
     arr = as_float(image)
-    blurred = ndi.gaussian_filter(arr, 2.0)
+    blurred = ndi.gaussian_filter(arr, CHECK_BLUR)
     return noise_field_message(arr, blurred=blurred) or (
         empty_field_message(arr, blurred=blurred) if fluorescence else None)
 

@@ -81,7 +81,7 @@ class _Spectrum:
     here as their exact transfer functions on one transform of the image, reflected at
     its edges (scipy's ``'reflect'``) as far as the longest kernel reaches: each filter
     is one product and one inverse transform, equal to scipy's to float32 rounding
-    (``tests/test_scale.py``).
+    (``tests/test_scale_space.py``).
     """
 
     def __init__(self, image: np.ndarray, reach: int):
