@@ -138,10 +138,15 @@ def test_percentiles_of_every_cell_in_one_sort_are_numpys_to_the_bit():
     rng = np.random.default_rng(0)
     groups = [rng.random(int(rng.integers(1, 400))).astype(np.float32) for _ in range(300)]
     groups += [np.full(7, 0.25, np.float32), np.array([3.0], np.float32), np.round(rng.random(50) * 4).astype(np.float32)]
-    for q in (20, 90, 50, 33.3):
-        got = _percentiles_by_group(groups, q)
-        want = np.array([np.percentile(g, q) for g in groups], np.float32)
-        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
+    ids = rng.permutation(len(groups)) * 3 + 1  # sparse ids, pixels not grouped in order
+    values, owners = np.concatenate(groups), np.repeat(ids, [g.size for g in groups])
+    shuffle = rng.permutation(values.size)
+    for dtype in (np.float32, np.float64):
+        for q in (20, 90, 50, 33.3):
+            got_ids, got = _percentiles_by_group(values[shuffle].astype(dtype), owners[shuffle], q)
+            want = np.array([np.percentile(g.astype(dtype), q) for g in groups], dtype)[np.argsort(ids)]
+            assert np.array_equal(got_ids, np.sort(ids))
+            assert got.dtype == dtype and np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
 
 
 def test_cell_rings_are_four_connected_dilations():
