@@ -134,15 +134,17 @@ def segment_all(engine, model, images: list[np.ndarray]) -> list[np.ndarray]:
         return [run_to_end(engine.segment(img, engine.params(), model=model, device="cpu")).labels for img in images]
 
 
-def finetune_timed(engine, image, labels, *, model, regions, steps, learning_rate, output) -> tuple[Path, dict]:
-    """Run ``engine.finetune`` as the widget's panel does; weights path and timings."""
+def finetune_timed(engine, image, labels, *, model, regions, steps, learning_rate, output, **extra
+                   ) -> tuple[Path, dict]:
+    """Run ``engine.finetune`` as the widget's panel does (``extra``: engine keywords the
+    panel leaves at their defaults, set only to compare); weights path and timings."""
     wall0, cpu0 = time.perf_counter(), time.process_time()
     last = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for snap in engine.finetune(image, labels, model=model, regions=regions, steps=steps,
                                     learning_rate=learning_rate, output=output, device="cpu",
-                                    description="benchmarks/correction_loop.py"):
+                                    description="benchmarks/correction_loop.py", **extra):
             last = snap
     timing = dict(wall_s=round(time.perf_counter() - wall0, 1), cpu_s=round(time.process_time() - cpu0, 1),
                   final_loss=None if last is None or last.loss is None else round(float(last.loss), 5))
@@ -150,7 +152,8 @@ def finetune_timed(engine, image, labels, *, model, regions, steps, learning_rat
 
 
 def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndarray], truths: list[np.ndarray],
-                steps: int, learning_rate: float, tmp: Path, quarter_seeds: tuple[int, ...] = QUARTER_SEEDS) -> dict:
+                steps: int, learning_rate: float, tmp: Path, quarter_seeds: tuple[int, ...] = QUARTER_SEEDS,
+                corrected_frame: int | None = None, **extra) -> dict:
     from napari_kaizen.engines import get_engine
 
     engine = get_engine(engine_name)
@@ -159,15 +162,19 @@ def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndar
     before = score(other_truths, segment_all(engine, base, others))
     row = dict(engine=engine_name, dataset=dataset, model=model, frames=len(frames), scored_frames=len(others),
                corrected_cells=int(np.count_nonzero(np.unique(truths[0]))), steps=steps,
-               learning_rate=learning_rate, before=before)
-    print(json.dumps(dict(engine=engine_name, dataset=dataset, before=before)), flush=True)
+               learning_rate=learning_rate, **extra, before=before)
+    if corrected_frame is not None:
+        row["corrected_frame"] = corrected_frame
+    print(json.dumps(dict(engine=engine_name, dataset=dataset, corrected_frame=corrected_frame, before=before)),
+          flush=True)
     cases = [("full", None, truths[0], None, None)]  # (name, quarter seed, labels, region, checked cells)
     cases += [(f"quarter {seed}", seed, *quarter_correction(truths[0], seed=seed)) for seed in quarter_seeds]
     draws = []
     for case, seed, labels, region, chosen in cases:
-        out = tmp / f"{engine_name}_{dataset}_{case.replace(' ', '_')}"
+        turn = "" if corrected_frame is None else f"_frame{corrected_frame}"
+        out = tmp / f"{engine_name}_{dataset}{turn}_{case.replace(' ', '_')}"
         weights, timing = finetune_timed(engine, frames[0], labels, model=base, regions=region, steps=steps,
-                                         learning_rate=learning_rate, output=out)
+                                         learning_rate=learning_rate, output=out, **extra)
         tuned = engine.load_model(str(weights), "cpu")
         after = score(other_truths, segment_all(engine, tuned, others))
         result = dict(after=after, gain=round(after["map"] - before["map"], 4),
@@ -177,7 +184,8 @@ def run_dataset(engine_name: str, dataset: str, model: str, frames: list[np.ndar
         else:
             draws.append(dict(seed=seed, cells=len(chosen),
                               region_fraction=round(float(region.mean()), 4), **result))
-        print(json.dumps(dict(engine=engine_name, dataset=dataset, case=case, **result)), flush=True)
+        print(json.dumps(dict(engine=engine_name, dataset=dataset, corrected_frame=corrected_frame, case=case,
+                              **result)), flush=True)
     row["quarter"] = dict(
         after={k: round(float(np.mean([d["after"][k] for d in draws])), 4) for k in ("map", "ap50")},
         **{k: round(float(np.mean([d[k] for d in draws])), 4) for k in ("gain", "gain_ap50", "cpu_s", "wall_s")},
@@ -201,6 +209,44 @@ def synthetic_session(n: int = SYNTH_FRAMES, seed: int = SYNTH_SEED, channel: st
     return [getattr(f, channel) for f in fields], [f.nucleus_labels.astype(np.int32) for f in fields], desc
 
 
+def label(row: dict) -> str:
+    """The dataset, and which of its frames was the corrected one when several took turns."""
+    k = row.get("corrected_frame")
+    return row["dataset"] if k is None else f"{row['dataset']} (frame {k} corrected)"
+
+
+def per_source(rows: list[dict]) -> list[dict]:
+    """Mean gains of each engine and dataset over the frames that took turns as the corrected one."""
+    out = []
+    for key in dict.fromkeys((r["engine"], r["dataset"]) for r in rows):
+        group = [r for r in rows if (r["engine"], r["dataset"]) == key]
+        out.append(dict(engine=key[0], dataset=key[1], turns=len(group),
+                        before=round(float(np.mean([r["before"]["map"] for r in group])), 4),
+                        full_gain=round(float(np.mean([r["full"]["gain"] for r in group])), 4),
+                        quarter_gain=round(float(np.mean([r["quarter"]["gain"] for r in group])), 4),
+                        full_gains=[r["full"]["gain"] for r in group]))
+    return out
+
+
+def per_source_markdown(summary: list[dict]) -> str:
+    lines = ["| engine | dataset | frames that took turns | mAP before (mean) | full correction: mean gain (each turn) | "
+             "quarter: mean gain |", "|" + " --- |" * 6]
+    for s in summary:
+        each = " ".join(f"{g:+.3f}" for g in s["full_gains"])
+        lines.append(f"| {s['engine']} | {s['dataset']} | {s['turns']} | {s['before']:.3f} | "
+                     f"{s['full_gain']:+.3f} ({each}) | {s['quarter_gain']:+.3f} |")
+    for engine in dict.fromkeys(s["engine"] for s in summary):
+        # The real datasets' mean: a synthetic session is a check, not a source.
+        mine = [s for s in summary if s["engine"] == engine and not s["dataset"].startswith("synthetic")]
+        if not mine:
+            continue
+        lines.append(f"| {engine} | **mean over {len(mine)} real datasets** | | "
+                     f"{np.mean([s['before'] for s in mine]):.3f} | "
+                     f"**{np.mean([s['full_gain'] for s in mine]):+.3f}** | "
+                     f"**{np.mean([s['quarter_gain'] for s in mine]):+.3f}** |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     head = ("| engine | dataset | frames scored | mAP before | after full (gain) | after quarter, mean of draws (gain) | "
             "quarter / full | gain of each quarter draw | AP50 before → full / quarter | "
@@ -211,7 +257,7 @@ def markdown(rows: list[dict]) -> str:
         ratio = "—" if r["quarter_over_full"] is None else f"{r['quarter_over_full']:.2f}"
         draws = " ".join(f"{d['gain']:+.3f}" for d in q.get("draws", []))
         lines.append(
-            f"| {r['engine']} | {r['dataset']} | {r['scored_frames']} | {b['map']:.3f} | "
+            f"| {r['engine']} | {label(r)} | {r['scored_frames']} | {b['map']:.3f} | "
             f"{f['after']['map']:.3f} ({f['gain']:+.3f}) | {q['after']['map']:.3f} ({q['gain']:+.3f}) | {ratio} | "
             f"{draws} | "
             f"{b['ap50']:.2f} → {f['after']['ap50']:.2f} / {q['after']['ap50']:.2f} | "
@@ -225,12 +271,12 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{r['engine']}: {r['dataset']}" for r in rows]
+    names = [f"{r['engine']}: {label(r)}" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows) + 2), 5.0))
     w = 0.27
     ax.bar(x - w, [r["before"]["map"] for r in rows], w, label="before", color="#999999")
-    ax.bar(x, [r["full"]["after"]["map"] for r in rows], w, label="after: frame 0 fully corrected", color="#1b9e77")
+    ax.bar(x, [r["full"]["after"]["map"] for r in rows], w, label="after: the corrected frame in full", color="#1b9e77")
     ax.bar(x + w, [r["quarter"]["after"]["map"] for r in rows], w, label="after: a quarter of its cells",
            color="#d95f02")
     lo = min(min(r["before"]["map"], r["full"]["after"]["map"], r["quarter"]["after"]["map"]) for r in rows)
@@ -265,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=6, help="--loso: images per source (default 6)")
     parser.add_argument("--quarter-draws", type=int, default=len(QUARTER_SEEDS),
                         help="independent quarter corrections per dataset (default %(default)s)")
+    parser.add_argument("--corrected-frames", type=int, default=1,
+                        help="--loso: the first N frames of a source each take a turn as the corrected one, the "
+                             "others scored (default 1: frame 0 only)")
+    parser.add_argument("--rehearsal", type=float, default=None, metavar="SHARE",
+                        help="fcn: fine-tune with this rehearsal share instead of the engine's default (to compare)")
     args = parser.parse_args(argv)
 
     import torch
@@ -279,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.lr:
         k, v = item.split("=")
         settings[k]["learning_rate"] = float(v)
+    if args.rehearsal is not None:
+        settings["fcn"]["rehearsal"] = args.rehearsal
     lodo = Path(args.lodo)
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -299,13 +352,19 @@ def main(argv: list[str] | None = None) -> int:
                 items = [x for x in data if x.dataset == d]
                 if len(items) < 3:
                     continue
+                turns = range(min(args.corrected_frames, len(items))) if args.loso else [None]
                 for e in real:
                     model = lodo / f"{e}_{d}.safetensors"
                     if not model.exists():
                         print(f"skipping {e} on {d}: no leave-one-out model {model}", flush=True)
                         continue
-                    rows.append(run_dataset(e, d, str(model), [x.image for x in items], [x.labels for x in items],
-                                            tmp=tmp, quarter_seeds=seeds, **settings[e]))
+                    for k in turns:
+                        # Frame k is the corrected one; the others keep their order.
+                        turn = [k or 0] + [i for i in range(len(items)) if i != (k or 0)]
+                        rows.append(run_dataset(e, d, str(model), [items[i].image for i in turn],
+                                                [items[i].labels for i in turn], tmp=tmp, quarter_seeds=seeds,
+                                                corrected_frame=k if args.corrected_frames > 1 else None,
+                                                **settings[e]))
         for e in [e for e in args.synthetic if e in args.engines]:
             frames, truths, desc = synthetic_session(seed=SYNTH_SEED + 100, channel="nuclei")
             row = run_dataset(e, "synthetic nuclei", get_engine(e).default_model, frames, truths, tmp=tmp,
@@ -323,12 +382,17 @@ def main(argv: list[str] | None = None) -> int:
         done = {(r["engine"], r["dataset"]) for r in rows}
         rows = [r for r in json.loads(out.read_text())["rows"] if (r["engine"], r["dataset"]) not in done] + rows
     order = {"kaizen": 0, "fcn": 1, "unet": 2}
-    rows.sort(key=lambda r: (order.get(r["engine"], 9), r["dataset"]))
+    rows.sort(key=lambda r: (order.get(r["engine"], 9), r["dataset"], r.get("corrected_frame") or 0))
     RESULTS.mkdir(parents=True, exist_ok=True)
+    from napari_kaizen.engines.fcn.training import REHEARSAL_SHARE
+
     meta = dict(threads=args.threads, torch=torch.__version__, quarter=QUARTER, quarter_seeds=list(QUARTER_SEEDS),
-                margin_diameters=MARGIN, settings=settings)
-    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    table = markdown(rows)
+                margin_diameters=MARGIN, settings=settings,
+                fcn_rehearsal=REHEARSAL_SHARE if args.rehearsal is None else args.rehearsal,
+                corrected_frames=args.corrected_frames, max_images=args.max_images if args.loso else None)
+    summary = per_source(rows)
+    out.write_text(json.dumps({**meta, "rows": rows, "per_dataset": summary}, indent=2) + "\n")
+    table = markdown(rows) + "\n\n" + per_source_markdown(summary)
     out.with_suffix(".md").write_text(table + "\n")
     plot(rows, Path(args.plot))
     print("\n" + table)

@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines import classical, fcn, get_engine  # noqa: E402
-from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, TrainingSnapshot  # noqa: E402
 from napari_kaizen.engines._common.weights import save_weights, weights_paths  # noqa: E402
 from napari_kaizen.engines.fcn.model import GoogLeNetFCN  # noqa: E402
@@ -411,6 +411,18 @@ def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     trained = nuclei_model.metadata["training"]["augment"]
     assert trained["scale_range"] == [0.5, 2.0]
     assert {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in meta["training"]["augment"].items()} == trained
+    # Half of the crops rehearsed synthetic nuclei at the model's scale; the record says so
+    # and still describes the person's image alone.
+    rehearsal = meta["training"]["rehearsal"]
+    assert rehearsal["share"] == fcn.training.REHEARSAL_SHARE == 0.5
+    assert rehearsal["channel"] == "nuclei" and rehearsal["seeds"] == [0, 1, 2, 3]
+    assert f"nucleus_diameter={nuclei_model.object_diameter}" in rehearsal["params"]
+    assert meta["training"]["n_images"] == len(meta["training"]["image_shapes"]) == 1
+    run_to_end(fcn.finetune(img, lab, model=nuclei_model, steps=1, output=tmp_path / "alone", rehearsal=0))
+    assert fcn.load_model(tmp_path / "alone", "cpu").metadata["training"]["rehearsal"] is None
+    for bad in (1.0, -0.1, "half"):
+        with pytest.raises(InputError, match="rehearsal"):
+            next(fcn.finetune(img, lab, model=nuclei_model, output=tmp_path / "bad", steps=1, rehearsal=bad))
     # Objects twice the model's size: images and labels are brought to its scale.
     big = np.kron(img, np.ones((2, 2), img.dtype)), np.kron(lab, np.ones((2, 2), lab.dtype))
     run_to_end(fcn.finetune(*big, model=nuclei_model, steps=1, batch_size=2, output=tmp_path / "ft_big",
@@ -433,6 +445,19 @@ def test_cli_run_train(tmp_path, capsys):
     assert fcn.run_train(parser.parse_args(argv)) == 2
     assert "error:" in capsys.readouterr().err
     assert fcn.run_train(parser.parse_args(["--output", str(tmp_path / "y")])) == 2
+    # --rehearsal belongs to fine-tuning: refused in one line without --init, passed on with it.
+    assert fcn.run_train(parser.parse_args(argv[:-1] + [str(tmp_path / "r"), "--rehearsal", "0.2"])) == 2
+    assert "--rehearsal applies to fine-tuning" in capsys.readouterr().err
+    import tifffile
+
+    field = synthesize(seed=3, shape=(96, 96))
+    tifffile.imwrite(tmp_path / "img.tif", field.nuclei)
+    tifffile.imwrite(tmp_path / "lab.tif", field.nucleus_labels.astype(np.int32))
+    tuned = ["--init", "bundled:fcn_nuclei", "--images", str(tmp_path / "img.tif"), "--labels",
+             str(tmp_path / "lab.tif"), "--steps", "1", "--device", "cpu", "--rehearsal", "0.2",
+             "--output", str(tmp_path / "tuned")]
+    assert fcn.run_train(parser.parse_args(tuned)) == 0
+    assert json.loads((tmp_path / "tuned.json").read_text())["training"]["rehearsal"]["share"] == 0.2
 
 
 # --------------------------------------------------------------------------- accuracy

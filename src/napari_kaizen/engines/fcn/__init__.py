@@ -30,5 +30,6 @@ __getattr__ = lazy_exports(__name__, {
 __all__ = [
     "ARCHITECTURE", "CELLS_MODEL", "CLASSES", "DEFAULT_MODEL", "FCNModel", "FCNParams", "GoogLeNetFCN",
     "INPUT_KIND", "Params", "TITLE", "add_train_arguments", "fcn_targets", "finetune",
-    "instances_from_distance", "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate", "run_train", "scale_for", "segment", "train",
+    "instances_from_distance", "instances_from_probabilities", "load_model", "pixel_weights", "recalibrate",
+    "run_train", "scale_for", "segment", "train",
 ]

@@ -8,7 +8,7 @@ import sys
 
 from ...errors import InputError, KaizenError
 from .._common.training import add_finetune_arguments, check_output, read_training_files
-from .training import RECIPES, finetune, synthetic_training_set, train
+from .training import RECIPES, REHEARSAL_SHARE, finetune, synthetic_training_set, train
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,6 +31,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_finetune_arguments(parser)
+    parser.add_argument("--rehearsal", type=float, default=None, metavar="SHARE",
+                        help=f"with --init: share of the crops from synthetic fields of the model's channel, in "
+                             f"[0, 1) (default {REHEARSAL_SHARE}; 0 = your images only)")
     return parser
 
 
@@ -76,6 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
             gen = finetune(images, labels, model=args.init, regions=regions, steps=args.steps or 200,
                            learning_rate=args.lr or 2e-4, device=args.device, output=args.output,
                            overwrite=args.overwrite, seed=seed, batch_size=args.batch_size or 4,
+                           rehearsal=REHEARSAL_SHARE if args.rehearsal is None else args.rehearsal,
                            description=f"{len(images)} corrected image(s): " + ", ".join(map(str, args.images)),
                            reproduce=_reproduce_command(args))
             for snap in gen:
@@ -83,6 +87,8 @@ def run_train(args: argparse.Namespace) -> int:
                 if snap.done:
                     print(f"wrote {snap.weights_path}", flush=True)
             return 0
+        if args.rehearsal is not None:
+            raise InputError("--rehearsal applies to fine-tuning: give --init bundled:NAME or a weights file too")
         if args.regions:
             raise InputError("--regions applies to fine-tuning: give --init bundled:NAME or a weights file too")
         if args.synthetic:

@@ -52,6 +52,16 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: Bundled model name of each recipe.
 BUNDLED_NAMES = {"nuclei": "fcn_nuclei", "membrane": "fcn_cells"}
 
+#: Share of every fine-tuning batch drawn from synthetic fields of the model's channel
+#: ("rehearsal"). Fine-tuned on one corrected frame alone, the real-nuclei model learned
+#: that frame and forgot the rest (a one-nucleus frame emptied the model); with half of
+#: each batch rehearsing fields like those it was trained on, one frame adjusts it
+#: instead (docs/correction_loop.md, "Rehearsal").
+REHEARSAL_SHARE = 0.5
+#: The rehearsal fields: the generator's first training seeds, hardness cycling as in
+#: the bundled recipe; drawn at the model's object diameter.
+REHEARSAL_FIELDS: dict[str, Any] = {"n_images": 4, "shape": (256, 256), "hard": (0.4, 0.6, 0.8, 1.0)}
+
 
 # --------------------------------------------------------------------------- data
 
@@ -77,7 +87,7 @@ def synthetic_training_set(
     *,
     channel: str = "nuclei",
     shape: tuple[int, int] = (512, 512),
-    hard: float = 1.0,
+    hard: float | Sequence[float] = 1.0,
     first_seed: int = 0,
     nucleus_diameter: float = 18.0,
     real_world: bool = True,
@@ -87,6 +97,7 @@ def synthetic_training_set(
     Each field's settings come from ``random_params(np.random.default_rng(seed), ...)``
     with the same seed; ``channel='nuclei'`` pairs the DAPI-like channel with
     ``nucleus_labels``, ``'membrane'`` the CellMask-like channel with ``cell_labels``.
+    ``hard`` may be a sequence: field ``k`` then takes ``hard[k % len(hard)]``.
     ``real_world=False`` draws the napari-kaizen 0.1.0 fields (see ``random_params``).
 
     Returns
@@ -103,16 +114,19 @@ def synthetic_training_set(
         raise InputError(f"the synthetic training set needs at least one image, got {n_images}")
     images, labels = [], []
     seeds = list(range(int(first_seed), int(first_seed) + int(n_images)))
-    for s in seeds:
-        prm = random_params(np.random.default_rng(s), shape=tuple(shape), nucleus_diameter=nucleus_diameter, hard=hard,
-                            real_world=real_world)
+    hards = [float(h) for h in hard] if isinstance(hard, Sequence) else [float(hard)]
+    for k, s in enumerate(seeds):
+        prm = random_params(np.random.default_rng(s), shape=tuple(shape), nucleus_diameter=nucleus_diameter,
+                            hard=hards[k % len(hards)], real_world=real_world)
         f = synthesize(prm, seed=s)
         images.append(f.nuclei if channel == "nuclei" else f.membrane)
         labels.append(f.nucleus_labels if channel == "nuclei" else f.cell_labels)
     desc = {
         "source": "napari_kaizen.data.synthesize",
         "params": f"random_params(np.random.default_rng(seed), shape={tuple(shape)}, "
-        f"nucleus_diameter={nucleus_diameter}, hard={hard}" + ("" if real_world else ", real_world=False") + ")",
+        f"nucleus_diameter={nucleus_diameter}, "
+        + (f"hard={hards[0]}" if len(hards) == 1 else f"hard={tuple(hards)}[k % {len(hards)}]")
+        + ("" if real_world else ", real_world=False") + ")",
         "seeds": seeds,
         "channel": channel,
         "labels": "nucleus_labels" if channel == "nuclei" else "cell_labels",
@@ -221,7 +235,6 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         return None
 
     def validate(net) -> dict[str, float]:
-        import torch
 
         from ...metrics import evaluate
         from .._common.tiling import tiled_predict
@@ -354,7 +367,6 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     'map_by_min_contrast'}`` for the metadata (``map``: the best score per foreground
     value, for the record).
     """
-    import itertools
 
     import torch
 
@@ -615,6 +627,25 @@ def train(
     )
 
 
+def _with_rehearsal(pairs, masks, share: float, *, channel: str, diameter: float, percentiles, crop: int):
+    """``pairs`` and ``masks`` with the rehearsal fields added, and sampling weights.
+
+    The weights make the synthetic fields ``share`` of the crops and the person's
+    (checked) pixels the rest, whatever their areas. Returns ``(pairs, masks, weights,
+    description)``.
+    """
+    # A field at least two crops wide once at the model's scale (whole cells are
+    # larger than the nucleus diameter the generator is given, and shrink).
+    side = max(REHEARSAL_FIELDS["shape"][0], 2 * int(crop))
+    fields = {**REHEARSAL_FIELDS, "shape": (side, side)}
+    images, labels, desc = synthetic_training_set(channel=channel, nucleus_diameter=float(diameter), **fields)
+    synth = rescale_to_diameter(prepare_pairs(images, labels, percentiles=percentiles), diameter)
+    real_area = sum(img.size if m is None else int(np.count_nonzero(m)) for (img, _), m in zip(pairs, masks))
+    synth_area = sum(img.size for img, _ in synth)
+    weights = [(1.0 - share) / real_area] * len(pairs) + [share / synth_area] * len(synth)
+    return list(pairs) + synth, list(masks) + [None] * len(synth), weights, {"share": share, **desc}
+
+
 def finetune(
     images: Any,
     labels: Any,
@@ -631,6 +662,7 @@ def finetune(
     crop: int | None = None,
     seed: int = 0,
     freeze_batchnorm: bool = True,
+    rehearsal: float = REHEARSAL_SHARE,
     overwrite: bool = False,
     report_every: int = 10,
     description: str | None = None,
@@ -642,7 +674,8 @@ def finetune(
     The model is copied (the one passed in is left as it was), trained for ``steps``
     more RMSprop steps with the same targets as :func:`train` and the augmentation the
     model was trained with (its metadata's ``training.augment``; else the synthetic
-    recipe's), and written to ``output`` with metadata that records what it was fine-tuned from.
+    recipe's), a share of every batch rehearsing synthetic fields, and written to
+    ``output`` with metadata that records what it was fine-tuned from.
 
     Parameters
     ----------
@@ -681,6 +714,11 @@ def finetune(
     freeze_batchnorm : bool
         Keep batch-norm statistics fixed: a handful of crops from one image is too few
         to re-estimate them.
+    rehearsal : float
+        Share of the training crops taken from synthetic fields of the model's channel
+        (``REHEARSAL_FIELDS``, at the model's object diameter) rather than from
+        ``images``, in [0, 1); 0 trains on ``images`` alone. The default keeps one
+        corrected frame from overwriting what the model knew (``REHEARSAL_SHARE``).
     overwrite : bool
     report_every : int
     description : str, optional
@@ -708,6 +746,9 @@ def finetune(
     _check_number("steps", steps, 1, integer=True)
     _check_number("batch_size", batch_size, 1, integer=True)
     _check_number("learning_rate", lr, 0)
+    _check_number("rehearsal", rehearsal, 0)
+    if rehearsal >= 1:
+        raise InputError(f"rehearsal must be a share in [0, 1) (0: your images only), got {rehearsal!r}")
     path = check_output(output, overwrite)
     # A loaded model is only read (its net is deep-copied below), never moved or changed:
     # the widget may be segmenting with it at the same time.
@@ -730,6 +771,7 @@ def finetune(
         scaled.append((rs.to_model(img), resample_mask(lab, rs.model_shape)))
     masks = [resample_mask(m, img.shape) for m, (img, _) in zip(masks, scaled)]
     pairs = scaled
+    n_corrected = len(pairs)
     tmeta = dict(meta0.get("targets", {}))
     edge_width = float(tmeta.get("edge_width", 2.0))
     edge_weight = float(tmeta.get("edge_weight", 5.0) if edge_weight is None else edge_weight)
@@ -742,10 +784,16 @@ def finetune(
     # noise): with the synthetic recipe's flips and rolls only, one corrected frame of
     # a new source lowered the mAP of its other frames (docs/correction_loop.md).
     augment = trained_augment(meta0, FCN_AUGMENT)
+    weights, rehearsed = None, None
+    if rehearsal > 0:
+        pairs, masks, weights, rehearsed = _with_rehearsal(
+            pairs, masks, float(rehearsal), channel=str(meta0.get("channel", "nuclei")), diameter=target,
+            percentiles=base.percentiles, crop=crop,
+        )
     result = yield from _fit(
         net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
         edge_weight=edge_weight, seed=seed, dev=dev, augment_params=augment, report_every=report_every,
-        regions=masks,
+        regions=masks, weights=weights,
     )
     net.freeze_batchnorm(False)
     meta = {k: v for k, v in meta0.items() if k not in ("sha256", "weights_file", "created", "format_version",
@@ -753,12 +801,13 @@ def finetune(
     meta["targets"] = {"edge_width": edge_width, "edge_weight": edge_weight}
     meta["training"] = {
         "finetuned_from": base.source,
-        "data": description or f"{len(pairs)} image(s) with corrected labels",
+        "data": description or f"{n_corrected} image(s) with corrected labels",
         "base_training": meta0.get("training", {}),
-        "n_images": len(pairs),
-        "image_shapes": [list(img.shape) for img, _ in pairs],
-        "checked_fraction": [1.0 if m is None else round(float(m.mean()), 4) for m in masks],
-        "n_objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
+        "n_images": n_corrected,
+        "image_shapes": [list(img.shape) for img, _ in pairs[:n_corrected]],
+        "checked_fraction": [1.0 if m is None else round(float(m.mean()), 4) for m in masks[:n_corrected]],
+        "n_objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs[:n_corrected])),
+        "rehearsal": rehearsed,
         "steps": int(steps),
         "batch_size": int(batch_size),
         "crop": int(crop),
