@@ -36,6 +36,11 @@ from .outlines import FEATURES
 STEPS = 300
 LEARNING_RATE = 1e-2
 BATCH = 8192
+#: Fewest corrected cells a rule is fitted to: one or two outlines cannot tell a
+#: person's convention from one cell's peculiarity. Fitted to the single nucleus of a
+#: held-out DSB2018 frame, a rule dropped every cell of that group's other frames (mAP
+#: 0.30 -> 0.00; without the rule the same fine-tune gave 0.32; docs/correction_loop.md).
+MIN_CELLS = 3
 #: Hidden units of each of the rule's two hidden layers.
 HIDDEN = 32
 #: Pixels per forward pass when applying a rule (a large tile has millions near its cells).

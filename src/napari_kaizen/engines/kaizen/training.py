@@ -485,7 +485,7 @@ def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], la
     """
     from .._common.snapshots import run_to_end
     from .model import KaizenModel
-    from .outline_rule import LEARNING_RATE, STEPS, fit_outline_rule
+    from .outline_rule import LEARNING_RATE, MIN_CELLS, STEPS, fit_outline_rule
     from .outlines import FEATURES, outline_features
     from .params import KaizenParams
     from .segment import segment
@@ -512,11 +512,19 @@ def learn_from_corrections(net, metadata: dict, images: Sequence[np.ndarray], la
         cells += len(np.unique(lab[checked & (lab > 0)]))
     if not feats:
         feats, inside = [np.zeros((0, len(FEATURES)), np.float32)], [np.zeros(0, bool)]
-    try:
-        rule, loss = fit_outline_rule(feats, inside, seed=seed)
-    except ValueError as exc:
+    reason = None
+    if 0 < cells < MIN_CELLS:
+        # (No cell at all means no edge either: fit_outline_rule says so below.)
+        reason = f"the checked labels hold {cells} cell(s) near the cells found; a rule needs at least {MIN_CELLS}"
+    else:
+        try:
+            rule, loss = fit_outline_rule(feats, inside, seed=seed)
+        except ValueError as exc:
+            reason = str(exc)
+    if reason is not None:
         kept = "; the starting model's rule is kept" if getattr(net, "outline_rule", None) is not None else ""
-        return {"outline_rule": f"not learned: {exc}{kept}"}
+        yield TrainingSnapshot(stage="calibrating", progress=1.0, message=f"no outline rule learned: {reason}{kept}")
+        return {"outline_rule": f"not learned: {reason}{kept}"}
     net.attach_outline_rule(rule)
     return {"outline_rule": {"pixels": int(sum(len(t) for t in inside)), "cells": int(cells),
                              "final_loss": round(loss, 4), "steps": STEPS, "learning_rate": LEARNING_RATE,
