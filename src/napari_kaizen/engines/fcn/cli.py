@@ -76,10 +76,12 @@ def run_train(args: argparse.Namespace) -> int:
                 raise InputError("--init fine-tunes on your --images/--labels; --synthetic trains from scratch: "
                                  "give one")
             images, labels, regions = read_training_files(args.images, args.labels, args.regions)
-            gen = finetune(images, labels, model=args.init, regions=regions, steps=args.steps or 200,
-                           learning_rate=args.lr or 2e-4, device=args.device, output=args.output,
-                           overwrite=args.overwrite, seed=seed, batch_size=args.batch_size or 4,
-                           rehearsal=REHEARSAL_SHARE if args.rehearsal is None else args.rehearsal,
+            # Only what was given: every other setting is finetune's own default.
+            given = {k: v for k, v in (("steps", args.steps), ("learning_rate", args.lr),
+                                       ("batch_size", args.batch_size), ("rehearsal", args.rehearsal))
+                     if v is not None}
+            gen = finetune(images, labels, model=args.init, regions=regions, device=args.device,
+                           output=args.output, overwrite=args.overwrite, seed=seed, **given,
                            description=f"{len(images)} corrected image(s): " + ", ".join(map(str, args.images)),
                            reproduce=_reproduce_command(args))
             for snap in gen:
