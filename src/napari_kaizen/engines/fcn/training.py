@@ -235,7 +235,6 @@ def _validation_fn(val_pairs, object_diameter: float | None, edge_width: float):
         return None
 
     def validate(net) -> dict[str, float]:
-
         from ...metrics import evaluate
         from .._common.tiling import tiled_predict
         from .params import FCNParams
@@ -367,7 +366,6 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     'map_by_min_contrast'}`` for the metadata (``map``: the best score per foreground
     value, for the record).
     """
-
     import torch
 
     from ...metrics import evaluate
