@@ -34,13 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from napari_kaizen.data import SynthParams, random_params, synthesize  # noqa: E402
+from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines._common.augment import REAL_WORLD  # noqa: E402
 from napari_kaizen.engines.fcn.training import BUNDLED_NAMES, FCN_AUGMENT, RECIPES, synthetic_training_set, train  # noqa: E402
 
@@ -56,22 +54,8 @@ NUCLEI_REAL = dict(
     steps=4000, lr=1e-3, batch_size=8, crop=128, stride=4, edge_weight=5.0, edge_width=2.0, seed=0, calibrate=12,
     distance=True,
 )
-
-
-def synthetic_nuclei(n: int, shape: tuple[int, int], diameter: float) -> tuple[list, list, dict]:
-    """Varied synthetic nucleus fields (seeds 0..n-1, hardness cycling 0.4..1)."""
-    hards = (0.4, 0.6, 0.8, 1.0)
-    images, labels = [], []
-    for s in range(n):
-        prm = random_params(np.random.default_rng(s), shape=shape, nucleus_diameter=diameter,
-                            hard=hards[s % 4])
-        f = synthesize(prm, seed=s)
-        images.append(f.nuclei)
-        labels.append(f.nucleus_labels)
-    desc = {"source": "napari_kaizen.data.synthesize", "seeds": list(range(n)),
-            "params": f"random_params(np.random.default_rng(seed), shape={shape}, nucleus_diameter={diameter}, "
-                      "hard=(0.4, 0.6, 0.8, 1.0)[seed % 4])", "channel": "nuclei", "labels": "nucleus_labels"}
-    return images, labels, desc
+#: Hardness of the recipe's synthetic fields, cycling over their seeds 0, 1, ...
+SYNTHETIC_HARDNESS = (0.4, 0.6, 0.8, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         for x in real:
             groups.setdefault(x.source, []).append(x)
         real = [x for row in itertools.zip_longest(*groups.values()) for x in row if x is not None]
-        s_imgs, s_labs, s_desc = synthetic_nuclei(r["synthetic"], r["synthetic_shape"], r["synthetic_diameter"])
+        s_imgs, s_labs, s_desc = synthetic_training_set(r["synthetic"], channel="nuclei", shape=r["synthetic_shape"],
+                                                        nucleus_diameter=r["synthetic_diameter"],
+                                                        hard=SYNTHETIC_HARDNESS)
         images = [x.image for x in real] + s_imgs
         labels = [x.labels for x in real] + s_labs
         # Sampling weights per unit area (iter_batches multiplies by each image's area at

@@ -125,7 +125,8 @@ def synthetic_training_set(
         "source": "napari_kaizen.data.synthesize",
         "params": f"random_params(np.random.default_rng(seed), shape={tuple(shape)}, "
         f"nucleus_diameter={nucleus_diameter}, "
-        + (f"hard={hards[0]}" if len(hards) == 1 else f"hard={tuple(hards)}[k % {len(hards)}]")
+        + (f"hard={hards[0]}" if len(hards) == 1
+           else f"hard={tuple(hards)}[(seed - {int(first_seed)}) % {len(hards)}]")
         + ("" if real_world else ", real_world=False") + ")",
         "seeds": seeds,
         "channel": channel,
