@@ -130,6 +130,10 @@ def test_finetune_on_a_corrected_labels_layer(make_napari_viewer, qtbot, field, 
     assert meta["architecture"] == spec["architecture"]
     assert "input" in json.dumps(meta["training"])  # the layers the data came from
     assert spec["default"] in json.dumps(meta)  # what it was fine-tuned from
+    if spec is SPECS["fcn"]:
+        # The panel's fine-tune rehearsed synthetic nuclei beside the correction (the
+        # engine's default: one corrected frame must not overwrite the model).
+        assert meta["training"]["rehearsal"]["share"] == 0.5 and meta["training"]["n_images"] == 1
     assert len(panel.history_loss) >= 1 and panel.progress.value() == 1000
     # The corrected layer is untouched; the new result went to a new layer.
     np.testing.assert_array_equal(np.asarray(viewer.layers[spec["cells"]].data), corrected)
