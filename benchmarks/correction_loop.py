@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 items = [x for x in data if x.dataset == d]
                 if len(items) < 3:
                     continue
-                turns = range(min(args.corrected_frames, len(items))) if args.loso else [None]
+                turns = range(min(args.corrected_frames, len(items)) if args.loso else 1)
                 for e in real:
                     model = lodo / f"{e}_{d}.safetensors"
                     if not model.exists():
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     for k in turns:
                         # Frame k is the corrected one; the others keep their order.
-                        turn = [k or 0] + [i for i in range(len(items)) if i != (k or 0)]
+                        turn = [k] + [i for i in range(len(items)) if i != k]
                         rows.append(run_dataset(e, d, str(model), [items[i].image for i in turn],
                                                 [items[i].labels for i in turn], tmp=tmp, quarter_seeds=seeds,
                                                 corrected_frame=k if args.corrected_frames > 1 else None,

@@ -770,7 +770,6 @@ def finetune(
         scaled.append((rs.to_model(img), resample_mask(lab, rs.model_shape)))
     masks = [resample_mask(m, img.shape) for m, (img, _) in zip(masks, scaled)]
     pairs = scaled
-    n_corrected = len(pairs)
     tmeta = dict(meta0.get("targets", {}))
     edge_width = float(tmeta.get("edge_width", 2.0))
     edge_weight = float(tmeta.get("edge_weight", 5.0) if edge_weight is None else edge_weight)
@@ -783,16 +782,17 @@ def finetune(
     # noise): with the synthetic recipe's flips and rolls only, one corrected frame of
     # a new source lowered the mAP of its other frames (docs/correction_loop.md).
     augment = trained_augment(meta0, FCN_AUGMENT)
-    weights, rehearsed = None, None
+    # What is trained on: the person's pairs, and the rehearsal fields beside them.
+    fit_pairs, fit_masks, weights, rehearsed = pairs, masks, None, None
     if rehearsal > 0:
-        pairs, masks, weights, rehearsed = _with_rehearsal(
+        fit_pairs, fit_masks, weights, rehearsed = _with_rehearsal(
             pairs, masks, float(rehearsal), channel=str(meta0.get("channel", "nuclei")), diameter=target,
             percentiles=base.percentiles, crop=crop,
         )
     result = yield from _fit(
-        net, pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
+        net, fit_pairs, steps=steps, lr=lr, batch_size=batch_size, crop=crop, edge_width=edge_width,
         edge_weight=edge_weight, seed=seed, dev=dev, augment_params=augment, report_every=report_every,
-        regions=masks, weights=weights,
+        regions=fit_masks, weights=weights,
     )
     net.freeze_batchnorm(False)
     meta = {k: v for k, v in meta0.items() if k not in ("sha256", "weights_file", "created", "format_version",
@@ -800,12 +800,12 @@ def finetune(
     meta["targets"] = {"edge_width": edge_width, "edge_weight": edge_weight}
     meta["training"] = {
         "finetuned_from": base.source,
-        "data": description or f"{n_corrected} image(s) with corrected labels",
+        "data": description or f"{len(pairs)} image(s) with corrected labels",
         "base_training": meta0.get("training", {}),
-        "n_images": n_corrected,
-        "image_shapes": [list(img.shape) for img, _ in pairs[:n_corrected]],
-        "checked_fraction": [1.0 if m is None else round(float(m.mean()), 4) for m in masks[:n_corrected]],
-        "n_objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs[:n_corrected])),
+        "n_images": len(pairs),
+        "image_shapes": [list(img.shape) for img, _ in pairs],
+        "checked_fraction": [1.0 if m is None else round(float(m.mean()), 4) for m in masks],
+        "n_objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
         "rehearsal": rehearsed,
         "steps": int(steps),
         "batch_size": int(batch_size),
