@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_kaizen import metrics
+from napari_kaizen import metrics, run_to_end
 from napari_kaizen.data import SynthParams, random_params, synthesize
-from napari_kaizen import run_to_end
 from napari_kaizen.engines.classical import ClassicalParams, segment
 
 RESULTS = Path(__file__).resolve().parent / "results"

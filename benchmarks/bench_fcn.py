@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.data import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines import fcn  # noqa: E402
-from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common import prepare_image  # noqa: E402
 
 

@@ -81,8 +81,8 @@ def kaizen_on(fs, params, model, device, repeats: int = 1):
 
 
 def classical_on(fs):
-    from napari_kaizen.engines import classical
     from napari_kaizen import run_to_end
+    from napari_kaizen.engines import classical
 
     return scores([f.nucleus_labels for f in fs], [run_to_end(classical.segment(f.nuclei)).labels for f in fs])
 

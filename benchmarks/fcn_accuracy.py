@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.data import SynthParams, params_to_dict, synthesize  # noqa: E402
 from napari_kaizen.engines import classical, fcn  # noqa: E402
-from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.metrics import count_merges, evaluate  # noqa: E402
 
 SETS = {

@@ -36,9 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.data import SynthParams, params_to_dict, synthesize  # noqa: E402
 from napari_kaizen.engines import classical, fcn  # noqa: E402
-from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines.fcn.segment import instances_from_probabilities, min_area_pixels  # noqa: E402
 from napari_kaizen.engines.fcn.training import RECIPES, synthetic_training_set, train  # noqa: E402
 

@@ -82,9 +82,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_kaizen import metrics
+    from napari_kaizen import metrics, run_to_end
     from napari_kaizen.engines import get_engine
-    from napari_kaizen import run_to_end
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_kaizen.engines import get_engine
     from napari_kaizen import run_to_end
+    from napari_kaizen.engines import get_engine
     from napari_kaizen.errors import KaizenError
 
     torch.set_num_threads(args.threads)

@@ -83,8 +83,8 @@ def run_one(args: argparse.Namespace) -> None:
     """In a subprocess: one tiled or untiled run; print a JSON line with time and peak RSS."""
     import zarr
 
-    from napari_kaizen.engines import get_engine
     from napari_kaizen import run_to_end
+    from napari_kaizen.engines import get_engine
     from napari_kaizen.io.zarr import create_label_levels
     from napari_kaizen.tiled import load_engine_model, segment_tiled
 

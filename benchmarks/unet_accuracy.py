@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "src"))
 def main(argv=None) -> int:
     import torch
 
-    from napari_kaizen.data import random_params
     from napari_kaizen import run_to_end
+    from napari_kaizen.data import random_params
     from napari_kaizen.engines.unet import load_model, segment
     from napari_kaizen.engines.unet.training import synthetic_pairs
     from napari_kaizen.metrics import evaluate

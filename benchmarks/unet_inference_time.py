@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 def main(argv=None) -> int:
     import torch
 
-    from napari_kaizen.data import synthesize
     from napari_kaizen import run_to_end
+    from napari_kaizen.data import synthesize
     from napari_kaizen.engines.unet import UNetParams, load_model, segment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

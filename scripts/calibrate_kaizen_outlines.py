@@ -86,12 +86,14 @@ def write(init: str, output: str, combo: tuple, score: float, folders: list[str]
 
     state, meta = load_weights(init)
     meta = {k: v for k, v in meta.items() if k not in ("sha256", "weights_file", "created", "format_version")}
+    by_source = any("/" in f or f.startswith("dsb") or f == "mnfinder" for f in folders)
+    where = "scripts/nuclei_sources.py, sources" if by_source else "scripts/real_nuclei.py, folders"
     meta["outlines"] = {
         **dict(zip(GRID, combo)),
         "min_contrast": filters[0],
         "min_foreground": filters[1],
-        "chosen_on": f"real annotated nuclei of {'scripts/nuclei_sources.py, sources' if any('/' in f or f.startswith('dsb') or f == 'mnfinder' for f in folders) else 'scripts/real_nuclei.py, folders'} "
-                     f"{', '.join(folders)} (mean mAP over them {score:.4f}; grid {GRID}, then min_contrast {MIN_CONTRAST} x min_foreground {MIN_FOREGROUND})",
+        "chosen_on": f"real annotated nuclei of {where} {', '.join(folders)} (mean mAP over them {score:.4f}; "
+                     f"grid {GRID}, then min_contrast {MIN_CONTRAST} x min_foreground {MIN_FOREGROUND})",
         "reproduce": command,
     }
     return save_weights(output, state, meta, overwrite=overwrite)
@@ -116,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from real_nuclei import load_real_nuclei
 
-    from napari_kaizen import metrics
+    from napari_kaizen import metrics, run_to_end
     from napari_kaizen.engines import get_engine
-    from napari_kaizen import run_to_end
     from napari_kaizen.engines._common.normalize import prepare_image
     from napari_kaizen.engines.kaizen.outlines import image_outlines
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -259,6 +260,18 @@ def per_source_sample(images: list[SourceImage], n: int, seed: int = 0) -> list[
             xs = [xs[i] for i in sorted(pick)]
         out.extend(xs)
     return out
+
+
+def round_robin(images: list[SourceImage]) -> list[SourceImage]:
+    """``images`` reordered one per source in turn, so the first few span every source.
+
+    The FCN's post-processing constants are calibrated on the first images of its
+    training list: in this order they come from every lab, not from the first one.
+    """
+    by: dict[str, list[SourceImage]] = {}
+    for x in images:
+        by.setdefault(x.source, []).append(x)
+    return [x for row in itertools.zip_longest(*by.values()) for x in row if x is not None]
 
 
 def source_names() -> list[str]:

@@ -29,7 +29,6 @@ Each takes about a quarter of an hour on one CPU core.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -88,20 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     extra += "".join(f" --exclude {d}" for d in args.exclude)
     reproduce = f"python scripts/train_fcn.py {args.model} --threads {args.threads} --device {args.device}{extra}"
     if key == "nuclei":
-        from nuclei_sources import load_sources, provenance_summary, source_names
+        from nuclei_sources import load_sources, provenance_summary, round_robin, source_names
 
         from napari_kaizen.engines._common.scale import median_diameter
 
         unknown = set(args.exclude) - set(source_names())
         if unknown:
             parser.error(f"unknown source(s) {sorted(unknown)}; the sources are {source_names()}")
-        real = load_sources(exclude=args.exclude)
         # Round-robin over the sources, so the first `calibrate` images (the
         # post-processing thresholds are chosen on them) span every lab, not one.
-        groups: dict[str, list] = {}
-        for x in real:
-            groups.setdefault(x.source, []).append(x)
-        real = [x for row in itertools.zip_longest(*groups.values()) for x in row if x is not None]
+        real = round_robin(load_sources(exclude=args.exclude))
         s_imgs, s_labs, s_desc = synthetic_training_set(r["synthetic"], channel="nuclei", shape=r["synthetic_shape"],
                                                         nucleus_diameter=r["synthetic_diameter"],
                                                         hard=SYNTHETIC_HARDNESS)

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from napari_kaizen import metrics
+from napari_kaizen import metrics, run_to_end
 from napari_kaizen.cli import main
 from napari_kaizen.data import SynthParams, synthesize
 from napari_kaizen.data._sample_data import NUCLEI_SAMPLE, NUCLEI_SAMPLE_LABELS
 from napari_kaizen.engines import available_engines, get_engine
-from napari_kaizen import run_to_end
 from napari_kaizen.engines._common import InputError, SegmentationSnapshot
 from napari_kaizen.engines._common.planes import segment_planes
 from napari_kaizen.engines.classical import ClassicalParams, segment

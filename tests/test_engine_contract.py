@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_kaizen.engines import ENGINE_MODULES, Engine, get_engine, learned_engines
 from napari_kaizen import run_to_end
+from napari_kaizen.engines import ENGINE_MODULES, Engine, get_engine, learned_engines
 from napari_kaizen.engines._common.snapshots import SegmentationSnapshot, Snapshot, TrainingSnapshot
 from napari_kaizen.errors import EngineNotAvailableError, OverwriteError
 

@@ -197,10 +197,9 @@ def test_kaizen_paused_text_legend_and_review_frame(make_napari_viewer, qtbot, f
 def test_a_lazy_layer_is_segmented_tile_by_tile_into_a_lazy_labels_layer(make_napari_viewer, qtbot, monkeypatch):
     import dask.array as da
 
-    from napari_kaizen import metrics
+    from napari_kaizen import metrics, run_to_end
     from napari_kaizen.data import synthesize
     from napari_kaizen.engines import get_engine
-    from napari_kaizen import run_to_end
     from napari_kaizen.widgets._engine_widget import ClassicalWidget
 
     field = synthesize(seed=10_613, shape=(384, 384), density=0.3)

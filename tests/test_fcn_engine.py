@@ -502,6 +502,24 @@ def test_distance_model_yields_its_map_and_trains_with_its_own_calibration(tmp_p
     assert "distance" not in GoogLeNetFCN(width=0.25).config
 
 
+def test_recalibrate_searches_the_grid_given_and_leaves_the_tensors(tmp_path, labelled_pair):
+    from napari_kaizen.engines._common.weights import sha256
+    from napari_kaizen.engines.fcn.training import recalibrate
+
+    img, lab = labelled_pair
+    run_to_end(fcn.train(img, lab, output=tmp_path / "d", steps=2, batch_size=2, crop=48, width=0.25, seed=1,
+                         device="cpu", distance=True, calibrate=1))
+    before = sha256(tmp_path / "d.safetensors")
+    grid = {"h": (0.35,), "foreground": (0.55,), "min_size": (0.2,)}
+    chosen = recalibrate(tmp_path / "d", [img], [lab], object_diameter=None, calibrate=1, grid=grid)
+    meta = json.loads((tmp_path / "d.json").read_text())
+    # A one-point grid leaves the search no choice: the file records exactly that point.
+    assert (chosen["h"], chosen["foreground"], chosen["min_size"]) == (0.35, 0.55, 0.2)
+    assert {k: meta["thresholds"][k] for k in ("h", "foreground", "min_size")} == {"h": 0.35, "foreground": 0.55,
+                                                                                  "min_size": 0.2}
+    assert sha256(tmp_path / "d.safetensors") == before and meta["sha256"] == before
+
+
 def test_distance_instances_split_touching_nuclei_that_the_edge_band_merges():
     # Two touching disks with no edge band between them (as the network sees nuclei
     # pressed together): the interior threshold gives one object, the distance map two.

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_kaizen import metrics
+from napari_kaizen import metrics, run_to_end
 from napari_kaizen.cli import main
 from napari_kaizen.data import synthesize
 from napari_kaizen.engines import get_engine
-from napari_kaizen import run_to_end
 from napari_kaizen.engines._common.normalize import prepare_image
 
 

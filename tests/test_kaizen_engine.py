@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.data.synthetic import SynthParams, synthesize  # noqa: E402
 from napari_kaizen.engines import get_engine  # noqa: E402
-from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common import InputError, InputWarning, WeightsError  # noqa: E402
 from napari_kaizen.engines._common.normalize import prepare_image  # noqa: E402
 from napari_kaizen.engines.kaizen import (  # noqa: E402

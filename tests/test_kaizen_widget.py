@@ -15,8 +15,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_kaizen import metrics
-from napari_kaizen import run_to_end
+from napari_kaizen import metrics, run_to_end
 from napari_kaizen.io import read_labels, read_measurements_csv
 
 pytestmark = pytest.mark.gui

@@ -56,9 +56,8 @@ def test_crops_carry_their_notice_and_provenance():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FLOORS))
 def test_bundled_engine_on_real_crops(name):
-    from napari_kaizen import metrics
+    from napari_kaizen import metrics, run_to_end
     from napari_kaizen.engines import get_engine
-    from napari_kaizen import run_to_end
 
     engine = get_engine(name)
     crops = _crops()

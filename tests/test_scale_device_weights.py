@@ -1,7 +1,6 @@
 """Object scale, device choice and the weights file format."""
 
 import json
-
 from pathlib import Path
 
 import numpy as np

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_kaizen import metrics
+from napari_kaizen import metrics, run_to_end
 from napari_kaizen.cli import main
 from napari_kaizen.data import SynthParams, synthesize
 from napari_kaizen.engines import get_engine
-from napari_kaizen import run_to_end
 from napari_kaizen.engines._common import InputError
 from napari_kaizen.engines._common.stitch import Tile, merge_tile, owned_objects, tile_grid
 from napari_kaizen.io.zarr import create_label_levels, open_lazy, read_label_levels, update_pyramid, write_bigtiff

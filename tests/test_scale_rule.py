@@ -101,8 +101,8 @@ def test_a_number_and_none_are_read_the_same_by_every_rule(field, models):
 
 def test_the_unet_measures_auto_with_its_network_and_reuses_that_pass(field, models):
     """'auto' for the U-Net is the size of what the network finds, not a blob estimate."""
-    from napari_kaizen.engines._common.scale import estimate_diameter
     from napari_kaizen.engines._common.normalize import prepare_image
+    from napari_kaizen.engines._common.scale import estimate_diameter
 
     engine, model = get_engine("unet"), models["unet"]
     measured = engine.scale_for(field.label_free, engine.Params(diameter="auto"), model=model)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_kaizen import run_to_end
 from napari_kaizen.engines._common.augment import AugmentParams, augment
 from napari_kaizen.engines._common.losses import dice_loss, log_dice_loss, weighted_bce
-from napari_kaizen import run_to_end
 from napari_kaizen.engines._common.snapshots import TrainingSnapshot, relay
 from napari_kaizen.engines._common.tiling import iter_tiled_predict, tile_starts, tiled_predict
 from napari_kaizen.engines._common.training import seed_everything, train_loop

@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.data import random_params  # noqa: E402
 from napari_kaizen.engines import get_engine, unet  # noqa: E402
-from napari_kaizen import run_to_end  # noqa: E402
 from napari_kaizen.engines._common.weights import bundled_dir  # noqa: E402
 from napari_kaizen.engines.unet.model import build_model  # noqa: E402
 from napari_kaizen.engines.unet.postprocess import instances  # noqa: E402

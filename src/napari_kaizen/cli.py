@@ -25,7 +25,6 @@ from ._version import __version__
 from .engines import ENGINE_MODULES
 from .errors import KaizenError
 
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -264,8 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_engines(args: argparse.Namespace) -> int:
-    from .engines import get_engine
-    from .engines import INPUT_KINDS
+    from .engines import INPUT_KINDS, get_engine
     from .engines.registry import OUTPUT_KINDS, list_models, skipped_line, user_model_dir
     from .errors import EngineNotAvailableError
 

@@ -510,8 +510,7 @@ def build_jobs(
     KaizenError
         Anything wrong with the request, in one line.
     """
-    from .engines import get_engine, learned_engines
-    from .engines import parse_diameter
+    from .engines import get_engine, learned_engines, parse_diameter
     from .io.zarr import is_zarr_path
 
     if tile is not None:

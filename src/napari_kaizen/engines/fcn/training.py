@@ -423,12 +423,13 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
 
 
 def recalibrate(path: str | Path, images: Any, labels: Any, *, object_diameter: float | None, calibrate: int = 12,
-                device: Any = "cpu") -> dict:
+                device: Any = "cpu", grid: Mapping[str, Sequence[float]] | None = None) -> dict:
     """Run :func:`calibrate_thresholds` again for a trained model and rewrite its JSON.
 
     ``images`` / ``labels`` (and ``object_diameter``) must be those given to
     :func:`train`, in the same order: the first ``calibrate`` are prepared and rescaled
-    exactly as training did. The tensors are not touched.
+    exactly as training did. ``grid``: as :func:`calibrate_thresholds` (default its
+    own). The tensors are not touched.
     """
     from .._common.weights import read_metadata, sha256, weights_paths, write_metadata
     from .model import load_model
@@ -437,7 +438,7 @@ def recalibrate(path: str | Path, images: Any, labels: Any, *, object_diameter: 
     if object_diameter is not None:
         pairs = rescale_to_diameter(pairs, object_diameter)
     fcn = load_model(path, device)
-    thresholds = calibrate_thresholds(fcn.net, pairs, fcn.object_diameter)
+    thresholds = calibrate_thresholds(fcn.net, pairs, fcn.object_diameter, grid)
     tensor_path, json_path = weights_paths(path)
     meta = read_metadata(path)
     if meta.get("sha256") and meta["sha256"] != sha256(tensor_path):

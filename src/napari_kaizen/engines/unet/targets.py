@@ -16,7 +16,6 @@ all of them; lambda is measured again at the start of every fine-tune
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .._common.instances import distance_map  # noqa: F401 - shared with the FCN's distance output
 from .._common.training import check_labels  # noqa: F401 - part of this module's API
