@@ -7,11 +7,13 @@ Each leave-one-source-out fold model ``<loso>/fcn_<S>`` is copied to ``--out-dir
 its seed contrast, outline threshold, smallest object and dim-object filter are chosen
 again (``napari_kaizen.engines.fcn.training.recalibrate``) on the first ``--calibrate``
 of its own training images, taken round-robin over the sources it was trained on,
-exactly as ``scripts/train_fcn.py`` orders them (the recipe uses 12: two per source).
+exactly as ``scripts/train_fcn.py`` orders them (the recipe then used 12 real images: two per
+source).
 The held-out source is never looked at; the tensors are not touched. ``--wider``
 extends the grid past the values the recipe's calibration chose at its edge (seed
 contrast 0.3, outline threshold 0.9). Score the copies with ``benchmarks/real_nuclei.py``.
-Measured 2026-12-06 and not adopted: see ``docs/fcn.md`` ("Calibrating on more images").
+Measured 2026-12-06 and not adopted (real images only; the recipe now also calibrates on four
+synthetic fields): see ``docs/fcn.md`` ("Where the constants are calibrated").
 """
 
 from __future__ import annotations

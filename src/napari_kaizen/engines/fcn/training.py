@@ -353,7 +353,7 @@ def _central(n: int, side: int = CALIBRATION_SIDE) -> slice:
 
 
 def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mapping[str, Sequence[float]] | None = None,
-                         *, flip_average: bool = False) -> dict:
+                         *, flip_average: bool = False, described: str | None = None) -> dict:
     """The seed ``threshold``, ``foreground``, ``min_size`` and ``min_contrast`` with the best mAP on ``pairs``.
 
     The probabilities are predicted once per image (model grid, a central window of at
@@ -361,7 +361,8 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     (default :data:`CALIBRATION_GRID`, or :data:`DISTANCE_CALIBRATION_GRID` for a model
     with a distance output) is then scored, and with the best of
     them every level of :data:`MIN_CONTRAST_GRID`. The images are the model's own
-    training images: nothing held out is looked at.
+    training images: nothing held out is looked at. ``described`` says what they are in
+    the record (default: how many).
 
     Returns ``{'threshold', 'foreground', 'min_size', 'min_contrast', 'chosen_on', 'map',
     'map_by_min_contrast'}`` for the metadata (``map``: the best score per foreground
@@ -417,28 +418,48 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
                    for c in MIN_CONTRAST_GRID}
     contrast = max(by_contrast, key=by_contrast.get)
     return {seed_key: thr, "foreground": fg, "min_size": ms, "min_contrast": contrast,
-            "chosen_on": f"{len(pairs)} training images (mAP, grid {grid}, then min_contrast {MIN_CONTRAST_GRID})"
+            "chosen_on": f"{described or f'{len(pairs)} training images'} (mAP, grid {grid}, then min_contrast "
+                         f"{MIN_CONTRAST_GRID})"
                          + (", probabilities averaged over the four mirror images" if flip_average else ""),
             "map": by_fg, "map_by_min_contrast": by_contrast}
 
 
-def recalibrate(path: str | Path, images: Any, labels: Any, *, object_diameter: float | None, calibrate: int = 12,
-                device: Any = "cpu", grid: Mapping[str, Sequence[float]] | None = None) -> dict:
+def calibration_pairs(pairs: Sequence, calibrate: int | Sequence[int]) -> list:
+    """The training pairs the constants are calibrated on: the first ``calibrate``, or those indices.
+
+    Raises
+    ------
+    InputError
+        For an index outside the training images.
+    """
+    if isinstance(calibrate, (int, np.integer)):
+        return list(pairs[: int(calibrate)])
+    idx = [int(i) for i in calibrate]
+    bad = [i for i in idx if not 0 <= i < len(pairs)]
+    if bad:
+        raise InputError(f"calibrate: image index {bad[0]} is outside the {len(pairs)} training images")
+    return [pairs[i] for i in idx]
+
+
+def recalibrate(path: str | Path, images: Any, labels: Any, *, object_diameter: float | None,
+                calibrate: int | Sequence[int] = 12, device: Any = "cpu",
+                grid: Mapping[str, Sequence[float]] | None = None, described: str | None = None) -> dict:
     """Run :func:`calibrate_thresholds` again for a trained model and rewrite its JSON.
 
     ``images`` / ``labels`` (and ``object_diameter``) must be those given to
-    :func:`train`, in the same order: the first ``calibrate`` are prepared and rescaled
-    exactly as training did. ``grid``: as :func:`calibrate_thresholds` (default its
-    own). The tensors are not touched.
+    :func:`train`, in the same order, and ``calibrate`` the same: the first
+    ``calibrate`` images, or those indices, are prepared and rescaled exactly as
+    training did. ``grid`` and ``described``: as :func:`calibrate_thresholds`. The
+    tensors are not touched.
     """
     from .._common.weights import read_metadata, sha256, weights_paths, write_metadata
     from .model import load_model
 
-    pairs = prepare_pairs(images, labels)[: int(calibrate)]
+    pairs = calibration_pairs(prepare_pairs(images, labels), calibrate)
     if object_diameter is not None:
         pairs = rescale_to_diameter(pairs, object_diameter)
     fcn = load_model(path, device)
-    thresholds = calibrate_thresholds(fcn.net, pairs, fcn.object_diameter, grid)
+    thresholds = calibrate_thresholds(fcn.net, pairs, fcn.object_diameter, grid, described=described)
     tensor_path, json_path = weights_paths(path)
     meta = read_metadata(path)
     if meta.get("sha256") and meta["sha256"] != sha256(tensor_path):
@@ -480,7 +501,8 @@ def train(
     learning_rate: float | None = None,
     object_diameter: float | None = None,
     weights: Sequence[float] | None = None,
-    calibrate: int = 0,
+    calibrate: int | Sequence[int] = 0,
+    calibration_described: str | None = None,
     distance: bool = False,
     distance_weight: float = 1.0,
 ) -> Generator[TrainingSnapshot, None, None]:
@@ -529,13 +551,15 @@ def train(
     weights : sequence of float, optional
         Relative sampling weight of each image (default: in proportion to its area),
         e.g. to balance real against synthetic images.
-    calibrate : int
+    calibrate : int or sequence of int
         Choose the post-processing constants (:func:`calibrate_thresholds`: seed and
         outline thresholds, smallest object, dim-object filter) on this many of the
-        training images, by mAP, and store them in the metadata (``thresholds``); 0
-        keeps the defaults. The edge weighting shifts where the summed cell probability
-        crosses one half, so a model's own thresholds draw outlines closer to its
-        annotators'.
+        training images (the first ones), or on the images of these indices, by mAP,
+        and store them in the metadata (``thresholds``); 0 keeps the defaults. The
+        edge weighting shifts where the summed cell probability crosses one half, so a
+        model's own thresholds draw outlines closer to its annotators'.
+    calibration_described : str, optional
+        What the calibration images are, for the record (default: how many).
     distance : bool
         Add a distance-map output (ours, not the post's), trained with a logistic loss
         against each object's distance to its outline (1 at its centre); instances are
@@ -567,6 +591,8 @@ def train(
     if object_diameter is not None:
         _check_number("object_diameter", object_diameter, 1)
         pairs = rescale_to_diameter(pairs, object_diameter)
+    # Chosen now, so a bad index is refused before the training, not after it.
+    to_calibrate = calibration_pairs(pairs, calibrate or 0)
     val_pairs = prepare_pairs(*validation) if validation is not None else []
     dev = choose_device(device)
     try:
@@ -584,10 +610,10 @@ def train(
         report_every=report_every, weights=weights, distance_weight=distance_weight,
     )
     thresholds = {}
-    if calibrate:
+    if to_calibrate:
         yield TrainingSnapshot(stage="calibrating", progress=1.0, message="calibrating the post-processing thresholds",
                                step=steps, total_steps=steps)
-        thresholds = calibrate_thresholds(net, pairs[: int(calibrate)], diameter)
+        thresholds = calibrate_thresholds(net, to_calibrate, diameter, described=calibration_described)
     meta = {
         "architecture": ARCHITECTURE,
         "config": dict(net.config),
