@@ -41,7 +41,6 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,30 +111,22 @@ SYNTHETIC = "synthetic"
 SYNTHETIC_FIELDS = 4
 
 
-@dataclass(frozen=True)
-class SyntheticField:
-    """One of the VQ-VAE's synthetic training fields, shaped like a real annotated image."""
-
-    dataset: str
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-
-
-def synthetic_fields(n: int) -> list[SyntheticField]:
+def synthetic_fields(n: int) -> list:
     """The first ``n`` synthetic fields the bundled VQ-VAE was pretrained on (seeds 0..n-1).
 
     Its outline constants were chosen on real annotations alone; but the network learned
     from these fields, and on the held-out dense synthetic fields the real-only constants
     merged touching nuclei the generator draws without a seam (``docs/kaizen.md``).
     """
+    from nuclei_sources import SourceImage
     from train_kaizen_nuclei import PRETRAIN
 
     from napari_kaizen.engines.kaizen.dataset import synthetic_training_set
 
     images, labels, _ = synthetic_training_set(n, first_seed=PRETRAIN["first_seed"],
                                                nucleus_diameter=PRETRAIN["nucleus_diameter"])
-    return [SyntheticField(SYNTHETIC, f"field_{k:04d}", img, lab) for k, (img, lab) in enumerate(zip(images, labels))]
+    # Shaped like a real annotated image (its ``dataset`` is its source): one more source.
+    return [SourceImage(SYNTHETIC, f"field_{k:04d}", img, lab) for k, (img, lab) in enumerate(zip(images, labels))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -248,13 +248,18 @@ def load_sources(sources: list[str] | None = None, *, exclude: list[str] | tuple
     return sorted(out, key=lambda x: (x.source, x.name))
 
 
-def per_source_sample(images: list[SourceImage], n: int, seed: int = 0) -> list[SourceImage]:
-    """At most ``n`` images of every source: a fixed draw (same ``seed``, same images), in name order."""
+def by_source(images: list[SourceImage]) -> dict[str, list[SourceImage]]:
+    """``images`` grouped by source, each group and the sources in their first order."""
     by: dict[str, list[SourceImage]] = {}
     for x in images:
         by.setdefault(x.source, []).append(x)
+    return by
+
+
+def per_source_sample(images: list[SourceImage], n: int, seed: int = 0) -> list[SourceImage]:
+    """At most ``n`` images of every source: a fixed draw (same ``seed``, same images), in name order."""
     out = []
-    for src, xs in sorted(by.items()):
+    for src, xs in sorted(by_source(images).items()):
         if len(xs) > n:
             pick = np.random.default_rng([seed, sum(map(ord, src))]).choice(len(xs), n, replace=False)
             xs = [xs[i] for i in sorted(pick)]
@@ -268,10 +273,7 @@ def round_robin(images: list[SourceImage]) -> list[SourceImage]:
     The FCN's post-processing constants are calibrated on the first images of its
     training list: in this order they come from every lab, not from the first one.
     """
-    by: dict[str, list[SourceImage]] = {}
-    for x in images:
-        by.setdefault(x.source, []).append(x)
-    return [x for row in itertools.zip_longest(*by.values()) for x in row if x is not None]
+    return [x for row in itertools.zip_longest(*by_source(images).values()) for x in row if x is not None]
 
 
 def source_names() -> list[str]:
@@ -280,9 +282,7 @@ def source_names() -> list[str]:
 
 def provenance_summary(images: list[SourceImage], *, excluded: list[str] | tuple[str, ...] = ()) -> dict:
     """What a model was trained on, for its weights metadata."""
-    by: dict[str, list[str]] = {}
-    for x in images:
-        by.setdefault(x.source, []).append(x.name)
+    by = by_source(images)
     return {
         "manifest": "scripts/data/nuclei_manifest.csv",
         "manifest_sha256": hashlib.sha256(MANIFEST.read_bytes()).hexdigest(),

@@ -71,7 +71,7 @@ def calibration_images(n_real: int, recipe: dict) -> tuple[list[int], str]:
     ``calibrate_synthetic`` of the other.
     """
     k_real = min(recipe["calibrate"], n_real)
-    k_synth = min(recipe.get("calibrate_synthetic", 0), recipe["synthetic"])
+    k_synth = min(recipe["calibrate_synthetic"], recipe["synthetic"])
     described = f"{k_real} real and {k_synth} synthetic training images"
     return list(range(k_real)) + list(range(n_real, n_real + k_synth)), described
 

@@ -592,7 +592,7 @@ def train(
         _check_number("object_diameter", object_diameter, 1)
         pairs = rescale_to_diameter(pairs, object_diameter)
     # Chosen now, so a bad index is refused before the training, not after it.
-    to_calibrate = calibration_pairs(pairs, calibrate or 0)
+    to_calibrate = calibration_pairs(pairs, calibrate)
     val_pairs = prepare_pairs(*validation) if validation is not None else []
     dev = choose_device(device)
     try:
