@@ -1,5 +1,9 @@
 """Kaizen's image outlines: redraw at the visible edge, merge without a valley, drop fragments."""
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -167,3 +171,25 @@ def test_cell_rings_are_four_connected_dilations():
         assert np.array_equal(region, grown[sl])
         assert peak[i] == np.float32(np.percentile(smooth[own], 90))
         assert back[i] == np.float32(np.percentile(smooth[ring], 20))
+
+
+def test_calibration_record_names_the_synthetic_fields_and_its_reproduce_line_the_count(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import calibrate_kaizen_outlines as cal
+
+    from napari_kaizen.engines._common.weights import sha256
+    from napari_kaizen.engines.kaizen.model import load_model
+
+    command = cal.reproduce_command(["--sources", "--overwrite"], 4)
+    assert command.endswith("--sources --overwrite --synthetic 4")
+    assert cal.reproduce_command(["--synthetic", "0"], 4).endswith("--synthetic 0")
+    path = cal.write("bundled:kaizen_nuclei", str(tmp_path / "k"), (0.35, 0.8, 0.35), 0.5,
+                     ["dsb2018-small", "mnfinder", cal.SYNTHETIC], False, command, (0.25, 0.5), 4)
+    record = json.loads(path.with_suffix(".json").read_text())["outlines"]
+    assert {k: record[k] for k in ("edge_level", "valley", "min_area_fraction", "min_contrast", "min_foreground")} == {
+        "edge_level": 0.35, "valley": 0.8, "min_area_fraction": 0.35, "min_contrast": 0.25, "min_foreground": 0.5}
+    # The synthetic fields are named for what they are, not listed as a real source.
+    assert "sources dsb2018-small, mnfinder, and the first 4 synthetic fields" in record["chosen_on"]
+    assert record["reproduce"] == command
+    # Only the record changes: the tensors are the bundled ones.
+    assert sha256(path) == load_model("bundled:kaizen_nuclei", "cpu").metadata["sha256"]
