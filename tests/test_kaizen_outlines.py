@@ -193,3 +193,24 @@ def test_calibration_record_names_the_synthetic_fields_and_its_reproduce_line_th
     assert record["reproduce"] == command
     # Only the record changes: the tensors are the bundled ones.
     assert sha256(path) == load_model("bundled:kaizen_nuclei", "cpu").metadata["sha256"]
+
+
+def test_cells_on_haze_are_background_though_the_haze_is_above_the_fields_threshold():
+    from skimage.filters import threshold_li
+
+    from napari_kaizen.engines._common.instances import background_objects
+
+    # A dark field, a hazy plateau (out-of-focus tissue) and in-focus nuclei on it.
+    img = np.zeros((120, 120), np.float32)
+    img[20:100, 20:100] = 0.5
+    lab = np.zeros((120, 120), int)
+    for k, (y, x) in enumerate([(30, 30), (30, 60), (60, 30), (80, 80), (85, 40)], start=1):
+        img[y : y + 8, x : x + 8] = 1.0
+        lab[y : y + 8, x : x + 8] = k
+    lab[55:63, 62:70] = 6  # a cell the decomposition read into the haze
+    lab[5:13, 5:13] = 7  # and one on the dark field
+    # The haze is far above Li's threshold of the whole field: only the top-hat tells.
+    assert 0.5 > threshold_li(ndi.gaussian_filter(img, 1.0))
+    off = background_objects(lab, img, 0.5)
+    assert off.tolist() == [False] * 6 + [True, True]
+    assert not background_objects(lab, img, 0.0).any()
