@@ -83,8 +83,9 @@ class KaizenParams:
     learned_outline : bool
         Under ``outline='image'``, use the outline rule a fine-tuned model learned
         from the person's corrections (:mod:`~napari_kaizen.engines.kaizen.outline_rule`)
-        in place of ``edge_level``, when the model has one (default True). A model
-        without one, or False, draws at the calibrated level.
+        to move the outlines near ``edge_level``, when the model has one (default True;
+        :func:`~napari_kaizen.engines.kaizen.outlines.rule_near_level`). A model without
+        one, or False, draws at the calibrated level.
     min_size : int
         Masks with fewer pixels (on the model's grid) are dropped (paper: 20).
     mirror_pad : int
