@@ -94,8 +94,8 @@ def write(init: str, output: str, combo: tuple, score: float, folders: list[str]
     state, meta = load_weights(init)
     meta = {k: v for k, v in meta.items() if k not in ("sha256", "weights_file", "created", "format_version")}
     real = [f for f in folders if f != SYNTHETIC]
-    by_source = any("/" in f or f.startswith("dsb") or f == "mnfinder" for f in real)
-    where = "scripts/nuclei_sources.py, sources" if by_source else "scripts/real_nuclei.py, folders"
+    from_sources = any("/" in f or f.startswith("dsb") or f == "mnfinder" for f in real)
+    where = "scripts/nuclei_sources.py, sources" if from_sources else "scripts/real_nuclei.py, folders"
     # The synthetic fields count as one more source in the mean; say what they are.
     also = (f", and the first {synthetic} synthetic fields the VQ-VAE was trained on (one more source, "
             f"'{SYNTHETIC}')" if SYNTHETIC in folders else "")

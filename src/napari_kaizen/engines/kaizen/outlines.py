@@ -182,8 +182,10 @@ def rule_near_level(probability: np.ndarray, features: np.ndarray, edge_level: f
     >>> rule_near_level(np.array([0.1, 0.9, 0.95]), feats, 0.35).tolist()
     [True, True, False]
     """
+    from scipy.special import expit  # the logistic, without exp's overflow far from the level
+
     brightness = np.asarray(features, np.float64)[:, FEATURES.index("smoothed")]
-    level = 1.0 / (1.0 + np.exp(-(brightness - edge_level) / RULE_REACH))
+    level = expit((brightness - edge_level) / RULE_REACH)
     return 0.5 * (np.asarray(probability, np.float64) + level) >= 0.5
 
 
