@@ -76,6 +76,40 @@ def calibration_images(n_real: int, recipe: dict) -> tuple[list[int], str]:
     return list(range(k_real)) + list(range(n_real, n_real + k_synth)), described
 
 
+def nuclei_training_set(recipe: dict, exclude: list[str]) -> tuple[list, list, list[float], dict, int]:
+    """The real-nuclei recipe's training images, labels, sampling weights and description.
+
+    Returns ``(images, labels, weights, description, n_real)``: the real images of every
+    source not in ``exclude`` (round-robin over the sources, so the first ``calibrate``,
+    on which the post-processing constants are chosen, span every lab), then the
+    synthetic fields. ``weights`` are per unit area (``iter_batches`` multiplies by each
+    image's area at the model's scale): ``real_share`` of the crops come from the real
+    images, the same share from every source; the synthetic fields have the rest.
+    """
+    from nuclei_sources import load_sources, provenance_summary, round_robin
+
+    from napari_kaizen.engines._common.scale import median_diameter
+
+    r = recipe
+    real = round_robin(load_sources(exclude=exclude))
+    s_imgs, s_labs, s_desc = synthetic_training_set(r["synthetic"], channel="nuclei", shape=r["synthetic_shape"],
+                                                    nucleus_diameter=r["synthetic_diameter"], hard=SYNTHETIC_HARDNESS)
+    images = [x.image for x in real] + s_imgs
+    labels = [x.labels for x in real] + s_labs
+    scale2 = [(r["object_diameter"] / median_diameter(lab)) ** 2 for lab in labels]
+    area = [img.size * f for img, f in zip(images, scale2)]
+    n_real = len(real)
+    source_area: dict[str, float] = {}
+    for x, a in zip(real, area):
+        source_area[x.source] = source_area.get(x.source, 0.0) + a
+    synth_area = sum(area[n_real:])
+    weights = [r["real_share"] / len(source_area) / source_area[real[i].source] if i < n_real
+               else (1 - r["real_share"]) / synth_area for i in range(len(area))]
+    desc = {"real": provenance_summary(real, excluded=exclude), "synthetic": s_desc,
+            "real_share_of_crops": r["real_share"]}
+    return images, labels, weights, desc, n_real
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("nuclei", "cells"))
@@ -106,35 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     extra += "".join(f" --exclude {d}" for d in args.exclude)
     reproduce = f"python scripts/train_fcn.py {args.model} --threads {args.threads} --device {args.device}{extra}"
     if key == "nuclei":
-        from nuclei_sources import load_sources, provenance_summary, round_robin, source_names
-
-        from napari_kaizen.engines._common.scale import median_diameter
+        from nuclei_sources import source_names
 
         unknown = set(args.exclude) - set(source_names())
         if unknown:
             parser.error(f"unknown source(s) {sorted(unknown)}; the sources are {source_names()}")
-        # Round-robin over the sources, so the first `calibrate` images (the
-        # post-processing thresholds are chosen on them) span every lab, not one.
-        real = round_robin(load_sources(exclude=args.exclude))
-        s_imgs, s_labs, s_desc = synthetic_training_set(r["synthetic"], channel="nuclei", shape=r["synthetic_shape"],
-                                                        nucleus_diameter=r["synthetic_diameter"],
-                                                        hard=SYNTHETIC_HARDNESS)
-        images = [x.image for x in real] + s_imgs
-        labels = [x.labels for x in real] + s_labs
-        # Sampling weights per unit area (iter_batches multiplies by each image's area at
-        # the model's scale): real_share of the crops come from the real images, the
-        # same share from every source; synthetic fields have the rest.
-        scale2 = [(r["object_diameter"] / median_diameter(lab)) ** 2 for lab in labels]
-        area = [img.size * f for img, f in zip(images, scale2)]
-        n_real = len(real)
-        source_area: dict[str, float] = {}
-        for x, a in zip(real, area):
-            source_area[x.source] = source_area.get(x.source, 0.0) + a
-        synth_area = sum(area[n_real:])
-        weights = [r["real_share"] / len(source_area) / source_area[real[i].source] if i < n_real
-                   else (1 - r["real_share"]) / synth_area for i in range(len(area))]
-        desc = {"real": provenance_summary(real, excluded=args.exclude), "synthetic": s_desc,
-                "real_share_of_crops": r["real_share"]}
+        images, labels, weights, desc, n_real = nuclei_training_set(r, args.exclude)
         calibrate, described = calibration_images(n_real, r)
         if args.recalibrate:
             from napari_kaizen.engines.fcn.training import recalibrate

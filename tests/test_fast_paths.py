@@ -123,14 +123,13 @@ def test_sampled_h_maxima_keep_touching_discs_apart():
     d = np.zeros((60, 90))
     for cy, cx in [(30, 25), (30, 48), (30, 71)]:  # three touching discs of 24 px
         d = np.maximum(d, np.clip(1 - np.hypot(yy - cy, xx - cx) / 12, 0, None))
-    from scipy import ndimage as ndi
 
     step = seed_step(24)
     assert step == 4
-    assert ndi.label(h_maxima_sampled(d, 0.2, step), np.ones((3, 3)))[1] == 3
+    assert h_maxima_sampled(d, 0.2, step).max() == 3
     from skimage.morphology import h_maxima
 
-    assert np.array_equal(h_maxima_sampled(d, 0.2, 1), h_maxima(d, 0.2).astype(bool))
+    assert np.array_equal(h_maxima_sampled(d, 0.2, 1) > 0, h_maxima(d, 0.2).astype(bool))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -161,9 +160,9 @@ def test_distance_peaks_of_touching_and_faint_nuclei():
     d = np.clip(d + np.random.default_rng(1).normal(0, 0.003, d.shape), 0, None).astype(np.float32)
     d[field.nucleus_labels == field.nucleus_labels.max()] *= 0.35
     for h in (0.1, 0.2):
-        got, want = distance_peaks(d, h), h_maxima(d, h).astype(bool)
-        assert ndi.label(got, np.ones((3, 3)))[1] == ndi.label(want, np.ones((3, 3)))[1] > 10
-        assert (got != want).sum() <= 2
+        domes, want = distance_peaks(d, h), h_maxima(d, h).astype(bool)
+        assert int(domes.max()) == ndi.label(want, np.ones((3, 3)))[1] > 10
+        assert ((domes > 0) != want).sum() <= 2
 
 
 def _random_watershed_case(rng, plateaus: bool):
@@ -229,3 +228,45 @@ def test_fill_holes_and_relabel_are_scipys_and_scikit_images():
         got = relabel(labels)
         assert got.dtype == np.int32 and np.array_equal(got, relabel_sequential(labels)[0])
     assert relabel(np.zeros((0, 3), np.int32)).shape == (0, 3)
+
+
+def test_two_equal_tops_of_one_nucleus_are_one_seed():
+    # An elongated nucleus whose predicted distance has two tops of exactly the same
+    # height (float16 maps, or a ridge that rounds so) with a dip far below h between
+    # them: scikit-image's h-maxima are two separate pixels there; one nucleus, one seed.
+    from napari_kaizen.engines._common.instances import find_seeds, watershed_instances
+    from napari_kaizen.engines.fcn.segment import instances_from_distance
+
+    yy, xx = np.mgrid[:40, :60]
+    d = np.clip(1 - np.hypot((yy - 20) / 10, np.maximum(np.abs(xx - 30) - 8, 0) / 10), 0, None)
+    d = d.astype(np.float32)
+    d[20, 22] = d[20, 38] = np.float32(1.0)
+    d[20, 23:38] = np.float32(0.999)  # a one-thousandth dip along the ridge
+    mask = d > 0.05
+    seeds = find_seeds(d, mask, 0.2)
+    assert seeds.max() == 1 and seeds[20, 22] == seeds[20, 38] == 1
+    assert watershed_instances(d, mask, seeds, 1).max() == 1
+    assert instances_from_distance(mask.astype(np.float32), np.zeros_like(d), d, h=0.2).max() == 1
+    # The same tops cut apart by the mask are two seeds, one per piece.
+    cut = mask.copy()
+    cut[:, 30] = False
+    assert find_seeds(d, cut, 0.2).max() == 2
+
+
+def test_fcn_seeds_survive_rounding_the_distance_map_to_float16():
+    # On the bundled dense field at seed contrast 0.3, rounding the FCN's distance map to
+    # float16 made two tops of one nucleus equal and split it (266 objects against 265)
+    # before the tops were grouped by dome.
+    from napari_kaizen import run_to_end
+    from napari_kaizen.data._sample_data import sample_dense_nuclei
+    from napari_kaizen.engines.fcn import segment
+    from napari_kaizen.engines.fcn.segment import instances_from_distance
+
+    maps = run_to_end(segment(sample_dense_nuclei()[0][0], device="cpu")).maps
+    d = maps["distance"]
+    full = instances_from_distance(maps["probability"], maps["edge"], d, h=0.3, foreground=0.85)
+    half = instances_from_distance(maps["probability"], maps["edge"], d.astype(np.float16).astype(np.float32),
+                                   h=0.3, foreground=0.85)
+    assert full.max() > 200
+    assert half.max() == full.max()
+    assert np.mean(half != full) < 1e-3

@@ -264,32 +264,37 @@ def seed_step(object_diameter: float | None) -> int:
 
 
 def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
-    """The h-maxima of ``image`` (boolean) found on every ``step``-th pixel of each axis.
+    """The h-maxima of ``image`` found on every ``step``-th pixel of each axis, labelled by dome.
 
     The h-maxima transform (:func:`flooded_h_maxima`, scikit-image's result) was the
     costliest step of every seeded watershed here: 0.6-1.4 s of a 1024 x 1024 field
     with scikit-image's reconstruction, which sorts every pixel. A distance map is smooth
     over an object's width, so its maxima and the dips between them survive sampling
     at a fraction of that width (:func:`seed_step`); a peak found on the sampled grid
-    marks its whole ``step`` x ``step`` block, which is then intersected with the
-    object mask as before. ``step`` 1 is the plain transform.
+    marks its whole ``step`` x ``step`` block with its dome's id
+    (:func:`h_maxima_by_dome`), and :func:`seeds_in_mask` then makes the seeds inside
+    the object mask. ``step`` 1 is the plain transform.
+
+    Returns
+    -------
+    ndarray of int32
+        One id per dome, 0 off the h-maxima.
 
     Examples
     --------
     >>> yy, xx = np.mgrid[:40, :60]
     >>> d = np.maximum(0, 1 - np.hypot(yy - 20, xx - 18) / 12) + np.maximum(0, 1 - np.hypot(yy - 20, xx - 42) / 12)
-    >>> from scipy import ndimage as ndi
-    >>> [ndi.label(h_maxima_sampled(d, 0.2, s))[1] for s in (1, 2, 3)]
+    >>> [int(h_maxima_sampled(d, 0.2, s).max()) for s in (1, 2, 3)]
     [2, 2, 2]
     """
     img = np.asarray(image)
     step = max(1, int(step))
     if step == 1 or min(img.shape) < 4 * step:
-        return flooded_h_maxima(img, h)
+        return h_maxima_by_dome(img, h)
     off = step // 2  # sample the middle of each block
-    peaks = flooded_h_maxima(np.ascontiguousarray(img[off::step, off::step]), h)
+    peaks = h_maxima_by_dome(np.ascontiguousarray(img[off::step, off::step]), h)
     up = np.repeat(np.repeat(peaks, step, axis=0), step, axis=1)
-    out = np.zeros(img.shape, bool)
+    out = np.zeros(img.shape, np.int32)
     out[: up.shape[0], : up.shape[1]] = up[: img.shape[0], : img.shape[1]]
     return out
 
@@ -366,16 +371,24 @@ def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
     >>> bool((flooded_h_maxima(d, 0.2) == h_maxima(d, 0.2).astype(bool)).all())
     True
     """
-    from skimage.morphology import h_maxima, reconstruction
-
     img = np.asarray(image)
     img = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
     if not img.size or h > float(np.ptp(img)):
         return np.zeros(img.shape, bool)
-    if img.ndim != 2 or float(img.min()) < 0:
-        return h_maxima(img, h).astype(bool)  # the flat-zero step below needs a map >= 0
+    img, rec = _h_reconstruction(img, h, max_work)
+    return (img - rec) >= h
+
+
+def _h_reconstruction(img: np.ndarray, h: float, max_work: float) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` (float32 or float64) and its reconstruction by dilation from ``img - h``:
+    the work of :func:`flooded_h_maxima` and :func:`h_maxima_by_dome`."""
+    from skimage.morphology import reconstruction
+
     # scikit-image's marker, to the bit: h and two float resolutions below the image.
     marker = img - h - 2 * np.finfo(img.dtype).resolution * np.abs(img)
+    if img.ndim != 2 or float(img.min()) < 0:
+        # The flat-zero step below needs a map >= 0.
+        return img, reconstruction(marker, img, method="dilation")
     rec = marker
     zero = img == 0
     if zero.any():
@@ -422,27 +435,75 @@ def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
             if moved:
                 changed[max(0, ty - 1) : ty + 2, max(0, tx - 1) : tx + 2] = True
         active = changed
-    return (img - rec) >= h
+    return img, rec
+
+
+def h_maxima_by_dome(image: np.ndarray, h: float, max_work: float = 40.0) -> np.ndarray:
+    """The h-maxima of a 2D map (:func:`flooded_h_maxima`), labelled by the dome each crowns.
+
+    scikit-image's h-maxima are the pixels at least ``h`` above the reconstruction
+    from ``image - h``: the very top of each dome whose dynamic is ``h`` or more. Two
+    tops of exactly equal height in one dome (a ridge whose two ends round to the same
+    value, a plateau cut by a one-ulp dip) are two separate sets of such pixels, and a
+    seeded watershed then splits one nucleus in two. A dome is one connected region
+    above its reconstruction, so its tops get one id here however many pieces they
+    are in. Rounding the FCN's held-out distance maps to float16 added 1-2 seeds to
+    half the fields of ``dsb2018-360x360`` this way (source mAP 0.757 -> 0.717); with
+    the tops grouped by dome the scores were those of the float32 maps on every source.
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (H, W)
+    h : float
+        The dynamic a maximum needs (> 0).
+    max_work : float
+        As in :func:`flooded_h_maxima`.
+
+    Returns
+    -------
+    ndarray of int32
+        0 off the h-maxima; on them, one id per dome (1..N, 8-connected domes).
+
+    Examples
+    --------
+    >>> d = np.array([[0, 0, 0, 0, 0, 0, 0],
+    ...               [0, 5, 4.9, 4.9, 5, 0, 0],
+    ...               [0, 0, 0, 0, 0, 0, 3]], np.float32)
+    >>> h_maxima_by_dome(d, 1.0).tolist()
+    [[0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 2]]
+    """
+    img = np.asarray(image)
+    img = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
+    if not img.size or h > float(np.ptp(img)):
+        return np.zeros(img.shape, np.int32)
+    img, rec = _h_reconstruction(img, h, max_work)
+    above = img - rec
+    domes, _ = ndi.label(above > 0, structure=np.ones((3, 3), bool))
+    return relabel(np.where(above >= h, domes, 0))
 
 
 def distance_peaks(distance: np.ndarray, h: float) -> np.ndarray:
-    """The h-maxima of a distance map (boolean), before any mask: see :func:`find_seeds`.
+    """The h-maxima of a distance map, before any mask: see :func:`find_seeds`.
 
     Apart so that a search over masks (thresholds) computes the costly h-maxima
     transform once per ``h``. Values at or below :data:`SEED_FLOOR` count as 0.
+    Returns int32 ids, one per dome (:func:`h_maxima_by_dome`), 0 elsewhere.
     """
     # Clipping negatives (and the floor) keeps the background flat, so it can host no
     # spurious maxima and is filled in one step (flooded_h_maxima).
     d = np.asarray(distance, dtype=np.float32)
     d = np.where(d > SEED_FLOOR, d, np.float32(0))
     if float(d.max()) <= 0:
-        return np.zeros(d.shape, bool)
-    return flooded_h_maxima(d, max(float(h), 1e-6))
+        return np.zeros(d.shape, np.int32)
+    return h_maxima_by_dome(d, max(float(h), 1e-6))
 
 
 def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: float = 0.0,
                peaks: np.ndarray | None = None) -> np.ndarray:
     """Label the h-maxima of ``distance`` inside ``mask``: one id per seed.
+
+    A seed is the tops of one dome of the map (:func:`h_maxima_by_dome`) inside one
+    8-connected piece of ``mask``: two tops of equal height in one nucleus are one seed.
 
     Parameters
     ----------
@@ -454,7 +515,7 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
         the saddle to a higher neighbour merge into it.
     smooth : float
         Gaussian sigma (pixels) applied first, to remove pixel noise from the map.
-    peaks : ndarray of bool, optional
+    peaks : ndarray of int, optional
         :func:`distance_peaks` of the (smoothed) map, when already computed.
 
     Returns
@@ -467,8 +528,22 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
         return np.zeros(d.shape, np.int32)
     if peaks is None:
         peaks = distance_peaks(ndi.gaussian_filter(d, smooth) if smooth > 0 else d, h)
-    seeds, _ = ndi.label(peaks & mask, structure=np.ones((3, 3)))
-    return seeds.astype(np.int32)
+    return seeds_in_mask(peaks, mask)
+
+
+def seeds_in_mask(domes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Seed ids 1..N: one per dome (:func:`h_maxima_by_dome`) and 8-connected piece of ``mask``.
+
+    A dome the mask cuts in two seeds both halves, so no id spans two objects.
+    """
+    pieces, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    domes = np.asarray(domes)
+    at = (domes > 0) & (pieces > 0)
+    seeds = np.zeros(domes.shape, np.int32)
+    if at.any():
+        key = domes[at].astype(np.int64) * (n + 1) + pieces[at]
+        seeds[at] = np.unique(key, return_inverse=True)[1].reshape(-1) + 1
+    return seeds
 
 
 def watershed_instances(distance: np.ndarray, mask: np.ndarray, seeds: np.ndarray, min_area: int) -> np.ndarray:

@@ -54,7 +54,7 @@ def segment(
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_objects
 
-    from .._common.instances import fill_holes, h_maxima_sampled, seed_step, seeded_watershed
+    from .._common.instances import fill_holes, h_maxima_sampled, seed_step, seeded_watershed, seeds_in_mask
 
     keep_freed_memory()  # reuse big blocks across calls (allocator.py)
     p = params or ClassicalParams()
@@ -94,8 +94,8 @@ def segment(
     dist = ndi.gaussian_filter(dist, max(0.5, radius / 6.0))
     # Seeds on a grid of about 6 samples per diameter: the smoothed distance map keeps
     # its maxima and dips there, at a fraction of the h-maxima's cost (docs/speed.md).
-    seeds = h_maxima_sampled(dist, p.h * radius, seed_step(diameter)) & mask
-    markers, n = ndi.label(seeds)
+    markers = seeds_in_mask(h_maxima_sampled(dist, p.h * radius, seed_step(diameter)), mask)
+    n = int(markers.max())
     yield SegmentationSnapshot(
         stage="seeds", progress=0.7, message=f"{n} seeds", maps={"distance": dist.astype(np.float32)}
     )

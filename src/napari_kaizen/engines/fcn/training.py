@@ -374,7 +374,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     from .._common.instances import distance_peaks, drop_dim_objects, small_objects
     from .._common.tiling import tiled_predict
     from .params import FCNParams
-    from .segment import MAP_NAMES, area_bars, instances, predictor
+    from .segment import FLIPS, MAP_NAMES, area_bars, instances, predictor
 
     distance = bool(getattr(net, "distance", False))
     grid = dict(grid or (DISTANCE_CALIBRATION_GRID if distance else CALIBRATION_GRID))
@@ -420,7 +420,7 @@ def calibrate_thresholds(net, pairs, object_diameter: float | None, grid: Mappin
     return {seed_key: thr, "foreground": fg, "min_size": ms, "min_contrast": contrast,
             "chosen_on": f"{described or f'{len(pairs)} training images'} (mAP, grid {grid}, then min_contrast "
                          f"{MIN_CONTRAST_GRID})"
-                         + (", probabilities averaged over the four mirror images" if flip_average else ""),
+                         + (f", probabilities averaged over {len(FLIPS)} mirror images" if flip_average else ""),
             "map": by_fg, "map_by_min_contrast": by_contrast}
 
 
@@ -627,7 +627,8 @@ def train(
             "data": dict(data_description or {"images": len(pairs)}),
             "n_images": len(pairs),
             "image_shapes": [list(img.shape) for img, _ in pairs],
-            "sampling_weights": [round(float(w), 6) for w in weights] if weights is not None else None,
+            # Six significant digits: weights per unit area are about 1e-7 (six decimals read 0).
+            "sampling_weights": [float(f"{w:.6g}") for w in weights] if weights is not None else None,
             "steps": int(steps),
             "batch_size": int(batch_size),
             "crop": int(crop),
