@@ -384,11 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     order = {"kaizen": 0, "fcn": 1, "unet": 2}
     rows.sort(key=lambda r: (order.get(r["engine"], 9), r["dataset"], r.get("corrected_frame") or 0))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from napari_kaizen.engines.fcn.training import REHEARSAL_SHARE
+    from napari_kaizen.engines.fcn.training import FINETUNE_START_SHARE, REHEARSAL_SHARE
 
     meta = dict(threads=args.threads, torch=torch.__version__, quarter=QUARTER, quarter_seeds=list(QUARTER_SEEDS),
                 margin_diameters=MARGIN, settings=settings,
                 fcn_rehearsal=REHEARSAL_SHARE if args.rehearsal is None else args.rehearsal,
+                fcn_start_share=FINETUNE_START_SHARE,
                 corrected_frames=args.corrected_frames, max_images=args.max_images if args.loso else None)
     summary = per_source(rows)
     out.write_text(json.dumps({**meta, "rows": rows, "per_dataset": summary}, indent=2) + "\n")

@@ -58,9 +58,9 @@ def _map(engine, model, fields) -> float:
     return metrics.evaluate([f.nucleus_labels for f in fields], preds).map
 
 
-def _finetune(engine, model, image, labels, output, regions=None, steps=40):
+def _finetune(engine, model, image, labels, output, regions=None, steps=40, **options):
     snaps = list(engine.finetune(image, labels, model=model, regions=regions, steps=steps, learning_rate=2e-4,
-                                 output=output, device="cpu", description="test"))
+                                 output=output, device="cpu", description="test", **options))
     assert snaps[-1].done
     return snaps[-1].weights_path
 
@@ -86,10 +86,16 @@ def test_finetune_on_one_corrected_field_raises_map_on_another(session, fcn, tmp
     before = _map(engine, base, held_out)
     weights = _finetune(engine, base, corrected.nuclei, corrected.nucleus_labels, tmp_path / "full")
     after = _map(engine, engine.load_model(str(weights), "cpu"), held_out)
-    # Measured: 0.342 -> 0.586 (40 steps, 10 s of one CPU core). Half of the crops
-    # rehearse synthetic fields drawn in the generator's own (narrower) convention, so
-    # the corrector's is learned more slowly than from the field alone (0.764).
-    assert after > before + 0.15, (before, after)
+    raw = _finetune(engine, base, corrected.nuclei, corrected.nucleus_labels, tmp_path / "raw", start_share=0.0)
+    learned = _map(engine, engine.load_model(str(raw), "cpu"), held_out)
+    # Measured: 0.359 -> 0.474 with the saved weights averaged half-way back to the
+    # start (the default), 0.359 -> 0.632 with the fine-tuned weights as trained (40
+    # steps, 10 s of one CPU core each). Half of the crops rehearse synthetic fields
+    # drawn in the generator's own (narrower) convention, so the corrector's wider one is
+    # learned more slowly than from the field alone (0.764); averaging halves the step
+    # again, the price of not losing on real held-out sources (docs/correction_loop.md).
+    assert after > before + 0.08, (before, after)
+    assert learned > after + 0.05, (after, learned)
 
 
 def test_a_one_nucleus_frame_does_not_empty_the_model(fcn, tmp_path):
@@ -125,7 +131,8 @@ def test_a_one_nucleus_frame_does_not_empty_the_model(fcn, tmp_path):
     before = scored(base)
     # Measured: 0.584 before; 0.609 with the default rehearsal; 0.292 without any.
     assert scored(tuned()) > before - 0.05, before
-    assert scored(tuned(rehearsal=0.0)) < before - 0.15, before  # what rehearsal prevents
+    # What rehearsal prevents (with the fine-tuned weights as trained, not averaged back).
+    assert scored(tuned(rehearsal=0.0, start_share=0.0)) < before - 0.15, before
 
 
 def test_quarter_correction_learns_only_inside_its_region(session, fcn, tmp_path):

@@ -423,6 +423,19 @@ def test_finetune_from_bundled(tmp_path, nuclei_model, labelled_pair):
     for bad in (1.0, -0.1, "half"):
         with pytest.raises(InputError, match="rehearsal"):
             next(fcn.finetune(img, lab, model=nuclei_model, output=tmp_path / "bad", steps=1, rehearsal=bad))
+    # The saved weights are the fine-tuned ones averaged half-way back to the start.
+    assert meta["training"]["start_share"] == fcn.training.FINETUNE_START_SHARE == 0.5
+    run_to_end(fcn.finetune(img, lab, model=nuclei_model, steps=3, output=tmp_path / "raw", start_share=0))
+    run_to_end(fcn.finetune(img, lab, model=nuclei_model, steps=3, output=tmp_path / "half"))
+    raw = fcn.load_model(tmp_path / "raw", "cpu").net.state_dict()
+    half = fcn.load_model(tmp_path / "half", "cpu").net.state_dict()
+    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(raw[k], before[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(half[k], 0.5 * raw[k] + 0.5 * before[k], rtol=1e-5, atol=1e-6)
+    for bad in (1.0, -0.1, "half"):
+        with pytest.raises(InputError, match="start_share"):
+            next(fcn.finetune(img, lab, model=nuclei_model, output=tmp_path / "bad", steps=1, start_share=bad))
     # Objects twice the model's size: images and labels are brought to its scale.
     big = np.kron(img, np.ones((2, 2), img.dtype)), np.kron(lab, np.ones((2, 2), lab.dtype))
     run_to_end(fcn.finetune(*big, model=nuclei_model, steps=1, batch_size=2, output=tmp_path / "ft_big",
@@ -448,6 +461,8 @@ def test_cli_run_train(tmp_path, capsys):
     # --rehearsal belongs to fine-tuning: refused in one line without --init, passed on with it.
     assert fcn.run_train(parser.parse_args(argv[:-1] + [str(tmp_path / "r"), "--rehearsal", "0.2"])) == 2
     assert "--rehearsal applies to fine-tuning" in capsys.readouterr().err
+    assert fcn.run_train(parser.parse_args(argv[:-1] + [str(tmp_path / "s"), "--start-share", "0"])) == 2
+    assert "--start-share applies to fine-tuning" in capsys.readouterr().err
     import tifffile
 
     field = synthesize(seed=3, shape=(96, 96))
@@ -455,9 +470,13 @@ def test_cli_run_train(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "lab.tif", field.nucleus_labels.astype(np.int32))
     tuned = ["--init", "bundled:fcn_nuclei", "--images", str(tmp_path / "img.tif"), "--labels",
              str(tmp_path / "lab.tif"), "--steps", "1", "--device", "cpu", "--rehearsal", "0.2",
-             "--output", str(tmp_path / "tuned")]
+             "--start-share", "0.25", "--output", str(tmp_path / "tuned")]
     assert fcn.run_train(parser.parse_args(tuned)) == 0
-    assert json.loads((tmp_path / "tuned.json").read_text())["training"]["rehearsal"]["share"] == 0.2
+    record = json.loads((tmp_path / "tuned.json").read_text())["training"]
+    assert record["rehearsal"]["share"] == 0.2 and record["start_share"] == 0.25
+    # The record's command line repeats the fine-tune: from what, with which settings.
+    assert "--init bundled:fcn_nuclei" in record["reproduce"]
+    assert "--rehearsal 0.2" in record["reproduce"] and "--start-share 0.25" in record["reproduce"]
 
 
 # --------------------------------------------------------------------------- accuracy

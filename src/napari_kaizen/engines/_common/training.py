@@ -229,6 +229,34 @@ def resample_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray
     return mask[np.ix_(yi, xi)]
 
 
+def average_with_start(net, start_state: Mapping[str, Any], start_share: float) -> None:
+    """Move a fine-tuned ``net``'s weights ``start_share`` of the way back to where it started.
+
+    Every floating-point tensor of its state becomes ``(1 - start_share) * fine-tuned +
+    start_share * start``, in place; counters (batch norm's ``num_batches_tracked``) are
+    left as they are. Averaging fine-tuned with starting weights keeps most of what a
+    few corrected images taught and much of what the model knew about everything else
+    (WiSE-FT: Wortsman et al. 2022, "Robust fine-tuning of zero-shot models", CVPR).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The fine-tuned network (changed in place).
+    start_state : mapping of str to tensor
+        ``state_dict()`` of the network it was fine-tuned from (same architecture).
+    start_share : float
+        In [0, 1): 0 keeps the fine-tuned weights.
+    """
+    import torch
+
+    if not start_share:
+        return
+    with torch.no_grad():
+        for name, value in net.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(1.0 - start_share).add_(start_state[name].to(value.device, value.dtype), alpha=start_share)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, numpy and torch; return a numpy Generator for data sampling."""
     import torch

@@ -8,7 +8,7 @@ import sys
 
 from ...errors import InputError, KaizenError
 from .._common.training import add_finetune_arguments, check_output, read_training_files
-from .training import RECIPES, REHEARSAL_SHARE, finetune, synthetic_training_set, train
+from .training import FINETUNE_START_SHARE, RECIPES, REHEARSAL_SHARE, finetune, synthetic_training_set, train
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,6 +34,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--rehearsal", type=float, default=None, metavar="SHARE",
                         help=f"with --init: share of the crops from synthetic fields of the model's channel, in "
                              f"[0, 1) (default {REHEARSAL_SHARE}; 0 = your images only)")
+    parser.add_argument("--start-share", type=float, default=None, metavar="SHARE",
+                        help=f"with --init: share of the starting weights averaged into the saved ones, in [0, 1) "
+                             f"(default {FINETUNE_START_SHARE}; 0 = the fine-tuned weights as trained)")
     return parser
 
 
@@ -44,8 +47,13 @@ def _reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--synthetic", str(args.synthetic)]
     else:
         parts += ["--images", *map(str, args.images or [])] + ["--labels", *map(str, args.labels or [])]
+    if getattr(args, "init", None):
+        parts += ["--init", str(args.init)]
+    if getattr(args, "regions", None):
+        parts += ["--regions", *map(str, args.regions)]
     parts += ["--channel", args.channel]
-    for name in ("edge_weight", "edge_width", "steps", "lr", "batch_size", "crop", "seed"):
+    for name in ("edge_weight", "edge_width", "steps", "lr", "batch_size", "crop", "seed", "rehearsal",
+                 "start_share"):
         value = getattr(args, name, None)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
@@ -78,7 +86,8 @@ def run_train(args: argparse.Namespace) -> int:
             images, labels, regions = read_training_files(args.images, args.labels, args.regions)
             # Only what was given: every other setting is finetune's own default.
             given = {k: v for k, v in (("steps", args.steps), ("learning_rate", args.lr),
-                                       ("batch_size", args.batch_size), ("rehearsal", args.rehearsal))
+                                       ("batch_size", args.batch_size), ("rehearsal", args.rehearsal),
+                                       ("start_share", args.start_share))
                      if v is not None}
             gen = finetune(images, labels, model=args.init, regions=regions, device=args.device,
                            output=args.output, overwrite=args.overwrite, seed=seed, **given,
@@ -89,8 +98,9 @@ def run_train(args: argparse.Namespace) -> int:
                 if snap.done:
                     print(f"wrote {snap.weights_path}", flush=True)
             return 0
-        if args.rehearsal is not None:
-            raise InputError("--rehearsal applies to fine-tuning: give --init bundled:NAME or a weights file too")
+        for flag, value in (("--rehearsal", args.rehearsal), ("--start-share", args.start_share)):
+            if value is not None:
+                raise InputError(f"{flag} applies to fine-tuning: give --init bundled:NAME or a weights file too")
         if args.regions:
             raise InputError("--regions applies to fine-tuning: give --init bundled:NAME or a weights file too")
         if args.synthetic:
