@@ -503,7 +503,8 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
     """Label the h-maxima of ``distance`` inside ``mask``: one id per seed.
 
     A seed is the tops of one dome of the map (:func:`h_maxima_by_dome`) inside one
-    8-connected piece of ``mask``: two tops of equal height in one nucleus are one seed.
+    piece of ``mask`` (:func:`seeds_in_mask`): two tops of equal height in one nucleus
+    are one seed.
 
     Parameters
     ----------
@@ -532,11 +533,12 @@ def find_seeds(distance: np.ndarray, mask: np.ndarray, h: float, *, smooth: floa
 
 
 def seeds_in_mask(domes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Seed ids 1..N: one per dome (:func:`h_maxima_by_dome`) and 8-connected piece of ``mask``.
+    """Seed ids 1..N: one per dome (:func:`h_maxima_by_dome`) and piece of ``mask``.
 
-    A dome the mask cuts in two seeds both halves, so no id spans two objects.
+    A dome the mask cuts in two seeds both halves, so no id spans two objects. Pieces
+    are 4-connected, as :func:`seeded_watershed` floods.
     """
-    pieces, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    pieces, n = ndi.label(mask)
     domes = np.asarray(domes)
     at = (domes > 0) & (pieces > 0)
     seeds = np.zeros(domes.shape, np.int32)
