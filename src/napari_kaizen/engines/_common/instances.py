@@ -266,7 +266,7 @@ def seed_step(object_diameter: float | None) -> int:
 def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
     """The h-maxima of ``image`` found on every ``step``-th pixel of each axis, labelled by dome.
 
-    The h-maxima transform (:func:`flooded_h_maxima`, scikit-image's result) was the
+    The h-maxima transform (:func:`h_maxima_by_dome`, scikit-image's result) was the
     costliest step of every seeded watershed here: 0.6-1.4 s of a 1024 x 1024 field
     with scikit-image's reconstruction, which sorts every pixel. A distance map is smooth
     over an object's width, so its maxima and the dips between them survive sampling
@@ -302,7 +302,7 @@ def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
 #: Values of a distance map (about 1 at object centres) at or below this are background
 #: to :func:`distance_peaks`. A predicted map is never exactly 0 between objects (a
 #: sigmoid), so without a floor the whole field is one connected landscape that
-#: :func:`flooded_h_maxima` must flood pixel by pixel; with it, the background is flat
+#: :func:`_h_reconstruction` must flood pixel by pixel; with it, the background is flat
 #: and only the objects are flooded. On the seven sources' held-out FCN maps (71
 #: fields, h 0.1 / 0.2 / 0.3) the peaks were those of the floor-less transform in 201 of
 #: 213 cases and one pixel apart in the other 12; the leave-one-source-out mAP of the
@@ -310,7 +310,7 @@ def h_maxima_sampled(image: np.ndarray, h: float, step: int = 1) -> np.ndarray:
 SEED_FLOOR = 0.01
 
 
-#: Side of the tiles :func:`flooded_h_maxima` dilates while they change, and the most
+#: Side of the tiles :func:`_h_reconstruction` dilates while they change, and the most
 #: steps a tile takes per visit. Measured on the 1024 x 1024 U-Net map (one clump still
 #: settling after 75 whole-image steps kept a single changing box at full size: 1.05 s
 #: against scikit-image's 0.76 s), the FCN's, and 29 held-out real maps: 64 px and 16
@@ -331,27 +331,27 @@ def _grow_max3(a: np.ndarray) -> np.ndarray:
     return c
 
 
-def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.ndarray:
-    """scikit-image's ``h_maxima`` of a 2D non-negative map, by geodesic dilation.
+def _h_reconstruction(image: np.ndarray, h: float, max_work: float = 40.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """A map as float32 / float64 and its reconstruction by dilation from ``map - h``.
 
-    The h-maxima are the pixels where the image minus its reconstruction by dilation
-    from ``image - h`` is at least ``h``. scikit-image's reconstruction sorts every
-    pixel twice (0.5-1 s on a 1024 x 1024 field, ``n log n``); here it is reached by
-    repeated 3 x 3 dilations under the image, each linear in the pixels, which settle
-    after about an object's radius of steps once the flat zero background is filled
-    at once: a zero region 8-connected to an object (a connected non-zero region) in
-    which some marker is at least 0 reconstructs to exactly 0; then only the tiles
-    still changing, and their neighbours, are dilated again. A field that has not
-    settled after ``max_work`` is finished by scikit-image's reconstruction from where
-    the steps left off, so the worst case costs a little more than scikit-image's
-    time. The result is the same as ``h_maxima`` (same marker, same float arithmetic;
-    ``tests/test_fast_paths.py`` compares them).
+    scikit-image's h-maxima are the pixels where the image minus this reconstruction
+    is at least ``h`` (:func:`h_maxima_by_dome` labels them). scikit-image's
+    reconstruction sorts every pixel twice (0.5-1 s on a 1024 x 1024 field,
+    ``n log n``); here it is reached by repeated 3 x 3 dilations under the image, each
+    linear in the pixels, which settle after about an object's radius of steps once the
+    flat zero background is filled at once: a zero region 8-connected to an object (a
+    connected non-zero region) in which some marker is at least 0 reconstructs to
+    exactly 0; then only the tiles still changing, and their neighbours, are dilated
+    again. A field that has not settled after ``max_work`` is finished by
+    scikit-image's reconstruction from where the steps left off, so the worst case
+    costs a little more than scikit-image's time. The result is scikit-image's (same
+    marker, same float arithmetic; ``tests/test_fast_paths.py`` compares the h-maxima).
 
     Parameters
     ----------
-    image : ndarray of float, shape (H, W)
-        A map at least 0 everywhere (a distance map); anything else is handed to
-        scikit-image's ``h_maxima`` as it is.
+    image : ndarray, shape (H, W)
+        A map at least 0 everywhere (a distance map); anything else goes to
+        scikit-image's reconstruction as it is.
     h : float
         The dynamic a maximum needs (> 0).
     max_work : float
@@ -361,29 +361,16 @@ def flooded_h_maxima(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
 
     Returns
     -------
-    ndarray of bool
-
-    Examples
-    --------
-    >>> from skimage.morphology import h_maxima
-    >>> yy, xx = np.mgrid[:40, :60]
-    >>> d = np.maximum(0, 1 - np.hypot(yy - 20, xx - 18) / 12) + np.maximum(0, 0.7 - np.hypot(yy - 20, xx - 42) / 12)
-    >>> bool((flooded_h_maxima(d, 0.2) == h_maxima(d, 0.2).astype(bool)).all())
-    True
+    (ndarray, ndarray) or None
+        The map and its reconstruction; ``None`` when the map holds no maximum of
+        dynamic ``h`` (empty, or flatter than ``h``).
     """
+    from skimage.morphology import reconstruction
+
     img = np.asarray(image)
     img = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
     if not img.size or h > float(np.ptp(img)):
-        return np.zeros(img.shape, bool)
-    img, rec = _h_reconstruction(img, h, max_work)
-    return (img - rec) >= h
-
-
-def _h_reconstruction(img: np.ndarray, h: float, max_work: float) -> tuple[np.ndarray, np.ndarray]:
-    """``img`` (float32 or float64) and its reconstruction by dilation from ``img - h``:
-    the work of :func:`flooded_h_maxima` and :func:`h_maxima_by_dome`."""
-    from skimage.morphology import reconstruction
-
+        return None
     # scikit-image's marker, to the bit: h and two float resolutions below the image.
     marker = img - h - 2 * np.finfo(img.dtype).resolution * np.abs(img)
     if img.ndim != 2 or float(img.min()) < 0:
@@ -439,7 +426,7 @@ def _h_reconstruction(img: np.ndarray, h: float, max_work: float) -> tuple[np.nd
 
 
 def h_maxima_by_dome(image: np.ndarray, h: float, max_work: float = 40.0) -> np.ndarray:
-    """The h-maxima of a 2D map (:func:`flooded_h_maxima`), labelled by the dome each crowns.
+    """scikit-image's ``h_maxima`` of a 2D map, labelled by the dome each crowns.
 
     scikit-image's h-maxima are the pixels at least ``h`` above the reconstruction
     from ``image - h``: the very top of each dome whose dynamic is ``h`` or more. Two
@@ -457,7 +444,7 @@ def h_maxima_by_dome(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
     h : float
         The dynamic a maximum needs (> 0).
     max_work : float
-        As in :func:`flooded_h_maxima`.
+        As in :func:`_h_reconstruction` (the fast reconstruction it uses).
 
     Returns
     -------
@@ -471,12 +458,19 @@ def h_maxima_by_dome(image: np.ndarray, h: float, max_work: float = 40.0) -> np.
     ...               [0, 0, 0, 0, 0, 0, 3]], np.float32)
     >>> h_maxima_by_dome(d, 1.0).tolist()
     [[0, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 2]]
+
+    Where no two tops tie, the pixels are scikit-image's:
+
+    >>> from skimage.morphology import h_maxima
+    >>> yy, xx = np.mgrid[:40, :60]
+    >>> d = np.maximum(0, 1 - np.hypot(yy - 20, xx - 18) / 12) + np.maximum(0, 0.7 - np.hypot(yy - 20, xx - 42) / 12)
+    >>> bool(((h_maxima_by_dome(d, 0.2) > 0) == h_maxima(d, 0.2).astype(bool)).all())
+    True
     """
-    img = np.asarray(image)
-    img = img.astype(np.float64 if img.dtype == np.float64 else np.float32, copy=False)
-    if not img.size or h > float(np.ptp(img)):
-        return np.zeros(img.shape, np.int32)
-    img, rec = _h_reconstruction(img, h, max_work)
+    got = _h_reconstruction(image, h, max_work)
+    if got is None:
+        return np.zeros(np.shape(image), np.int32)
+    img, rec = got
     above = img - rec
     domes, _ = ndi.label(above > 0, structure=np.ones((3, 3), bool))
     return relabel(np.where(above >= h, domes, 0))
@@ -490,7 +484,7 @@ def distance_peaks(distance: np.ndarray, h: float) -> np.ndarray:
     Returns int32 ids, one per dome (:func:`h_maxima_by_dome`), 0 elsewhere.
     """
     # Clipping negatives (and the floor) keeps the background flat, so it can host no
-    # spurious maxima and is filled in one step (flooded_h_maxima).
+    # spurious maxima and is filled in one step (_h_reconstruction).
     d = np.asarray(distance, dtype=np.float32)
     d = np.where(d > SEED_FLOOR, d, np.float32(0))
     if float(d.max()) <= 0:
