@@ -569,3 +569,26 @@ def test_distance_instances_split_touching_nuclei_that_the_edge_band_merges():
     split = instances_from_distance(interior, edge, dist, h=0.1)
     assert merged.max() == 1 and split.max() == 2
     assert split[20, 20] != split[20, 37]
+
+
+def test_segment_brings_nuclei_to_the_models_own_size_in_one_pass(monkeypatch):
+    """Objects are rescaled to the model's ``object_diameter`` (where its constants were
+    calibrated), not just into its +-20 % band, and the network runs once by default."""
+    import importlib
+
+    seg = importlib.import_module("napari_kaizen.engines.fcn.segment")
+    field = synthesize(seed=10_001, shape=(96, 96))
+    passes = []
+    real_predictor = seg.predictor
+
+    def counting_predictor(net, flip_average=True):
+        passes.append(flip_average)
+        return real_predictor(net, flip_average)
+
+    monkeypatch.setattr(seg, "predictor", counting_predictor)
+    snaps = list(fcn.segment(field.nuclei, fcn.FCNParams(diameter=18.0), device="cpu"))
+    # The bundled model's nuclei are 24 px: 18 px ones are enlarged 24 / 18, not 1.11x.
+    assert any("rescaled x1.33" in s.message for s in snaps if s.stage == "tiles")
+    assert passes == [False]
+    list(fcn.segment(field.nuclei, fcn.FCNParams(diameter=18.0, flip_average=True), device="cpu"))
+    assert passes == [False, True]

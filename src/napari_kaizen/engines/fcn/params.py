@@ -73,10 +73,11 @@ class FCNParams:
         the post's over-weighting of edge errors).
     flip_average : bool
         Average the probabilities of the image and its left-right mirror image
-        (test-time augmentation, twice the network's time). Leave one source out, over
-        seven sources: mean mAP 0.501 without it, 0.5165 with this one mirror, 0.5174
-        with all four mirror images (the 0.2 default, four times the time); see
-        ``docs/speed.md``. ``False`` for speed.
+        (test-time augmentation, twice the network's time). Off by default since the
+        image is brought to the model's own object size (2026-12-07): leave one source
+        out, over seven sources, mean mAP 0.535 without it, 0.544 with it, against
+        0.532 for the earlier default (the size band, with the mirror); see
+        ``docs/real_nuclei.md``. ``True`` for the last 0.01 at twice the network's time.
     """
 
     diameter: float | str | None = "auto"
@@ -89,7 +90,7 @@ class FCNParams:
     overlap: int = 64
     batch_size: int = 1
     edge_weight: float = 5.0
-    flip_average: bool = True
+    flip_average: bool = False
 
     def check(self) -> FCNParams:
         """Raise a one-line :class:`InputError` for out-of-range values; return self."""
