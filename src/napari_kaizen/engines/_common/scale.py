@@ -654,7 +654,6 @@ def rescale_for_model(
     model_diameter: float | None,
     *,
     tolerance: float = SCALE_TOLERANCE,
-    fit: str = "centre",
 ) -> Rescale:
     """The :class:`Rescale` that brings objects of ``diameter`` to ``model_diameter``.
 
@@ -662,19 +661,16 @@ def rescale_for_model(
     ``diameter`` given by a person outside the model's range is refused in one line; an
     :class:`EstimatedDiameter` is clamped into it with an :class:`~.normalize.InputWarning`.
 
-    ``fit='centre'`` brings objects to ``model_diameter`` itself; ``fit='range'`` only
-    into the band ``model_diameter`` / (1 + ``tolerance``) ... ``model_diameter`` x
-    (1 + ``tolerance``) that is left alone anyway: the smallest resample the model
-    takes, so 18 px nuclei for a 24 px model are enlarged 1.11x (1.23x the pixels), not
-    1.33x (1.78x the pixels).
+    Objects are brought to ``model_diameter`` itself, where a model's constants were
+    calibrated. (Until 2026-12-07 the FCN was brought only into the band that
+    ``tolerance`` leaves alone, the smallest resample; with the 4000-step models that
+    cost held-out accuracy on small nuclei: ``docs/real_nuclei.md``.)
 
     Examples
     --------
-    >>> rescale_for_model((100, 100), 18.0, 24.0).factor, round(rescale_for_model((100, 100), 18.0, 24.0, fit="range").factor, 3)
-    (1.3333333333333333, 1.111)
+    >>> rescale_for_model((100, 100), 18.0, 24.0).factor, rescale_for_model((100, 100), 22.0, 24.0).factor
+    (1.3333333333333333, 1.0)
     """
-    if fit not in ("centre", "range"):
-        raise ValueError(f"fit must be 'centre' or 'range', got {fit!r}")
     if not diameter or not model_diameter:
         return Rescale(1.0, tuple(input_shape))
     factor = float(model_diameter) / float(diameter)
@@ -707,7 +703,4 @@ def rescale_for_model(
                          "check the diameter, or crop the image")
     if abs(np.log(factor)) < np.log1p(tolerance):
         factor = 1.0
-    elif fit == "range":
-        # To the near edge of the band, not its centre.
-        factor = factor / (1.0 + tolerance) if factor > 1.0 else factor * (1.0 + tolerance)
     return Rescale(factor, tuple(input_shape))
