@@ -80,7 +80,7 @@ def test_the_torchscript_reproduces_our_predictor(package, offline):
     normalised = ((raw - lo) / (hi - lo + 1e-6)).astype(np.float32)
     with torch.no_grad():
         runner = scripted(torch.from_numpy(normalised)).numpy()
-        ours = predictor(load_model("bundled:fcn_nuclei", device="cpu").net)(torch.from_numpy(normalised)).numpy()
+        ours = predictor(load_model("bundled:fcn_nuclei", device="cpu").net, True)(torch.from_numpy(normalised)).numpy()
     assert runner.shape == expected.shape == (1, 3, 256, 256)
     np.testing.assert_allclose(runner, ours, rtol=0, atol=1e-6)  # the same network and maps as the engine's
     np.testing.assert_allclose(runner, expected, rtol=1e-4, atol=1e-4)  # the test output, within the rdf's tolerance

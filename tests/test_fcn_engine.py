@@ -581,7 +581,7 @@ def test_segment_brings_nuclei_to_the_models_own_size_in_one_pass(monkeypatch):
     passes = []
     real_predictor = seg.predictor
 
-    def counting_predictor(net, flip_average=True):
+    def counting_predictor(net, flip_average):
         passes.append(flip_average)
         return real_predictor(net, flip_average)
 

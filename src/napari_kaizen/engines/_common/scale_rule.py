@@ -69,11 +69,10 @@ class Scale:
             return None
         return EstimatedDiameter(self.diameter) if self.estimated else float(self.diameter)
 
-    def rescale(self, input_shape: tuple[int, int], model_diameter: float | None, **options: Any) -> Rescale:
+    def rescale(self, input_shape: tuple[int, int], model_diameter: float | None) -> Rescale:
         """The resampling that brings objects of this scale to ``model_diameter``:
-        :func:`~napari_kaizen.engines._common.scale.rescale_for_model` (``options`` are its
-        keywords)."""
-        return rescale_for_model(tuple(input_shape), self.param, model_diameter, **options)
+        :func:`~napari_kaizen.engines._common.scale.rescale_for_model`."""
+        return rescale_for_model(tuple(input_shape), self.param, model_diameter)
 
 
 def is_auto(diameter: Any) -> bool:

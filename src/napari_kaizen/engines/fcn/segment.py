@@ -36,14 +36,15 @@ MAP_NAMES = ("probability", "edge", "distance")
 FLIPS = ((), (-1,))
 
 
-def predictor(net, flip_average: bool = True):
+def predictor(net, flip_average: bool):
     """The function from a batch ``(B, 1, H, W)`` to interior and edge probabilities ``(B, 2, H, W)``.
 
     A network with a distance output gives ``(B, 3, H, W)``: the distance map third.
 
     With ``flip_average``, the mean of the mirror images' probabilities (:data:`FLIPS`),
     each flipped back, so an outline depends less on which way a cell faces the
-    network's stride grid. Segmentation and the calibration of the thresholds use the same one.
+    network's stride grid. No default here: segmentation takes ``FCNParams.flip_average``,
+    the calibration of the thresholds its own argument.
 
     Batches are handed to ``net`` channels last (what
     :func:`~napari_kaizen.engines._common.inference.inference_network` runs fastest);
