@@ -42,7 +42,7 @@ def test_classical_diameter_param_and_bad_input():
     with pytest.raises(InputError, match="constant"):
         run_to_end(segment(np.ones((64, 64))))
     with pytest.raises(InputError, match="RGB"):
-        run_to_end(segment(np.zeros((64, 64, 3), np.uint8)))
+        run_to_end(segment(np.zeros((64, 64, 3), np.uint8) + np.arange(3, dtype=np.uint8)))
 
 
 def test_empty_field_gives_no_objects_and_says_why():
@@ -101,9 +101,26 @@ def test_cli_folder_in_folder_out_and_evaluate(tmp_path, capsys):
     assert result["n_images"] == 2 and 0.3 < result["ap"]["0.50"] <= 1.0 and "map" in result
 
 
+def test_cli_reads_a_grey_png_stored_as_rgba(tmp_path):
+    """A grey micrograph saved as RGBA (as DSB2018's PNGs are) is segmented, not refused."""
+    import tifffile
+    from skimage.io import imsave
+
+    field = synthesize(seed=4, shape=(128, 128))
+    grey = (255 * field.nuclei / field.nuclei.max()).astype(np.uint8)
+    imsave(tmp_path / "dapi.png", np.dstack([grey] * 3 + [np.full_like(grey, 255)]), check_contrast=False)
+    tifffile.imwrite(tmp_path / "dapi_grey.tif", grey)
+    for name in ("dapi.png", "dapi_grey.tif"):
+        assert main(["segment", str(tmp_path / name), "--engine", "classical", "-o",
+                     str(tmp_path / f"{name}_labels.tif"), "-q"]) == 0
+    from_png = read_labels(tmp_path / "dapi.png_labels.tif")
+    assert from_png.shape == grey.shape and from_png.max() > 5
+    np.testing.assert_array_equal(from_png, read_labels(tmp_path / "dapi_grey.tif_labels.tif"))
+
+
 def test_cli_one_line_errors(tmp_path, capsys):
     rgb = tmp_path / "rgb.npy"
-    np.save(rgb, np.zeros((32, 32, 3), np.uint8))
+    np.save(rgb, np.zeros((32, 32, 3), np.uint8) + np.arange(3, dtype=np.uint8))  # two stains
     assert main(["segment", str(rgb), "-o", str(tmp_path / "o.tif"), "-q"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "RGB" in err and "--channel" in err

@@ -398,7 +398,7 @@ def test_bad_layers_and_models_give_a_message(make_napari_viewer, qtbot, tmp_pat
     widget = _dock(viewer, oracle)
     assert widget.run() is None and "No image layer" in widget.status.text()
 
-    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8) + np.arange(3, dtype=np.uint8), name="rgb", rgb=True)
     widget.image.value = viewer.layers["rgb"]
     assert widget.run() is None and "RGB" in widget.status.text()
 

@@ -171,7 +171,7 @@ def test_bad_layers_give_messages_not_tracebacks(make_napari_viewer, qtbot, fiel
     _run(widget, qtbot)
     assert widget.status.text().startswith("Error: image is constant")
     # RGB.
-    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8) + np.arange(3, dtype=np.uint8), name="rgb", rgb=True)
     widget.image.value = rgb
     assert widget.run() is None and "RGB" in widget.status.text()
     # Fine-tune: no labels layer, then labels of another shape, then empty labels.

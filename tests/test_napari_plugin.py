@@ -117,12 +117,33 @@ def test_classical_widget_current_plane_and_every_plane(make_napari_viewer, qtbo
     assert sum(labels[k].max() > 0 for k in range(5)) >= 4
 
 
+def test_classical_widget_segments_a_grey_layer_stored_as_rgba(make_napari_viewer, qtbot):
+    """napari opens a DSB2018-style PNG (grey in RGBA) as an RGB layer: its grey plane is used."""
+    from napari_kaizen import run_to_end
+    from napari_kaizen.data import synthesize
+    from napari_kaizen.engines.classical import segment
+
+    field = synthesize(seed=4, shape=(128, 128))
+    grey = (255 * field.nuclei / field.nuclei.max()).astype(np.uint8)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.dstack([grey] * 3 + [np.full_like(grey, 255)]), name="dapi.png")
+    assert layer.rgb
+    _, widget = viewer.window.add_plugin_dock_widget("napari-kaizen", "Classical")
+    widget.image.value = layer
+    widget.all_planes.value = True  # one plane: a grey RGBA image is no stack
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=30_000)
+    labels = viewer.layers["Classical cells"].data
+    assert labels.shape == grey.shape and labels.max() > 3, widget.status.text()
+    np.testing.assert_array_equal(labels, run_to_end(segment(grey)).labels)
+
+
 def test_widget_bad_layers_give_a_message(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-kaizen", "Classical")
     assert widget.run() is None
     assert "No image layer" in widget.status.text()
-    viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="rgb", rgb=True)
+    viewer.add_image(np.zeros((40, 40, 3), np.uint8) + np.arange(3, dtype=np.uint8), name="rgb", rgb=True)
     widget.image.reset_choices()
     widget.image.value = viewer.layers["rgb"]
     assert widget.run() is None and "RGB" in widget.status.text()
@@ -206,8 +227,10 @@ def test_image_layer_problem_names_what_is_wrong():
 
     assert image_layer_problem(None).startswith("No image layer: open an image")
     assert image_layer_problem(None, missing="do this") == "No image layer: do this."
-    rgb = SimpleNamespace(name="photo", rgb=True, data=np.zeros((4, 4, 3), np.uint8))
-    assert "'photo' is an RGB image" in image_layer_problem(rgb)
+    rgb = SimpleNamespace(name="photo", rgb=True, data=np.zeros((8, 8, 3), np.uint8) + np.arange(3, dtype=np.uint8))
+    assert "'photo' is a colour RGB image" in image_layer_problem(rgb)
+    grey = SimpleNamespace(name="dapi.png", rgb=True, data=np.zeros((8, 8, 4), np.uint8) + np.uint8(9))
+    assert image_layer_problem(grey) is None  # a grey image stored as RGBA: its grey plane is used
     empty = SimpleNamespace(name="crop", rgb=False, data=np.zeros((0, 40)))
     assert image_layer_problem(empty) == "'crop' is empty (shape (0, 40)): choose an image with pixels."
     assert image_layer_problem(SimpleNamespace(name="ok", rgb=False, data=np.ones((8, 8)))) is None

@@ -110,6 +110,27 @@ def test_rgb_needs_a_channel(rng):
         prepare_image(rgb, channel=5)
 
 
+def test_a_grey_image_stored_as_colour_is_read_as_grey(rng):
+    """DSB2018's PNGs, ImageJ "RGB Color" exports, screenshots: one stain in equal channels."""
+    grey = (rng.random((20, 20)) * 200).astype(np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    np.testing.assert_array_equal(prepare_image(rgba), prepare_image(grey))
+    # A JPEG of a grey image: its channels differ by a grey level here and there.
+    jpeg = np.dstack([grey, grey + (rng.random(grey.shape) < 0.3), grey]).astype(np.uint8)
+    np.testing.assert_array_equal(prepare_image(jpeg), prepare_image(grey))
+    assert [idx for idx, _ in iter_planes(rgba)] == [()]
+    two_stains = rgba.copy()
+    two_stains[..., 1] //= 2
+    masked = rgba.copy()
+    masked[:5, :, 3] = 0  # transparency is not part of a grey micrograph
+    for colour in (two_stains, masked):
+        with pytest.raises(InputError, match="colour RGB.*--channel"):
+            prepare_image(colour)
+        with pytest.raises(InputError, match="colour RGB"):
+            list(iter_planes(colour))
+    np.testing.assert_array_equal(prepare_image(two_stains, channel=1), prepare_image(grey // 2))
+
+
 def test_stacks_need_a_plane(rng):
     stack = rng.random((4, 20, 20))
     with pytest.raises(InputError, match="stack of 4 planes"):

@@ -268,7 +268,7 @@ class EngineWidget(QWidget):
             return self._run_tiled(layer, params, spec, device)
         load = self.model.loader(spec, device) if self.model is not None else (lambda: None)
         segment, scale_for = self.engine.segment, self.engine.scale_for
-        stack = bool(self.all_planes.value) and np.ndim(layer.data) > 2
+        stack = bool(self.all_planes.value) and _layers.spatial_ndim(layer) > 2
         if stack:
             # The whole stack is read in the worker (a lazy / dask stack is computed there).
             data, plane, mode = layer.data, (), "stack"

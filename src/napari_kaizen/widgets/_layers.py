@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engines import grey_in_colour
+
 META_KEY = "napari_kaizen"
 
 
@@ -277,8 +279,9 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
     """
     if layer is None:
         return f"No image layer: {missing}."
-    if getattr(layer, "rgb", False):
-        return f"'{layer.name}' is an RGB image: split its channels (right-click > Split RGB) and choose one."
+    if getattr(layer, "rgb", False) and (getattr(layer, "multiscale", False) or not grey_in_colour(layer.data)):
+        return (f"'{layer.name}' is a colour RGB image: split its channels (right-click > Split RGB) "
+                "and choose the nucleus (or cell) stain.")
     if 0 in np.shape(layer.data):
         return f"'{layer.name}' is empty (shape {np.shape(layer.data)}): choose an image with pixels."
     return None
@@ -308,7 +311,9 @@ def labels_layers(viewer) -> list:
 def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
     """The 2-D plane of ``layer`` the viewer is showing, and its index in the stack.
 
-    RGB layers keep their colour axis (the engine's input check names the problem).
+    A grey image stored as RGB(A) gives its grey plane
+    (:func:`~napari_kaizen.engines._common.normalize.grey_in_colour`); a colour one
+    keeps its colour axis (the engine's input check names the problem).
     With ``max_pixels``, a regular subsample of at most about that many pixels (a
     quick look at a huge or lazy plane, e.g. to guess its kind), read without loading
     the whole plane.
@@ -316,16 +321,29 @@ def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.n
     data = layer.data
     if hasattr(data, "__getitem__") and isinstance(data, list):  # multiscale
         data = data[-1] if max_pixels else data[0]
-    n_lead = data.ndim - (3 if getattr(layer, "rgb", False) else 2)
+    n_lead = spatial_ndim(layer) - 2
     h, w = data.shape[max(n_lead, 0) : max(n_lead, 0) + 2]
     step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels)))) if max_pixels else 1
     thin = (slice(None, None, step), slice(None, None, step))
     if n_lead <= 0:
-        return np.asarray(data[thin] if step > 1 else data), ()
+        return _grey(layer, np.asarray(data[thin] if step > 1 else data)), ()
     # The viewer's current world point, in this layer's data coordinates.
     pos = np.asarray(layer.world_to_data(tuple(viewer.dims.point)[-layer.ndim :]), dtype=float)
     index = [int(np.clip(round(pos[axis]), 0, data.shape[axis] - 1)) for axis in range(n_lead)]
-    return np.asarray(data[(*index, *thin)] if step > 1 else data[tuple(index)]), tuple(index)
+    return _grey(layer, np.asarray(data[(*index, *thin)] if step > 1 else data[tuple(index)])), tuple(index)
+
+
+def _grey(layer, plane: np.ndarray) -> np.ndarray:
+    """A plane of an RGB layer as its grey image when it is one, else as it is."""
+    if getattr(layer, "rgb", False) and grey_in_colour(plane):
+        return plane[..., 0]
+    return plane
+
+
+def spatial_ndim(layer) -> int:
+    """How many axes of ``layer.data`` are space or planes (an RGB layer's colour axis is not)."""
+    return int(np.ndim(layer.data[0] if isinstance(layer.data, list) else layer.data)) - (
+        1 if getattr(layer, "rgb", False) else 0)
 
 
 class PlaneTarget:

@@ -53,6 +53,42 @@ def looks_rgb(image: np.ndarray) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
 
 
+def grey_in_colour(image: np.ndarray) -> bool:
+    """Whether an RGB(A) image is one grey image stored as colour.
+
+    True when red, green and blue agree everywhere (to one grey level for integer
+    pixels: a JPEG of a grey image differs by that much) and an alpha channel, if any,
+    is the same everywhere. Micrographs often travel that way: DSB2018's PNGs are grey
+    RGBA, and an ImageJ "RGB Color" export or a screenshot of a grey image is RGB. Such
+    an image holds one stain, so its red channel is the image; a colour image (two or
+    more stains) still has to be given a channel.
+
+    Examples
+    --------
+    >>> grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    >>> grey_in_colour(np.dstack([grey, grey, grey, np.full_like(grey, 255)]))
+    True
+    >>> grey_in_colour(np.dstack([grey, grey // 2, grey]))
+    False
+    """
+    arr = np.asarray(image)
+    if not looks_rgb(arr) or arr.dtype.kind not in "uifb":
+        return False
+    tolerance = 1 if arr.dtype.kind in "ui" else 0
+    red = arr[..., 0]
+    for other in (arr[..., 1], arr[..., 2]):
+        if tolerance:
+            # Differences as int64: a difference of uint8 pixels wraps around.
+            if int(np.abs(red.astype(np.int64) - other).max()) > tolerance:
+                return False
+        elif not np.array_equal(red, other):
+            return False
+    if arr.shape[-1] == 4:
+        alpha = arr[..., 3]
+        return bool((alpha == alpha.flat[0]).all())
+    return True
+
+
 def to_plane(
     image: np.ndarray,
     *,
@@ -67,8 +103,9 @@ def to_plane(
         2-D image, RGB(A) image ``(H, W, 3|4)``, or a stack ``(..., H, W)`` of planes
         (z-stack, time series, or both).
     channel : int, optional
-        Channel of an RGB(A) image to use. RGB input without a channel is refused,
-        because averaging colour channels mixes stains.
+        Channel of an RGB(A) image to use. A colour image without a channel is
+        refused, because averaging colour channels mixes stains; a grey image stored
+        as RGB(A) (:func:`grey_in_colour`) needs none.
     plane : int or tuple of int, optional
         Index into the leading axes of a stack. Stacks without a plane are refused;
         run every plane with :func:`iter_planes` instead.
@@ -81,7 +118,7 @@ def to_plane(
     Raises
     ------
     InputError
-        For 0-D / 1-D input, RGB without ``channel``, stacks without ``plane``, an
+        For 0-D / 1-D input, colour RGB without ``channel``, stacks without ``plane``, an
         index out of range, or a plane smaller than ``MIN_SIDE`` pixels.
     """
     if image is None:
@@ -92,10 +129,12 @@ def to_plane(
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s) ({describe(arr)}): expected a 2-D image (H, W)")
     if looks_rgb(arr):
+        if channel is None and grey_in_colour(arr):
+            channel = 0
         if channel is None:
             raise InputError(
-                f"RGB(A) image ({describe(arr)}): pick one channel (channel=0..{arr.shape[-1] - 1}, "
-                "CLI --channel N); colour channels are different stains and are not averaged"
+                f"colour RGB(A) image ({describe(arr)}): pick one channel (channel=0..{arr.shape[-1] - 1}, "
+                "CLI --channel N); its channels differ (different stains) and are not averaged"
             )
         if not 0 <= channel < arr.shape[-1]:
             raise InputError(f"channel {channel} does not exist: this RGB(A) image has {arr.shape[-1]} channels")
@@ -123,12 +162,15 @@ def to_plane(
 def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Yield ``(index, plane)`` for every 2-D plane of a stack ``(..., H, W)``.
 
-    A 2-D image yields itself once with index ``()``. RGB input is refused (pick a
-    channel first), as in :func:`to_plane`.
+    A 2-D image, or a grey image stored as RGB(A) (:func:`grey_in_colour`), yields
+    itself once with index ``()``. Colour input is refused (pick a channel first), as
+    in :func:`to_plane`.
     """
     arr = np.asarray(image)
+    if looks_rgb(arr) and grey_in_colour(arr):
+        arr = arr[..., 0]
     if looks_rgb(arr):
-        raise InputError(f"RGB(A) image ({describe(arr)}): pick one channel before running every plane")
+        raise InputError(f"colour RGB(A) image ({describe(arr)}): pick one channel before running every plane")
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
     for index in np.ndindex(*arr.shape[:-2]):
