@@ -72,3 +72,27 @@ def test_bundled_engine_on_real_crops(name):
     ap50_floor, map_floor = FLOORS[name]
     assert ev.ap50 >= ap50_floor, f"{name}: AP50 {ev.ap50:.3f} < {ap50_floor}\n{ev.table()}"
     assert ev.map >= map_floor, f"{name}: mAP {ev.map:.3f} < {map_floor}\n{ev.table()}"
+
+
+def test_benchmark_enlarges_a_field_as_a_higher_magnification_would():
+    """``benchmarks/real_nuclei.py --zoom``: image and labels enlarged together, dtype kept."""
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "kaizen_real_nuclei_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "real_nuclei.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    @dataclasses.dataclass(frozen=True)
+    class Item:
+        image: np.ndarray
+        labels: np.ndarray
+
+    image = tifffile.imread(DATA / "u2os_val1_crop_image.tif")
+    labels = tifffile.imread(DATA / "u2os_val1_crop_labels.tif")
+    big = bench.enlarged(Item(image, labels), 2)
+    assert big.image.dtype == image.dtype and big.image.shape == (2 * image.shape[0], 2 * image.shape[1])
+    assert big.labels.shape == big.image.shape and set(np.unique(big.labels)) == set(np.unique(labels))
+    assert abs(big.image.mean() / image.mean() - 1) < 0.02
+    assert bench.enlarged(Item(image, labels), 1).image is image
