@@ -77,8 +77,12 @@ def grey_in_colour(image: np.ndarray) -> bool:
     tolerance = 1 if arr.dtype.kind in "ui" else 0
     red = arr[..., 0]
     for other in (arr[..., 1], arr[..., 2]):
-        if tolerance:
-            # Differences as int64: a difference of uint8 pixels wraps around.
+        if arr.dtype.kind == "u":
+            # In the pixels' own dtype (no copy 8 bytes a pixel): the larger minus the
+            # smaller cannot wrap around, as a plain difference of unsigned pixels does.
+            if int((np.maximum(red, other) - np.minimum(red, other)).max()) > tolerance:
+                return False
+        elif tolerance:
             if int(np.abs(red.astype(np.int64) - other).max()) > tolerance:
                 return False
         elif not np.array_equal(red, other):
