@@ -262,6 +262,25 @@ def test_local_threads_scheduler_equals_the_plain_run(tmp_path):
         assert np.array_equal(tifffile.imread(tmp_path / "a" / f"f{i}.tif"), tifffile.imread(tmp_path / "b" / f"f{i}.tif"))
 
 
+def test_a_huge_rgb_field_is_tiled_by_its_pixels_and_asks_for_its_channel(tmp_path, capsys):
+    """An RGB(A) file counts H x W pixels (its colour axis is no plane): a 5000 x 5000 x 3
+    slide is tiled, not loaded whole; tiled, it reads one channel through --channel."""
+    from napari_kaizen.jobs import is_huge
+
+    assert is_huge((5000, 5000, 3)) and is_huge((5000, 5000)) and not is_huge((3000, 3000, 4))
+    nuclei = synthesize(SynthParams(shape=(320, 320)), seed=5).nuclei
+    src = tmp_path / "slide.tif"
+    tifffile.imwrite(src, np.dstack([np.zeros_like(nuclei), nuclei, np.zeros_like(nuclei)]))  # nuclei in green
+    out = tmp_path / "slide_labels.tif"
+    assert main(["segment", str(src), "--engine", "classical", "--tile", "160", "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--channel" in err and "RGB" in err
+    assert main(["segment", str(src), "--engine", "classical", "--tile", "160", "--channel", "1", "-o", str(out),
+                 "-q"]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == nuclei.shape and labels.max() > 5
+
+
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("napari_kaizen.distributed.CONNECT_TIMEOUT_S", 2)
     src = tmp_path / "a.tif"

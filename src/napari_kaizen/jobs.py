@@ -16,7 +16,6 @@ runs them; this module imports neither.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, KaizenError
-from .tiled import DEFAULT_TILE, TILED_ABOVE_PIXELS, check_tile
+from .tiled import DEFAULT_TILE, check_tile, should_tile
 
 #: Said when someone sets the networks' old ``tile`` parameter (now ``window``).
 RENAMED_TILE = ("--param tile= is now --param window= (the network's own window); "
@@ -322,8 +321,8 @@ def image_shape_or_none(path: Path) -> tuple[int, ...] | None:
 
 
 def is_huge(shape: tuple[int, ...] | None) -> bool:
-    """Whether a field of ``shape`` is segmented tile by tile (see :data:`~napari_kaizen.tiled.TILED_ABOVE_PIXELS`)."""
-    return shape is not None and len(shape) >= 2 and math.prod(shape[-2:]) > TILED_ABOVE_PIXELS
+    """Whether a field of ``shape`` (a file's header) is segmented tile by tile: :func:`~napari_kaizen.tiled.should_tile`."""
+    return shape is not None and should_tile(shape)
 
 
 def output_paths(inputs: list[Path], output: Path, tiled: list[bool] | None = None,
@@ -736,6 +735,7 @@ def _from_a_codec(exc: BaseException) -> bool:
 def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> str:
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
     from ._files import temp_prefix
+    from .engines import rgb_layout
     from .errors import OverwriteError
     from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
     from .tiled import segment_tiled
@@ -743,10 +743,18 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     start = time.perf_counter()
     src, dest = job.src, job.dest
     image = open_lazy(src)
+    rgb = rgb_layout(tuple(image.shape))
     if job.channel is not None:
-        if len(image.shape) != 3 or image.shape[-1] not in (3, 4):
+        if not rgb:
             raise InputError(f"--channel {job.channel} was given but {src.name} is not RGB(A) (shape {tuple(image.shape)})")
+        if not 0 <= job.channel < image.shape[-1]:
+            raise InputError(f"--channel {job.channel} does not exist: {src.name} has {image.shape[-1]} channels")
         image = image[..., job.channel]
+    elif rgb:
+        # Telling a grey image stored as RGB from a colour one would read the whole field.
+        raise InputError(f"{src.name} is an RGB(A) image of shape {tuple(image.shape)}, segmented tile by tile: "
+                         f"pick its nucleus channel with --channel N (0..{image.shape[-1] - 1}; 0 for a grey image "
+                         "stored as RGB)")
     image = squeeze_to_2d(image, plane=job.plane, name=src.name)
     # With a cluster, workers load (and keep) the model themselves from its spec.
     model = job.model if client is not None else job_model(engine, job.model, job.device)

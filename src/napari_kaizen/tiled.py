@@ -49,6 +49,7 @@ from .engines import (
     owned_objects,
     parse_diameter,
     pooled_values,
+    rgb_layout,
     run_to_end,
     tile_grid,
     whole_image_stats,
@@ -143,11 +144,17 @@ class TilePlan:
 def should_tile(shape: tuple[int, ...], *, lazy: bool = False) -> bool:
     """Whether an image of ``shape`` is segmented tile by tile (lazy: a dask / zarr array).
 
+    An RGB(A) shape ``(H, W, 3|4)`` counts its ``H x W`` pixels (its colour axis is no
+    plane axis).
+
     Examples
     --------
     >>> should_tile((512, 512)), should_tile((5000, 5000)), should_tile((3000, 3000), lazy=True)
     (False, True, True)
+    >>> should_tile((5000, 5000, 3))
+    True
     """
+    shape = tuple(shape)[:2] if rgb_layout(tuple(shape)) else tuple(shape)
     pixels = math.prod(int(s) for s in shape[-2:]) if len(shape) >= 2 else 0
     return pixels > TILED_ABOVE_PIXELS or (lazy and pixels > TILED_LAZY_ABOVE_PIXELS)
 

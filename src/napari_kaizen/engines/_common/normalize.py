@@ -49,7 +49,17 @@ def looks_rgb(image: np.ndarray) -> bool:
     This is napari's own guess for ``rgb=None``; a 3-plane stack is ``(3, H, W)`` and
     does not match.
     """
-    shape = np.shape(image)
+    return rgb_layout(np.shape(image))
+
+
+def rgb_layout(shape: tuple[int, ...]) -> bool:
+    """:func:`looks_rgb` of an array's ``shape`` (a file's header, a lazy array).
+
+    Examples
+    --------
+    >>> rgb_layout((20000, 30000, 3)), rgb_layout((3, 512, 512))
+    (True, False)
+    """
     return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
 
 
