@@ -181,7 +181,7 @@ def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray
     in :func:`to_plane`.
     """
     arr = np.asarray(image)
-    if looks_rgb(arr) and grey_in_colour(arr):
+    if grey_in_colour(arr):
         arr = arr[..., 0]
     if looks_rgb(arr):
         raise InputError(f"colour RGB(A) image ({describe(arr)}): pick one channel before running every plane")

@@ -44,6 +44,8 @@ MIN_SIDE_TO_ESTIMATE = 64
 #: than the outline people draw. The median ratio on every second of the 566 annotated
 #: images of seven sources (``scripts/nuclei_sources.py``), not held out.
 LOG_TO_ANNOTATED = 1.074
+#: The smallest diameter the scale space can answer (pixels, as annotated).
+SMALLEST_BLOB = AUTO_DIAMETER_RANGE[0] * LOG_TO_ANNOTATED
 
 
 def central_crop(image: np.ndarray, side: int) -> np.ndarray:
@@ -362,7 +364,7 @@ COARSE_MIN_DIAMETER = 10.0
 #: Full-resolution measurements that agree on objects narrower than this (pixels, twice
 #: the smallest blob the scale space reads) are checked at the coarse looks too: the
 #: pixel noise of a field of large nuclei answers both as specks of 6-9 px.
-COARSE_CHECK_BELOW = 2.0 * AUTO_DIAMETER_RANGE[0] * LOG_TO_ANNOTATED
+COARSE_CHECK_BELOW = 2.0 * SMALLEST_BLOB
 
 
 def _blob_or_none(image: np.ndarray, side: int, min_objects: int) -> tuple[float | None, InputError | None]:
@@ -371,7 +373,7 @@ def _blob_or_none(image: np.ndarray, side: int, min_objects: int) -> tuple[float
         blob = blob_diameter(image, max_side=side, min_objects=min_objects)
     except InputError as exc:
         return None, exc
-    if blob < AUTO_DIAMETER_RANGE[0] * LOG_TO_ANNOTATED * 1.05:
+    if blob < SMALLEST_BLOB * 1.05:
         # The smallest scale searched: pixel noise or fine texture answered, not nuclei.
         return None, None
     return blob, None
