@@ -18,6 +18,13 @@ image, kept in its dtype; nearest for the labels), as a higher-magnification obj
 would see the same nuclei: the real sources' nuclei are 7-58 px across, users' 60x and
 100x fields have 60-150 px ones. The results go to ``real_nuclei_sources_zoomF.json``.
 
+``--sparse K`` (by source): every image becomes a sparse field, as a few cells plated
+thinly or a wide camera frame give: K of its separate annotated nuclei (with a 3 px
+rim of their surroundings) placed at random on a ``--sparse-side`` square (default
+1024) of its own background (a normal distribution at the median and pixel noise of
+its pixels away from the nuclei). The results go to
+``real_nuclei_sources_sparseK.json``.
+
 ``--by folder``: the seven acquisition folders of mnfinder, leave one folder out
 (``--lodo``), the table kept from before the multi-source work; it comes from one lab,
 so it overstates what another microscope gives.
@@ -73,6 +80,58 @@ def enlarged(item, factor: float):
         image = np.clip(np.round(image), info.min, info.max)
     return dataclasses.replace(item, image=image.astype(item.image.dtype),
                                labels=ndi.zoom(item.labels, factor, order=0))
+
+
+def sparse(item, k: int, side: int = 1024):
+    """``item`` as a sparse field: ``k`` of its separate nuclei on a ``side`` square of its background.
+
+    Each nucleus is pasted whole with a 3 px rim of what surrounds it, where it overlaps
+    no other, less the median of that rim and plus the field's background (a nucleus
+    in haze is set on the empty field as it stood out of its haze); only nuclei that
+    touch no other annotated one within their box are taken. The background is drawn
+    from a normal distribution at the median of the pixels more than 5 px from every
+    nucleus, with their pixel noise (median absolute difference of neighbours, at
+    least half a grey level: the field's own quantisation). The draw is fixed by the
+    image's key.
+    """
+    import dataclasses
+    import zlib
+
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(zlib.crc32(item.key.encode()))
+    image, labels = item.image, item.labels
+    away = ~ndi.binary_dilation(labels > 0, iterations=5)
+    both = away[:, 1:] & away[:, :-1]
+    d = np.diff(image.astype(np.float32), axis=1)[both]
+    sd = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0) if d.size else 0.0
+    background = float(np.median(image[away])) if away.any() else 0.0
+    canvas = rng.normal(background, max(sd, 0.5), (side, side))
+    lo, top = (np.iinfo(image.dtype).min, np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else (-np.inf, np.inf)
+    canvas = np.clip(np.round(canvas) if image.dtype.kind in "ui" else canvas, lo, top).astype(image.dtype)
+    out = np.zeros((side, side), np.int32)
+    boxes = ndi.find_objects(labels)
+    ids = [i + 1 for i, b in enumerate(boxes) if b is not None]
+    rng.shuffle(ids)
+    n = 0
+    for i in ids:
+        box = tuple(slice(max(b.start - 4, 0), b.stop + 4) for b in boxes[i - 1])
+        mine = labels[box] == i
+        if mine.sum() < 30 or max(mine.shape) > side // 4 or (labels[box][~mine] > 0).any():
+            continue
+        y, x = (int(rng.integers(0, side - m)) for m in mine.shape)
+        target = (slice(y, y + mine.shape[0]), slice(x, x + mine.shape[1]))
+        if (out[target] > 0).any():
+            continue
+        rim = ndi.binary_dilation(mine, iterations=3)
+        # The nucleus over its own surroundings (their median), set on the field's background.
+        patch = image[box].astype(np.float64) - np.median(image[box][rim & ~mine]) + background
+        canvas[target][rim] = np.clip(np.round(patch[rim]), lo, top)
+        n += 1
+        out[target][mine] = n
+        if n == k:
+            break
+    return dataclasses.replace(item, image=canvas, labels=out)
 
 
 def score(gts: list[np.ndarray], preds: list[np.ndarray]) -> dict:
@@ -191,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default=None)
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of --out for engine / folder pairs not rerun")
+    parser.add_argument("--sparse", type=int, default=0, metavar="K",
+                        help="--by source: K nuclei of each image on a wide field of its background")
+    parser.add_argument("--sparse-side", type=int, default=1024, help="side of the --sparse field (default 1024)")
     args = parser.parse_args(argv)
     if args.zoom <= 0 or (args.zoom != 1 and args.by != "source"):
         parser.error("--zoom takes a positive factor, with --by source")
+    if args.sparse < 0 or (args.sparse and (args.by != "source" or args.zoom != 1)) or args.sparse_side < 64:
+        parser.error("--sparse takes a count of nuclei, with --by source and no --zoom; --sparse-side at least 64")
 
     import torch
 
@@ -210,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         data = per_source_sample(load_sources(sources=args.datasets), args.max_images)
         data = [enlarged(x, args.zoom) for x in data]
         tag = "" if args.zoom == 1 else f"_zoom{args.zoom:g}"
+        if args.sparse:
+            data = [y for y in (sparse(x, args.sparse, args.sparse_side) for x in data) if y.labels.any()]
+            tag = f"_sparse{args.sparse}" + ("" if args.sparse_side == 1024 else f"_{args.sparse_side}")
         out = Path(args.out or RESULTS / f"real_nuclei_sources{tag}.json")
         plot_path = Path(args.plot or ROOT / "docs" / "img" / f"real_nuclei_sources{tag}.png")
     else:
@@ -247,13 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     engines = list(args.engines)
     if args.merge and out.exists():
         done = {(r["engine"], r["dataset"]) for r in rows}
-        old = [r for r in json.loads(out.read_text())["rows"] if (r["engine"], r["dataset"]) not in done]
+        before = json.loads(out.read_text())
+        old = [r for r in before["rows"] if (r["engine"], r["dataset"]) not in done]
+        # The size checks of the sources not rerun are kept too.
+        sizes = {**(before.get("size_estimate") or {}), **sizes}
         order = {"classical": 0, "kaizen": 1, "fcn": 2}
         engines = sorted({r["engine"] for r in old} | set(engines), key=lambda e: order.get(e, 9))
         rows = sorted(old + rows, key=lambda r: (order.get(r["engine"], 9), r["dataset"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"by": unit, "threads": args.threads, "torch": torch.__version__,
                                "max_images": args.max_images if unit == "source" else None, "zoom": args.zoom,
+                               "sparse": [args.sparse, args.sparse_side] if args.sparse else None,
                                "size_estimate": sizes, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, engines, unit) + "\n\n" + error_markdown(rows, engines, unit)
     if sizes:

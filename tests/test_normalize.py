@@ -101,6 +101,31 @@ def test_sparse_objects_on_flat_background_still_normalise():
     assert out.max() == pytest.approx(1.0) and out.min() == 0.0
 
 
+def test_a_few_nuclei_on_a_wide_empty_field_are_normalised_by_their_brightness(rng):
+    """Three nuclei on a 1024 x 1024 field: the 99.8th percentile is noise, and taking it as
+    the top of the range stretched the noise to full range and the nuclei to 10; their
+    small share of the field's variance also had it called noise without structure."""
+    from napari_kaizen.engines._common.normalize import field_message, sparse_field
+
+    yy, xx = np.mgrid[:1024, :1024]
+    nuclei = np.zeros((1024, 1024), bool)
+    for cy, cx in [(200, 300), (640, 150), (800, 820)]:
+        nuclei |= np.hypot(yy - cy, xx - cx) < 8
+    img = rng.normal(10.0, 2.0, nuclei.shape) + 100.0 * nuclei
+    img = np.clip(np.round(img), 0, None).astype(np.uint16)
+    assert sparse_field(img)
+    out = prepare_image(img)
+    assert 0.5 < np.median(out[nuclei]) < 1.2
+    assert np.percentile(out[~nuclei], 99) < 0.1
+    assert field_message(img) is None
+    # A dense field is not sparse: its range is its own 1st-99.8th percentiles as before.
+    grid = np.hypot((yy % 60) - 30, (xx % 60) - 30) < 8
+    dense = np.clip(np.round(rng.normal(10.0, 2.0, grid.shape) + 100.0 * grid), 0, None).astype(np.uint16)
+    assert not sparse_field(dense)
+    lo, hi = np.percentile(dense.astype(np.float32), [1, 99.8])
+    assert np.allclose(prepare_image(dense), (dense - lo) / (hi - lo), atol=1e-5)
+
+
 def test_rgb_needs_a_channel(rng):
     rgb = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
     with pytest.raises(InputError, match="RGB"):

@@ -304,7 +304,8 @@ def export_bioimageio(model: str | os.PathLike, output: str | os.PathLike, *, ov
     words = _ARCHITECTURES[arch]
     percentiles = tuple(float(p) for p in loaded.percentiles)
     raw = _test_image(loaded.object_diameter, entry.input_kind)
-    normalised = torch.from_numpy(normalize_percentile(raw, *percentiles))[None, None]
+    # The package's preprocessing is bioimage.io's plain scale_range.
+    normalised = torch.from_numpy(normalize_percentile(raw, *percentiles, by_objects=False))[None, None]
     wrapped, scripted = _torchscript(arch, net, normalised)
     with torch.no_grad():
         expected = wrapped(normalised).numpy().astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .normalize import whole_image_value
+from .normalize import in_tiled_run, significant_level, sparse_field, whole_image_value
 
 #: The smallest area of an object cut by the image's edge, as a fraction of a typical
 #: object's area. Only part of such an object is in the image, so the engines' usual
@@ -83,6 +83,20 @@ def dim_objects(labels: np.ndarray, image: np.ndarray, min_contrast: float) -> n
 TOPHAT_DIAMETERS = 1.5
 
 
+def li_threshold(values: np.ndarray) -> float:
+    """Li's minimum cross-entropy threshold of ``values``, iterated to a millionth of their range.
+
+    scikit-image's default tolerance, half the smallest step between values, is below
+    what float32 arithmetic resolves: on a wide empty field with three nuclei its
+    iteration cycled between thresholds 5e-8 apart and never returned.
+    """
+    from skimage.filters import threshold_li
+
+    v = np.asarray(values)
+    span = float(v.max() - v.min()) if v.size else 0.0
+    return float(threshold_li(v, tolerance=span * 1e-6)) if span > 0 else float(v.max())
+
+
 def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: float) -> np.ndarray:
     """Boolean table over ids ``0..max``: objects lying mostly on the field's background.
 
@@ -99,7 +113,9 @@ def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: fl
     dropped dim ones, -0.02 mAP on two sources), Li's lower one between the nuclei and
     the background. The top-hat, because in hazy tissue (out-of-focus nuclei and
     cytoplasm around the in-focus ones) the haze is above any threshold of the whole
-    field, and the decomposition tiles it with cells.
+    field, and the decomposition tiles it with cells. On a sparse field
+    (:func:`~.normalize.sparse_field`) the foreground must also stand out of the noise
+    (:func:`~.normalize.significant_level`).
 
     Examples
     --------
@@ -108,8 +124,6 @@ def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: fl
     >>> background_objects(lab, img, 0.5).tolist()
     [False, False, True]
     """
-    from skimage.filters import threshold_li
-
     lab = np.asarray(labels)
     n = int(lab.max()) if lab.size else 0
     out = np.zeros(n + 1, bool)
@@ -123,12 +137,16 @@ def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: fl
     present[0] = False
     # A tiled run fixes the thresholds and the typical object for the whole image, so
     # tiles drop the same objects.
-    foreground = smooth > whole_image_value("foreground_li_threshold", threshold_li, smooth)
+    foreground = smooth > whole_image_value("foreground_li_threshold", li_threshold, smooth)
     area = whole_image_value("foreground_typical_area", np.median, counts[present])
     width = max(3, int(round(TOPHAT_DIAMETERS * 2.0 * np.sqrt(area / np.pi))))
     tophat = smooth - ndi.grey_opening(smooth, size=(width, width))
     if float(tophat.max()) > 0:
-        foreground &= tophat > whole_image_value("foreground_tophat_li_threshold", threshold_li, tophat)
+        foreground &= tophat > whole_image_value("foreground_tophat_li_threshold", li_threshold, tophat)
+    if not in_tiled_run() and sparse_field(image):
+        # A few nuclei on a wide empty field: Li's thresholds split the noise (the nuclei
+        # weigh nothing in the histogram); the foreground must stand out of it.
+        foreground &= smooth > significant_level(smooth, np.asarray(image, np.float32))
     above = np.bincount(lab.ravel(), weights=foreground.ravel(), minlength=n + 1)
     out[present] = above[present] < min_foreground * counts[present]
     return out

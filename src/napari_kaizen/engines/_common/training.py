@@ -102,7 +102,7 @@ def as_list(items: Any, what: str) -> list[np.ndarray]:
 
 
 def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float] | None = None,
-                   require_objects: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   require_objects: bool = True, by_objects: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Normalised images and checked labels, paired one to one (every engine's training set-up).
 
     Parameters
@@ -112,6 +112,10 @@ def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float]
         Normalisation percentiles (the model's); default the package's.
     require_objects : bool
         Refuse label images that hold no object at all.
+    by_objects : bool
+        Normalise a sparse field by its bright objects
+        (:func:`~.normalize.normalize_percentile`); False for label-free images, as
+        the engine normalises them when it segments.
 
     Raises
     ------
@@ -127,7 +131,7 @@ def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float]
     out_i, out_l = [], []
     for k, (img, lab) in enumerate(zip(imgs, labs)):
         try:
-            x = prepare_image(img, percentiles=tuple(percentiles or DEFAULT_PERCENTILES))
+            x = prepare_image(img, percentiles=tuple(percentiles or DEFAULT_PERCENTILES), by_objects=by_objects)
         except InputError as exc:
             raise InputError(f"training image {k + 1}: {exc}") from None
         out_i.append(x)

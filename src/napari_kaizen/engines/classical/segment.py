@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 
 from ...errors import InputError
 from .._common.allocator import keep_freed_memory
-from .._common.normalize import prepare_image, whole_image_value
+from .._common.normalize import in_tiled_run, prepare_image, significant_level, sparse_field, whole_image_value
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
 from .scale_rule import scale_for
@@ -64,11 +64,14 @@ def segment(
         yield empty
         return
     diameter = scale_for(image, p, prepared=img).diameter
+    # Not in a tiled run: its tiles share the whole image's threshold.
+    sparse = not in_tiled_run() and sparse_field(img)
     if not MIN_DIAMETER <= diameter <= max(img.shape):
         raise InputError(f"diameter {diameter:g} px is out of range for this {img.shape[0]}x{img.shape[1]} image: "
                          f"give a diameter between {MIN_DIAMETER:g} px and the image's side ({max(img.shape)} px)")
     radius = diameter / 2.0
-    smooth = ndi.gaussian_filter(img, max(0.5, p.smoothing * diameter))
+    sigma = max(0.5, p.smoothing * diameter)
+    smooth = ndi.gaussian_filter(img, sigma)
     if p.background_radius > 0:
         # Remove smooth illumination: a large-scale grey opening keeps objects, drops the floor.
         # An opening wider than the image is a constant floor: cap it (and its cost).
@@ -82,7 +85,16 @@ def segment(
     # (mitotic) nuclei from lifting the threshold above the dim ones, and the square root
     # roughly evens out shot noise between dim and bright objects.
     compressed = np.sqrt(np.clip(smooth, 0.0, None))
-    thr = whole_image_value("classical_otsu", threshold_otsu, compressed) * p.threshold_scale
+    if sparse:
+        # A few nuclei on a wide empty field: over the whole field Otsu's threshold splits
+        # the noise (the nuclei weigh nothing in the histogram). Over the objects that
+        # stand out of the noise and their surroundings it splits nucleus from background.
+        level = significant_level(smooth, img, sigma)
+        near = ndi.maximum_filter(smooth > level, size=max(3, int(diameter) | 1))
+        thr = max(float(np.sqrt(max(level, 0.0))), threshold_otsu(compressed[near]) if near.any() else 0.0)
+        thr *= p.threshold_scale
+    else:
+        thr = whole_image_value("classical_otsu", threshold_otsu, compressed) * p.threshold_scale
     mask = fill_holes(compressed > thr)
     min_area = max(4, int(p.min_size * np.pi * radius**2))
     mask = remove_small_objects(mask, max_size=min_area - 1) if _new_skimage() else remove_small_objects(mask, min_area)

@@ -127,7 +127,8 @@ def segment(
     from .model import load_model
 
     net_model = load_model(model, device)
-    img = prepare_image(image, percentiles=net_model.percentiles)
+    # Label-free input: no bright objects on a dark field to take the range from.
+    img = prepare_image(image, percentiles=net_model.percentiles, by_objects=False)
     # Pure noise: the U-Net would find dozens of "nuclei" in it (it never saw an image
     # without cells); say why there are none instead.
     empty = empty_field_snapshot(img, SegmentationSnapshot, fluorescence=False)
@@ -199,7 +200,8 @@ def measure_scale(
         return given_or_estimated(None, None if is_auto(p.diameter) else p.diameter, required=True)
     from .postprocess import instances
 
-    img = prepared if prepared is not None else prepare_image(image, percentiles=model.percentiles)
+    img = prepared if prepared is not None else prepare_image(image, percentiles=model.percentiles,
+                                                              by_objects=False)
     _check_model_shape(img.shape)  # the measuring pass runs at the image's own scale
     maps = yield from predict_maps(model, img, p)
     _, first = instances(maps[1], maps[2], h=p.h, min_area=_min_area(p, model.object_diameter),

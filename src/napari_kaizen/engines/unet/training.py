@@ -121,7 +121,7 @@ def synthetic_pairs(
             p = replace(p, label_free=label_free)
         f = synthesize(p, seed=int(s))
         fluo = f.nuclei if target == "nuclei" else f.membrane
-        out.append((prepare_image(f.label_free), prepare_image(fluo), f.nucleus_labels))
+        out.append((prepare_image(f.label_free, by_objects=False), prepare_image(fluo), f.nucleus_labels))
     return out
 
 
@@ -547,7 +547,7 @@ def finetune(
         }
     net = net.to(dev)
     percentiles = tuple(base_meta.get("normalization", {}).get("percentiles", DEFAULT_PERCENTILES))
-    imgs, labs = training_pairs(images, labels, percentiles=percentiles)
+    imgs, labs = training_pairs(images, labels, percentiles=percentiles, by_objects=False)
     masks = check_regions(regions, [i.shape for i in imgs])
 
     # Train at the base model's object scale, so the pretrained features see objects of
