@@ -20,7 +20,7 @@ would see the same nuclei: the real sources' nuclei are 7-58 px across, users' 6
 
 ``--sparse K`` (by source): every image becomes a sparse field, as a few cells plated
 thinly or a wide camera frame give: K of its separate annotated nuclei (with a 3 px
-rim of their surroundings) placed at random on a ``--sparse-side`` square (default
+rim of their surroundings, less the rim's median) placed at random on a ``--sparse-side`` square (default
 1024) of its own background (a normal distribution at the median and pixel noise of
 its pixels away from the nuclei). The results go to
 ``real_nuclei_sources_sparseK.json``.

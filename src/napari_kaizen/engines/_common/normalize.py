@@ -328,6 +328,22 @@ def percentiles(image: np.ndarray, low: float, high: float) -> tuple[float, floa
     return float(lo), float(hi)
 
 
+def _neighbour_differences(image: np.ndarray) -> np.ndarray:
+    """Differences of horizontal neighbours (float32), from a regular sample of rows when huge."""
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.size > _PERCENTILE_SAMPLE:
+        step = int(np.ceil(arr.shape[0] * arr.shape[1] / _PERCENTILE_SAMPLE))
+        arr = arr[::step]
+    return (arr[:, 1:] - arr[:, :-1]).ravel()
+
+
+def _mad_sd(d: np.ndarray) -> float:
+    """:func:`noise_sd` from neighbour differences ``d``."""
+    if d.size == 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+
+
 def noise_sd(image: np.ndarray) -> float:
     """Robust estimate of the pixel noise SD of ``image``.
 
@@ -336,14 +352,7 @@ def noise_sd(image: np.ndarray) -> float:
     neighbour differences, noise dominates them. 0 for noise-free images (including
     quantised ones whose background is a single grey level).
     """
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.size > _PERCENTILE_SAMPLE:
-        step = int(np.ceil(arr.shape[0] * arr.shape[1] / _PERCENTILE_SAMPLE))
-        arr = arr[::step]
-    d = (arr[:, 1:] - arr[:, :-1]).ravel()
-    if d.size == 0:
-        return 0.0
-    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+    return _mad_sd(_neighbour_differences(image))
 
 
 def pixel_noise(image: np.ndarray) -> float:
@@ -356,14 +365,11 @@ def pixel_noise(image: np.ndarray) -> float:
     three grey levels (the smallest step between neighbours) when that is wider, which
     leaves out the edges of objects; divided by sqrt(2).
     """
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.size > _PERCENTILE_SAMPLE:
-        arr = arr[:: int(np.ceil(arr.shape[0] * arr.shape[1] / _PERCENTILE_SAMPLE))]
-    d = (arr[:, 1:] - arr[:, :-1]).ravel()
+    d = _neighbour_differences(image)
     steps = np.abs(d[d != 0])
     if steps.size == 0:
         return 0.0
-    sd = noise_sd(arr)
+    sd = _mad_sd(d)
     within = d[np.abs(d) <= max(5.0 * np.sqrt(2.0) * sd, 3.0 * float(steps.min()))]
     return max(sd, float(np.sqrt(np.mean(within.astype(np.float64) ** 2))) / np.sqrt(2.0))
 
@@ -378,6 +384,13 @@ SPARSE_SHARE = 0.04
 
 #: Side of the central crop :func:`sparse_field` reads (pixels).
 SPARSE_CHECK_SIDE = 512
+
+
+def central_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """The central ``side`` x ``side`` window of an image (the whole of a smaller one)."""
+    h, w = image.shape
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[y0 : y0 + side, x0 : x0 + side]
 
 
 def significant_level(smooth: np.ndarray, image: np.ndarray, sigma: float = 1.0) -> float:
@@ -414,10 +427,7 @@ def sparse_field(image: np.ndarray, side: int = SPARSE_CHECK_SIDE) -> bool:
     """
     from scipy import ndimage as ndi
 
-    arr = np.asarray(image, dtype=np.float32)
-    h, w = arr.shape[:2]
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = arr[y0 : y0 + side, x0 : x0 + side]
+    crop = central_crop(np.asarray(image, dtype=np.float32), side)
     smooth = ndi.gaussian_filter(crop, 1.0)
     return float(np.mean(smooth > significant_level(smooth, crop))) < SPARSE_SHARE
 

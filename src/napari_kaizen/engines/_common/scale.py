@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
-from .normalize import significant_level, sparse_field
+from .normalize import central_crop, significant_level, sparse_field
 
 #: Scale differences below this are left alone: every model is trained on objects whose
 #: size varies by about +-15 % around its nominal diameter (and the ``'auto'`` estimate is
@@ -48,13 +48,6 @@ MIN_SIDE_TO_ESTIMATE = 64
 LOG_TO_ANNOTATED = 1.074
 #: The smallest diameter the scale space can answer (pixels, as annotated).
 SMALLEST_BLOB = AUTO_DIAMETER_RANGE[0] * LOG_TO_ANNOTATED
-
-
-def central_crop(image: np.ndarray, side: int) -> np.ndarray:
-    """The central ``side`` x ``side`` window of an image (the whole of a smaller one)."""
-    h, w = image.shape
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return image[y0 : y0 + side, x0 : x0 + side]
 
 
 def _shrink_factor(sigma: float, shape: tuple[int, int]) -> int:
