@@ -23,7 +23,12 @@ thinly or a wide camera frame give: K of its separate annotated nuclei (with a 3
 rim of their surroundings, less the rim's median) placed at random on a ``--sparse-side`` square (default
 1024) of its own background (a normal distribution at the median and pixel noise of
 its pixels away from the nuclei). The results go to
-``real_nuclei_sources_sparseK.json``.
+``real_nuclei_sources_sparseK[_SIDE].json``.
+
+``--tile PX``: every image is segmented tile by tile (``napari_kaizen.tiled``, as a
+field over 4096^2 or a slide is), and the size check reports the tiled plan's
+estimate; ``_tilePX`` is added to the results' name. With ``--sparse 10 --sparse-side
+2048 --tile 1024``: a mostly empty field cut into four tiles.
 
 ``--by folder``: the seven acquisition folders of mnfinder, leave one folder out
 (``--lodo``), the table kept from before the multi-source work; it comes from one lab,
@@ -145,16 +150,27 @@ def score(gts: list[np.ndarray], preds: list[np.ndarray]) -> dict:
                 errors=total)
 
 
-def size_check(items) -> dict:
-    """The automatic size estimate of every image against its annotated median diameter."""
+def size_check(items, tiled: bool = False) -> dict:
+    """The automatic size estimate of every image against its annotated median diameter.
+
+    ``tiled``: the estimate a tiled run's plan makes for the whole image
+    (``tiled.plan_scale`` with the classical engine's rule, which is the estimate itself).
+    """
+    from napari_kaizen.engines import get_engine
     from napari_kaizen.engines._common.normalize import prepare_image
     from napari_kaizen.engines._common.scale import estimate_diameter, median_diameter
     from napari_kaizen.errors import InputError
+    from napari_kaizen.tiled import plan_scale, whole_image_intensity
 
+    classical = get_engine("classical")
     ratios = []
     for x in items:
         try:
-            est = estimate_diameter(prepare_image(x.image))
+            if tiled:
+                stats = whole_image_intensity(x.image)
+                est = plan_scale(classical, x.image, classical.params(), stats=stats).diameter
+            else:
+                est = estimate_diameter(prepare_image(x.image))
         except InputError:
             est = float("nan")
         ratios.append(est / median_diameter(x.labels))
@@ -253,17 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparse", type=int, default=0, metavar="K",
                         help="--by source: K nuclei of each image on a wide field of its background")
     parser.add_argument("--sparse-side", type=int, default=1024, help="side of the --sparse field (default 1024)")
+    parser.add_argument("--tile", type=int, default=0, metavar="PX",
+                        help="segment every image tile by tile with this tile side (napari_kaizen.tiled), "
+                             "as a huge image is")
     args = parser.parse_args(argv)
     if args.zoom <= 0 or (args.zoom != 1 and args.by != "source"):
         parser.error("--zoom takes a positive factor, with --by source")
     if args.sparse < 0 or (args.sparse and (args.by != "source" or args.zoom != 1)) or args.sparse_side < 64:
         parser.error("--sparse takes a count of nuclei, with --by source and no --zoom; --sparse-side at least 64")
+    if args.tile < 0:
+        parser.error("--tile takes a tile side in pixels")
 
     import torch
 
     from napari_kaizen import run_to_end
     from napari_kaizen.engines import get_engine
     from napari_kaizen.errors import KaizenError
+    from napari_kaizen.tiled import load_engine_model, segment_tiled
 
     torch.set_num_threads(args.threads)
     unit = args.by
@@ -277,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sparse:
             data = [y for y in (sparse(x, args.sparse, args.sparse_side) for x in data) if y.labels.any()]
             tag = f"_sparse{args.sparse}" + ("" if args.sparse_side == 1024 else f"_{args.sparse_side}")
+        tag += f"_tile{args.tile}" if args.tile else ""
         out = Path(args.out or RESULTS / f"real_nuclei_sources{tag}.json")
         plot_path = Path(args.plot or ROOT / "docs" / "img" / f"real_nuclei_sources{tag}.png")
     else:
@@ -287,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or RESULTS / "real_nuclei.json")
         plot_path = Path(args.plot or ROOT / "docs" / "img" / "real_nuclei.png")
     datasets = sorted({x.dataset for x in data})
-    sizes = {d: size_check([x for x in data if x.dataset == d]) for d in datasets} if unit == "source" else {}
+    sizes = ({d: size_check([x for x in data if x.dataset == d], tiled=bool(args.tile)) for d in datasets}
+             if unit == "source" else {})
     rows = []
     for name in args.engines:
         engine = get_engine(name)
@@ -295,13 +319,18 @@ def main(argv: list[str] | None = None) -> int:
             items = [x for x in data if x.dataset == d]
             model, held_out = fold_model(folds, name, d) if engine.default_model else (None, True)
             kwargs = {"model": model} if model else {}
+            loaded = load_engine_model(engine, model, "cpu") if args.tile else None
             start = time.perf_counter()
             preds, refused = [], 0
             for x in items:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # size fall-backs are the CLI's to report
                     try:
-                        preds.append(run_to_end(engine.segment(x.image, engine.params(), **kwargs)).labels)
+                        if args.tile:
+                            run = segment_tiled(engine, x.image, engine.params(), tile=args.tile, model=loaded)
+                            preds.append(np.asarray(run_to_end(run).labels[:]))
+                        else:
+                            preds.append(run_to_end(engine.segment(x.image, engine.params(), **kwargs)).labels)
                     except KaizenError:
                         # A refused image scores as an empty prediction, and is counted.
                         preds.append(np.zeros(x.labels.shape, np.int32))
@@ -325,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"by": unit, "threads": args.threads, "torch": torch.__version__,
                                "max_images": args.max_images if unit == "source" else None, "zoom": args.zoom,
                                "sparse": [args.sparse, args.sparse_side] if args.sparse else None,
+                               "tile": args.tile or None,
                                "size_estimate": sizes, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, engines, unit) + "\n\n" + error_markdown(rows, engines, unit)
     if sizes:

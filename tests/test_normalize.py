@@ -1,5 +1,7 @@
 """The shared input normalisation: dtypes, NaN, constant, RGB, stacks, tiny images."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -124,6 +126,45 @@ def test_a_few_nuclei_on_a_wide_empty_field_are_normalised_by_their_brightness(r
     assert not sparse_field(dense)
     lo, hi = np.percentile(dense.astype(np.float32), [1, 99.8])
     assert np.allclose(prepare_image(dense), (dense - lo) / (hi - lo), atol=1e-5)
+
+
+def test_a_sparse_slide_is_decided_for_the_whole_image_from_crops(rng):
+    """A tiled run decides once, from crops of the whole image, whether it is a few nuclei
+    on a wide empty field; every tile (crowded or empty) then follows that decision and
+    is normalised by the whole image's objects, not by its noise or by its own pixels."""
+    from napari_kaizen.engines._common.normalize import (
+        SPARSE_SHARE,
+        WholeImageStats,
+        pixels_standing_out,
+        share_standing_out,
+        sparse_field,
+        whole_image_stats,
+    )
+
+    yy, xx = np.mgrid[:512, :512]
+    blob = np.hypot(yy - 256, xx - 256) < 8
+    empty = [rng.normal(10.0, 2.0, (512, 512)) for _ in range(8)]
+    one = empty[0] + 100.0 * blob
+    assert share_standing_out([one, *empty[1:]]) < SPARSE_SHARE
+    objects = pixels_standing_out([one, *empty[1:]])
+    assert blob.sum() * 0.8 <= objects.size <= blob.sum() * 2 and np.median(objects) > 60
+    assert pixels_standing_out(empty).size == 0
+    grid = np.hypot((yy % 60) - 30, (xx % 60) - 30) < 8
+    crowded = rng.normal(10.0, 2.0, grid.shape) + 100.0 * grid
+    assert share_standing_out([crowded, crowded]) > SPARSE_SHARE
+    assert share_standing_out([crowded[:50, :50]]) is None  # too small to measure: no decision
+    # Inside a tiled run a crowded tile of a sparse slide is treated as sparse, and
+    # normalised by the slide's objects: the same scale in every tile.
+    sample = np.concatenate([e.ravel()[::97] for e in empty]).astype(np.float32)
+    stats = WholeImageStats(sample=sample, noise=2.0, sparse_objects=objects)
+    with whole_image_stats(stats):
+        assert sparse_field(crowded)
+        out = prepare_image(crowded)
+    top = np.percentile(objects, 99.8)
+    lo = np.percentile(sample, 1)
+    assert np.allclose(out, (crowded - lo) / (top - lo), atol=1e-4)
+    with whole_image_stats(dataclasses.replace(stats, sparse_objects=None)):
+        assert not sparse_field(one)
 
 
 def test_rgb_needs_a_channel(rng):

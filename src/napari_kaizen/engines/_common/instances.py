@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .normalize import in_tiled_run, significant_level, sparse_field, whole_image_value
+from .normalize import significant_level, sparse_field, whole_image_value
 
 #: The smallest area of an object cut by the image's edge, as a fraction of a typical
 #: object's area. Only part of such an object is in the image, so the engines' usual
@@ -143,7 +143,7 @@ def background_objects(labels: np.ndarray, image: np.ndarray, min_foreground: fl
     tophat = smooth - ndi.grey_opening(smooth, size=(width, width))
     if float(tophat.max()) > 0:
         foreground &= tophat > whole_image_value("foreground_tophat_li_threshold", li_threshold, tophat)
-    if not in_tiled_run() and sparse_field(image):
+    if sparse_field(image):
         # A few nuclei on a wide empty field: Li's thresholds split the noise (the nuclei
         # weigh nothing in the histogram); the foreground must stand out of it.
         foreground &= smooth > significant_level(smooth, np.asarray(image, np.float32))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,12 +261,19 @@ class WholeImageStats:
         If given, :func:`whole_image_value` computes its value as usual and also keeps,
         under its name, its function and a subsample of its input (how a tiled run
         measures those decisions on sample crops: the function of the pooled samples).
+    sparse_objects : ndarray of float32, optional
+        ``None`` unless the whole image is a sparse field (:func:`share_standing_out`
+        of crops of it); then the pixels of its objects that stand out of the noise,
+        pooled from crops (:func:`pixels_standing_out`; maybe none). Every tile then
+        takes the sparse-field rules (:func:`sparse_field`), and its normalisation's
+        top from these pixels, as an untiled run of the image would.
     """
 
     sample: np.ndarray
     noise: float
     values: Mapping[str, float] = field(default_factory=dict)
     collect: dict | None = None
+    sparse_objects: np.ndarray | None = None
 
 
 _WHOLE_IMAGE: contextvars.ContextVar[WholeImageStats | None] = contextvars.ContextVar("whole_image_stats", default=None)
@@ -283,7 +290,7 @@ def whole_image_stats(stats: WholeImageStats | None):
 
 
 def in_tiled_run() -> bool:
-    """Whether this thread is inside :func:`whole_image_stats` (a tile of a tiled run)."""
+    """Whether this thread is inside :func:`whole_image_stats` (a tile of a tiled run, or a crop its plan reads)."""
     return _WHOLE_IMAGE.get() is not None
 
 
@@ -424,12 +431,63 @@ def sparse_field(image: np.ndarray, side: int = SPARSE_CHECK_SIDE) -> bool:
     of 1-10 nuclei (256 x 256 and one 520 x 696). Three or ten real nuclei on a 1024 x 1024
     field (``benchmarks/real_nuclei.py --sparse``) leave at most 1.7 % and 3.3 % of the
     central crop standing out.
+
+    Inside :func:`whole_image_stats` (a tile of a tiled run, or a crop its plan reads)
+    the whole image's decision (:attr:`WholeImageStats.sparse_objects`) is returned,
+    so every tile follows the same rules: a tile of a sparse slide may be crowded, and
+    one of a crowded slide empty.
     """
+    stats = _WHOLE_IMAGE.get()
+    if stats is not None:
+        return stats.sparse_objects is not None
+    return float(np.mean(_above_noise(central_crop(np.asarray(image, dtype=np.float32), side)))) < SPARSE_SHARE
+
+
+def _above_noise(arr: np.ndarray) -> np.ndarray:
+    """Where ``arr`` smoothed by 1 px rises above its :func:`significant_level`."""
     from scipy import ndimage as ndi
 
-    crop = central_crop(np.asarray(image, dtype=np.float32), side)
-    smooth = ndi.gaussian_filter(crop, 1.0)
-    return float(np.mean(smooth > significant_level(smooth, crop))) < SPARSE_SHARE
+    smooth = ndi.gaussian_filter(arr, 1.0)
+    return smooth > significant_level(smooth, arr)
+
+
+def share_standing_out(crops: Iterable[np.ndarray]) -> float | None:
+    """The share of the crops' pixels that stand out of the noise, pooled; None if no crop is measurable.
+
+    Each crop is measured as :func:`sparse_field` measures its central crop (smoothed
+    by 1 px, against its own :func:`significant_level`); crops narrower than
+    :data:`EMPTY_CHECK_MIN_SIDE` are passed over. Under :data:`SPARSE_SHARE`, the
+    image the crops sample is a sparse field (how a tiled run decides it for a whole
+    slide).
+    """
+    above = total = 0
+    for crop in crops:
+        arr = np.asarray(crop, dtype=np.float32)
+        if min(arr.shape) >= EMPTY_CHECK_MIN_SIDE:
+            mask = _above_noise(arr)
+            above, total = above + int(mask.sum()), total + mask.size
+    return above / total if total else None
+
+
+#: Values kept by :func:`pixels_standing_out` (a regular subsample beyond this).
+_OBJECT_SAMPLE = 1_000_000
+
+
+def pixels_standing_out(crops: Iterable[np.ndarray]) -> np.ndarray:
+    """The pixels of the objects standing out of the noise in each crop, pooled (float32, maybe none).
+
+    Objects as :func:`objects_standing_out` finds them (patches of at least
+    :data:`MIN_OBJECT_PIXELS`), at the crops' full resolution; at most
+    ``_OBJECT_SAMPLE`` values (a regular subsample), for the percentile of a sparse
+    slide's objects (:attr:`WholeImageStats.sparse_objects`).
+    """
+    pixels = [np.empty(0, np.float32)]
+    for crop in crops:
+        arr = np.asarray(crop, dtype=np.float32)
+        if min(arr.shape) >= EMPTY_CHECK_MIN_SIDE:
+            pixels.append(arr[_big_patches(_above_noise(arr))])
+    out = np.concatenate(pixels)
+    return out[:: int(np.ceil(out.size / _OBJECT_SAMPLE))] if out.size > _OBJECT_SAMPLE else out
 
 
 #: Below this contrast-to-noise ratio a fluorescence image holds no object (see
@@ -577,18 +635,21 @@ def objects_standing_out(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The mask holds the connected patches of at least :data:`MIN_OBJECT_PIXELS` where the
     sample smoothed by 1 px rises above :func:`significant_level`.
     """
-    from scipy import ndimage as ndi
-
     step = max(1, int(np.ceil(np.sqrt(arr.size / _PERCENTILE_SAMPLE))))
     sample = arr[::step, ::step]
-    smooth = ndi.gaussian_filter(sample, 1.0)
-    above = smooth > significant_level(smooth, sample)
-    patches, n = ndi.label(above)
-    if n:
-        big = np.bincount(patches.ravel()) >= MIN_OBJECT_PIXELS
-        big[0] = False
-        above = big[patches]
-    return sample, above
+    return sample, _big_patches(_above_noise(sample))
+
+
+def _big_patches(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without its connected patches under :data:`MIN_OBJECT_PIXELS`."""
+    from scipy import ndimage as ndi
+
+    patches, n = ndi.label(mask)
+    if not n:
+        return mask
+    big = np.bincount(patches.ravel()) >= MIN_OBJECT_PIXELS
+    big[0] = False
+    return big[patches]
 
 
 def normalize_percentile(
@@ -615,9 +676,10 @@ def normalize_percentile(
     percentile of the whole field is noise; the ``high`` percentile of the pixels that
     stand out of the noise (:func:`objects_standing_out`) is used instead when
     brighter, so the nuclei come out as bright as in a dense field and the noise as
-    faint. Not inside :func:`whole_image_stats` (a tiled run's range is the whole
-    image's, from its sample); ``by_objects=False`` for label-free images and where
-    the plain percentiles are the contract (bioimage.io's ``scale_range``).
+    faint. A tile of a tiled run takes the whole image's decision and objects
+    (:attr:`WholeImageStats.sparse_objects`), so tiles agree. ``by_objects=False``
+    for label-free images and where the plain percentiles are the contract
+    (bioimage.io's ``scale_range``).
 
     Raises
     ------
@@ -635,10 +697,10 @@ def normalize_percentile(
             )
         # Sparse objects on a flat background: the percentiles coincide, use the range.
         lo, hi = vmin, vmax
-    if by_objects and not in_tiled_run() and min(arr.shape) >= EMPTY_CHECK_MIN_SIDE and sparse_field(arr):
-        sample, objects = objects_standing_out(arr)
-        if objects.any():
-            hi = max(hi, float(np.percentile(sample[objects], high)))
+    if by_objects and min(arr.shape) >= EMPTY_CHECK_MIN_SIDE:
+        objects = _sparse_object_pixels(arr)
+        if objects.size:
+            hi = max(hi, float(np.percentile(objects, high)))
     if min_contrast_sd > 0:
         stats = _WHOLE_IMAGE.get()
         hi = max(hi, lo + min_contrast_sd * (stats.noise if stats is not None else noise_sd(arr)))
@@ -650,6 +712,20 @@ def normalize_percentile(
         raise InputError(f"image values ({describe(image)}) cannot be normalised to a finite range: "
                          "expected finite pixel values of a real-valued image")
     return out
+
+
+def _sparse_object_pixels(arr: np.ndarray) -> np.ndarray:
+    """The pixels of a sparse field's objects standing out of the noise (none if it is not sparse).
+
+    A tile of a tiled run reads the whole image's (:attr:`WholeImageStats.sparse_objects`).
+    """
+    stats = _WHOLE_IMAGE.get()
+    if stats is not None:
+        return stats.sparse_objects if stats.sparse_objects is not None else np.empty(0, np.float32)
+    if not sparse_field(arr):
+        return np.empty(0, np.float32)
+    sample, objects = objects_standing_out(arr)
+    return sample[objects]
 
 
 def prepare_image(

@@ -7,14 +7,13 @@ recorded in the model's metadata, runs there, and maps labels back to the input 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ...errors import InputError
-from .normalize import central_crop, significant_level, sparse_field
+from .normalize import central_crop, in_tiled_run, significant_level, sparse_field
 
 #: Scale differences below this are left alone: every model is trained on objects whose
 #: size varies by about +-15 % around its nominal diameter (and the ``'auto'`` estimate is
@@ -293,7 +292,9 @@ def threshold_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: 
     above_noise : bool
         Objects must also rise above :func:`~.normalize.significant_level`: on a wide
         empty field with a few nuclei, Otsu's threshold splits the noise itself (the
-        nuclei's pixels weigh nothing in the histogram).
+        nuclei's pixels weigh nothing in the histogram). Objects cut by the image's
+        (or crop's) edge are then measured only if no whole one is found: among a
+        few, one cut object moves the median.
 
     Returns
     -------
@@ -319,11 +320,12 @@ def threshold_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: 
     mask = ndi.binary_opening(fill_holes(smooth > level))
     background = float(np.median(smooth[~mask])) if (~mask).any() else float(smooth.min())
     comps, _ = ndi.label(mask)
-    diameters, weights = [], []
+    diameters, weights, cut = [], [], []
     for prop in regionprops(comps):
         if prop.area < 12 or not _convex_enough(prop, 0.9):
             continue
         y0, x0, y1, x1 = prop.bbox
+        cut.append(y0 == 0 or x0 == 0 or y1 == img.shape[0] or x1 == img.shape[1])
         pad = int(0.5 * np.sqrt(prop.area)) + 2
         Y0, X0 = max(0, y0 - pad), max(0, x0 - pad)
         Y1, X1 = min(smooth.shape[0], y1 + pad), min(smooth.shape[1], x1 + pad)
@@ -341,6 +343,11 @@ def threshold_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: 
         area = float(region.sum())
         diameters.append(2.0 * np.sqrt(area / np.pi))
         weights.append(area)
+    if above_noise and not all(cut):
+        # One of a few objects cut by the edge reads small and weighs as much as a whole
+        # one: the whole ones are measured (all of them if every one is cut).
+        diameters = [d for d, c in zip(diameters, cut) if not c]
+        weights = [w for w, c in zip(weights, cut) if not c]
     if len(diameters) < min_objects:
         raise InputError(
             f"could not estimate the object diameter (found {len(diameters)} separate objects to measure, "
@@ -519,9 +526,14 @@ def estimate_diameter(image: np.ndarray, *, max_side: int = 1024, min_objects: i
         # thousands to one at any resolution, and the central crop may hold none. The
         # separate objects that stand out of the noise, over a wider crop, are measured;
         # one is enough (a field is not refused for holding one nucleus). None that is
-        # whole, separate and convex: the measurements below try.
-        with contextlib.suppress(InputError):
+        # whole, separate and convex: the measurements below try, except on a crop of
+        # a sparse slide (a tiled run's plan), where they would read its noise: the
+        # plan tries its other crops instead.
+        try:
             return threshold_diameter(image, max_side=max(max_side, SPARSE_SIDE), min_objects=1, above_noise=True)
+        except InputError:
+            if in_tiled_run():
+                raise
     blob, blob_error = _blob_or_none(image, side, min_objects)
     thresh, thresh_error = _threshold_or_none(image, side, min_objects)
     agreed = _agree(thresh, blob, AGREEMENT)

@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 
 from ...errors import InputError
 from .._common.allocator import keep_freed_memory
-from .._common.normalize import in_tiled_run, prepare_image, significant_level, sparse_field, whole_image_value
+from .._common.normalize import prepare_image, significant_level, sparse_field, whole_image_value
 from .._common.snapshots import SegmentationSnapshot, empty_field_snapshot
 from .params import ClassicalParams
 from .scale_rule import scale_for
@@ -64,8 +64,7 @@ def segment(
         yield empty
         return
     diameter = scale_for(image, p, prepared=img).diameter
-    # Not in a tiled run: its tiles share the whole image's threshold.
-    sparse = not in_tiled_run() and sparse_field(img)
+    sparse = sparse_field(img)
     if not MIN_DIAMETER <= diameter <= max(img.shape):
         raise InputError(f"diameter {diameter:g} px is out of range for this {img.shape[0]}x{img.shape[1]} image: "
                          f"give a diameter between {MIN_DIAMETER:g} px and the image's side ({max(img.shape)} px)")
@@ -91,7 +90,9 @@ def segment(
         # stand out of the noise and their surroundings it splits nucleus from background.
         level = significant_level(smooth, img, sigma)
         near = ndi.maximum_filter(smooth > level, size=max(3, int(diameter) | 1))
-        thr = max(float(np.sqrt(max(level, 0.0))), threshold_otsu(compressed[near]) if near.any() else 0.0)
+        # A tiled run's tiles share the Otsu threshold of the whole image's objects.
+        otsu = whole_image_value("classical_sparse_otsu", threshold_otsu, compressed[near]) if near.any() else 0.0
+        thr = max(float(np.sqrt(max(level, 0.0))), otsu)
         thr *= p.threshold_scale
     else:
         thr = whole_image_value("classical_otsu", threshold_otsu, compressed) * p.threshold_scale
