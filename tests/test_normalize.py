@@ -133,6 +133,7 @@ def test_a_sparse_slide_is_decided_for_the_whole_image_from_crops(rng):
     on a wide empty field; every tile (crowded or empty) then follows that decision and
     is normalised by the whole image's objects, not by its noise or by its own pixels."""
     from napari_kaizen.engines._common.normalize import (
+        MIN_CONTRAST_SD,
         SPARSE_SHARE,
         WholeImageStats,
         pixels_standing_out,
@@ -156,15 +157,21 @@ def test_a_sparse_slide_is_decided_for_the_whole_image_from_crops(rng):
     # Inside a tiled run a crowded tile of a sparse slide is treated as sparse, and
     # normalised by the slide's objects: the same scale in every tile.
     sample = np.concatenate([e.ravel()[::97] for e in empty]).astype(np.float32)
-    stats = WholeImageStats(sample=sample, noise=2.0, sparse_objects=objects)
+    stats = WholeImageStats(sample=sample, noise=2.0, sparse=True, sparse_objects=objects)
     with whole_image_stats(stats):
         assert sparse_field(crowded)
         out = prepare_image(crowded)
     top = np.percentile(objects, 99.8)
     lo = np.percentile(sample, 1)
     assert np.allclose(out, (crowded - lo) / (top - lo), atol=1e-4)
-    with whole_image_stats(dataclasses.replace(stats, sparse_objects=None)):
+    with whole_image_stats(dataclasses.replace(stats, sparse=False, sparse_objects=None)):
         assert not sparse_field(one)
+    # Not decided for the whole image (a label-free input): each array decides, and
+    # tiles keep the shared range.
+    with whole_image_stats(dataclasses.replace(stats, sparse=None, sparse_objects=None)):
+        assert sparse_field(one) and not sparse_field(crowded)
+        assert np.allclose(prepare_image(one), (one - lo) / (max(np.percentile(sample, 99.8), lo + MIN_CONTRAST_SD * 2.0) - lo),
+                           atol=1e-4)
 
 
 def test_rgb_needs_a_channel(rng):

@@ -277,28 +277,30 @@ def load_engine_model(engine: Any, model: Any, device: Any) -> Any:
     return _load(engine, spec, device)
 
 
-def whole_image_intensity(image: Any, offset: float | None = None) -> WholeImageStats:
+def whole_image_intensity(image: Any, offset: float | None = None, *, fluorescence: bool = True) -> WholeImageStats:
     """Percentile sample, noise level and sparse-field decision of a whole (lazy) image.
 
     The percentiles come from a strided sample; the noise, and whether the image is a
     few objects on a wide empty field (:func:`share_standing_out`, as an untiled run
     decides on its centre), from five full-resolution crops; a sparse image's objects'
     pixels from a grid of wider crops (:func:`pixels_standing_out`). A slide scan or a
-    mosaic is often mostly empty, and its percentiles are then noise.
+    mosaic is often mostly empty, and its percentiles are then noise. Not
+    ``fluorescence`` (a label-free input): no sparse decision for the whole image.
     """
     h, w = (int(s) for s in image.shape)
     step = max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))
     sample = as_float(_to_engine(_strided(image, step), offset)).ravel()
     crops = [as_float(_to_engine(read_region(image, box), offset)) for box in _crops((h, w), CROP)]
     noises = [noise_sd(crop) for crop in crops]
-    share = share_standing_out(crops)
+    share = share_standing_out(crops) if fluorescence else None
     del crops
+    sparse = None if share is None else share < SPARSE_SHARE
     objects = None
-    if share is not None and share < SPARSE_SHARE:
+    if sparse:
         # Few objects: they are looked for over wider crops (those the scale is measured on).
         objects = pixels_standing_out(as_float(_to_engine(read_region(image, box), offset))
                                       for box in grid_crops((h, w), SPARSE_SIDE, SPARSE_SCALE_GRID))
-    return WholeImageStats(sample=sample, noise=float(np.median(noises)), sparse_objects=objects)
+    return WholeImageStats(sample=sample, noise=float(np.median(noises)), sparse=sparse, sparse_objects=objects)
 
 
 def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None, tile: int | None = DEFAULT_TILE,
@@ -342,7 +344,8 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
     if dtype.kind in "iu" and dtype.itemsize >= 4:
         # as_float subtracts an int32/int64 image's minimum; each window would subtract its own.
         offset = float(_strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))).min())
-    stats = whole_image_intensity(src, offset)
+    # A label-free input's engine looks for bright objects only in what it predicts.
+    stats = whole_image_intensity(src, offset, fluorescence=engine.input_kind != "label-free")
     learned = model is not None
     # The engine's own scale rule, once for the whole image; every tile then reads back
     # the same scale from its params (an estimate stays marked as one).
@@ -372,7 +375,7 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, of
     The centre crop goes first: it is what an untiled run of an image up to
     :data:`CROP` pixels a side measures. The other four crops stand in only when the
     rule cannot measure the centre one (too few objects there). An estimate on a
-    sparse image (:attr:`WholeImageStats.sparse_objects`) is the median of those on a
+    sparse image (:attr:`WholeImageStats.sparse`) is the median of those on a
     grid of crops of ``SPARSE_SIDE`` over all of it (up to :data:`SPARSE_SCALE_GRID`
     squared). Crops are
     normalised with the whole image's statistics, as the tiles will be.
@@ -391,7 +394,7 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, of
     failures: list[str] = []
     refused = False
     shape = tuple(int(s) for s in src.shape)
-    sparse = stats.sparse_objects is not None
+    sparse = bool(stats.sparse)
     # A few objects on a wide empty field (a slide scan, a mosaic): a crop holds a
     # handful at most, or none. The rule measures crops as wide as an untiled run's
     # sparse rule reads, on a grid over the whole image, and the median scale is taken.

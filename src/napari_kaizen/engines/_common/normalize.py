@@ -261,18 +261,23 @@ class WholeImageStats:
         If given, :func:`whole_image_value` computes its value as usual and also keeps,
         under its name, its function and a subsample of its input (how a tiled run
         measures those decisions on sample crops: the function of the pooled samples).
+    sparse : bool, optional
+        Whether the whole image is a sparse field (:func:`share_standing_out` of crops
+        of it), which every tile's :func:`sparse_field` then answers, so all tiles
+        follow the same rules. ``None``: not decided for the whole image (a label-free
+        input, whose engine looks for bright objects only in what it predicts from it):
+        each array decides for itself.
     sparse_objects : ndarray of float32, optional
-        ``None`` unless the whole image is a sparse field (:func:`share_standing_out`
-        of crops of it); then the pixels of its objects that stand out of the noise,
-        pooled from crops (:func:`pixels_standing_out`; maybe none). Every tile then
-        takes the sparse-field rules (:func:`sparse_field`), and its normalisation's
-        top from these pixels, as an untiled run of the image would.
+        On a sparse image, the pixels of its objects that stand out of the noise, pooled
+        from crops (:func:`pixels_standing_out`; maybe none): every tile's
+        normalisation takes its top from them, as an untiled run of the image would.
     """
 
     sample: np.ndarray
     noise: float
     values: Mapping[str, float] = field(default_factory=dict)
     collect: dict | None = None
+    sparse: bool | None = None
     sparse_objects: np.ndarray | None = None
 
 
@@ -433,13 +438,13 @@ def sparse_field(image: np.ndarray, side: int = SPARSE_CHECK_SIDE) -> bool:
     central crop standing out.
 
     Inside :func:`whole_image_stats` (a tile of a tiled run, or a crop its plan reads)
-    the whole image's decision (:attr:`WholeImageStats.sparse_objects`) is returned,
-    so every tile follows the same rules: a tile of a sparse slide may be crowded, and
-    one of a crowded slide empty.
+    the whole image's decision (:attr:`WholeImageStats.sparse`) is returned, so every
+    tile follows the same rules: a tile of a sparse slide may be crowded, and one of a
+    crowded slide empty.
     """
     stats = _WHOLE_IMAGE.get()
-    if stats is not None:
-        return stats.sparse_objects is not None
+    if stats is not None and stats.sparse is not None:
+        return stats.sparse
     return float(np.mean(_above_noise(central_crop(np.asarray(image, dtype=np.float32), side)))) < SPARSE_SHARE
 
 
@@ -677,7 +682,7 @@ def normalize_percentile(
     stand out of the noise (:func:`objects_standing_out`) is used instead when
     brighter, so the nuclei come out as bright as in a dense field and the noise as
     faint. A tile of a tiled run takes the whole image's decision and objects
-    (:attr:`WholeImageStats.sparse_objects`), so tiles agree. ``by_objects=False``
+    (:attr:`WholeImageStats.sparse`, ``sparse_objects``), so tiles agree. ``by_objects=False``
     for label-free images and where the plain percentiles are the contract
     (bioimage.io's ``scale_range``).
 
@@ -717,11 +722,12 @@ def normalize_percentile(
 def _sparse_object_pixels(arr: np.ndarray) -> np.ndarray:
     """The pixels of a sparse field's objects standing out of the noise (none if it is not sparse).
 
-    A tile of a tiled run reads the whole image's (:attr:`WholeImageStats.sparse_objects`).
+    A tile of a tiled run reads the whole image's (:attr:`WholeImageStats.sparse_objects`),
+    or none when the whole image's decision was not made: tiles share one range.
     """
     stats = _WHOLE_IMAGE.get()
     if stats is not None:
-        return stats.sparse_objects if stats.sparse_objects is not None else np.empty(0, np.float32)
+        return stats.sparse_objects if stats.sparse and stats.sparse_objects is not None else np.empty(0, np.float32)
     if not sparse_field(arr):
         return np.empty(0, np.float32)
     sample, objects = objects_standing_out(arr)
