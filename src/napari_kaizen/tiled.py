@@ -375,10 +375,9 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, of
     The centre crop goes first: it is what an untiled run of an image up to
     :data:`CROP` pixels a side measures. The other four crops stand in only when the
     rule cannot measure the centre one (too few objects there). An estimate on a
-    sparse image (:attr:`WholeImageStats.sparse`) is the median of those on a
-    grid of crops of ``SPARSE_SIDE`` over all of it (up to :data:`SPARSE_SCALE_GRID`
-    squared). Crops are
-    normalised with the whole image's statistics, as the tiles will be.
+    sparse image (:attr:`WholeImageStats.sparse`) is the median of those on a grid of
+    crops of ``SPARSE_SIDE`` over all of it (up to :data:`SPARSE_SCALE_GRID` squared).
+    Crops are normalised with the whole image's statistics, as the tiles will be.
 
     Returns
     -------

@@ -727,7 +727,7 @@ def _sparse_object_pixels(arr: np.ndarray) -> np.ndarray:
     """
     stats = _WHOLE_IMAGE.get()
     if stats is not None:
-        return stats.sparse_objects if stats.sparse and stats.sparse_objects is not None else np.empty(0, np.float32)
+        return stats.sparse_objects if stats.sparse_objects is not None else np.empty(0, np.float32)
     if not sparse_field(arr):
         return np.empty(0, np.float32)
     sample, objects = objects_standing_out(arr)
