@@ -30,6 +30,14 @@ field over 4096^2 or a slide is), and the size check reports the tiled plan's
 estimate; ``_tilePX`` is added to the results' name. With ``--sparse 10 --sparse-side
 2048 --tile 1024``: a mostly empty field cut into four tiles.
 
+``--dark-sources PATH`` (by source): instead, DSB2018's frames of nuclei darker than
+their field, read from a local checkout at PATH (``nuclei_sources.load_dark_sources``):
+``dsb2018-stained`` (colour pictures of hematoxylin-stained sections) and
+``dsb2018-brightfield`` (grey bright-field frames), each image as stored (colour stays
+colour). No model here was trained or calibrated on them, so the bundled models are
+held out by construction; ``--loso`` is not used. The results go to
+``real_nuclei_sources_dark.json``.
+
 ``--by folder``: the seven acquisition folders of mnfinder, leave one folder out
 (``--lodo``), the table kept from before the multi-source work; it comes from one lab,
 so it overstates what another microscope gives.
@@ -157,7 +165,7 @@ def size_check(items, tiled: bool = False) -> dict:
     (``tiled.plan_scale`` with the classical engine's rule, which is the estimate itself).
     """
     from napari_kaizen.engines import get_engine
-    from napari_kaizen.engines._common.normalize import prepare_image
+    from napari_kaizen.engines._common.normalize import bright_objects, prepare_image
     from napari_kaizen.engines._common.scale import estimate_diameter, median_diameter
     from napari_kaizen.errors import InputError
     from napari_kaizen.tiled import plan_scale, whole_image_intensity
@@ -170,7 +178,8 @@ def size_check(items, tiled: bool = False) -> dict:
                 stats = whole_image_intensity(x.image)
                 est = plan_scale(classical, x.image, classical.params(), stats=stats).diameter
             else:
-                est = estimate_diameter(prepare_image(x.image))
+                # The plane the engines take: a bright-field one turned round (no change to fluorescence).
+                est = estimate_diameter(prepare_image(bright_objects(x.image)))
         except InputError:
             est = float("nan")
         ratios.append(est / median_diameter(x.labels))
@@ -269,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparse", type=int, default=0, metavar="K",
                         help="--by source: K nuclei of each image on a wide field of its background")
     parser.add_argument("--sparse-side", type=int, default=1024, help="side of the --sparse field (default 1024)")
+    parser.add_argument("--dark-sources", type=Path, default=None, metavar="PATH",
+                        help="--by source: DSB2018's stained and bright-field frames from a local checkout "
+                             "(nuclei darker than their field), scored with the bundled models")
     parser.add_argument("--tile", type=int, default=0, metavar="PX",
                         help="segment every image tile by tile with this tile side (napari_kaizen.tiled), "
                              "as a huge image is")
@@ -279,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sparse takes a count of nuclei, with --by source and no --zoom; --sparse-side at least 64")
     if args.tile < 0:
         parser.error("--tile takes a tile side in pixels")
+    if args.dark_sources and (args.by != "source" or args.zoom != 1 or args.sparse or args.tile or args.loso):
+        parser.error("--dark-sources scores the stored frames with the bundled models: no --by folder, --zoom, "
+                     "--sparse, --tile or --loso")
 
     import torch
 
@@ -290,16 +305,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     unit = args.by
     if unit == "source":
-        from nuclei_sources import load_sources, per_source_sample
+        from nuclei_sources import load_dark_sources, load_sources, per_source_sample
 
         folds = Path(args.loso) if args.loso else None
-        data = per_source_sample(load_sources(sources=args.datasets), args.max_images)
+        if args.dark_sources:
+            data = per_source_sample(load_dark_sources(args.dark_sources, sources=args.datasets), args.max_images)
+        else:
+            data = per_source_sample(load_sources(sources=args.datasets), args.max_images)
         data = [enlarged(x, args.zoom) for x in data]
         tag = "" if args.zoom == 1 else f"_zoom{args.zoom:g}"
         if args.sparse:
             data = [y for y in (sparse(x, args.sparse, args.sparse_side) for x in data) if y.labels.any()]
             tag = f"_sparse{args.sparse}" + ("" if args.sparse_side == 1024 else f"_{args.sparse_side}")
         tag += f"_tile{args.tile}" if args.tile else ""
+        tag += "_dark" if args.dark_sources else ""
         out = Path(args.out or RESULTS / f"real_nuclei_sources{tag}.json")
         plot_path = Path(args.plot or ROOT / "docs" / "img" / f"real_nuclei_sources{tag}.png")
     else:
@@ -318,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in datasets:
             items = [x for x in data if x.dataset == d]
             model, held_out = fold_model(folds, name, d) if engine.default_model else (None, True)
+            held_out = held_out or bool(args.dark_sources)  # no model here saw those frames
             kwargs = {"model": model} if model else {}
             loaded = load_engine_model(engine, model, "cpu") if args.tile else None
             start = time.perf_counter()
@@ -355,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                                "max_images": args.max_images if unit == "source" else None, "zoom": args.zoom,
                                "sparse": [args.sparse, args.sparse_side] if args.sparse else None,
                                "tile": args.tile or None,
+                               "dark_sources": [x.key for x in data] if args.dark_sources else None,
                                "size_estimate": sizes, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, engines, unit) + "\n\n" + error_markdown(rows, engines, unit)
     if sizes:

@@ -125,6 +125,48 @@ def dsb_group(image: np.ndarray) -> str | None:
     return None
 
 
+#: DSB2018 groups of nuclei darker than their field, scored by the benchmark only
+#: (``benchmarks/real_nuclei.py --dark-sources``): no model here is trained or
+#: calibrated on them, and the manifest does not list them.
+DARK_SOURCES = ("dsb2018-stained", "dsb2018-brightfield")
+
+
+def dark_group(image: np.ndarray) -> str | None:
+    """The evaluation-only group of a DSB2018 frame whose nuclei are darker than its field, else None.
+
+    ``dsb2018-stained``: the colour frames (hematoxylin-stained sections, 256 x 320);
+    ``dsb2018-brightfield``: the grey frames with a bright background (1024^2, stained
+    smears). The frames :func:`dsb_group` leaves out.
+    """
+    rgb = image[..., :3] if image.ndim == 3 else np.stack([image] * 3, -1)
+    grey = bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+    if not grey:
+        return "dsb2018-stained"
+    return "dsb2018-brightfield" if float(np.median(rgb[..., 0])) > 100 else None
+
+
+def load_dark_sources(repo: Path, sources: list[str] | None = None) -> list[SourceImage]:
+    """Every non-reserved frame of :data:`DARK_SOURCES` in a local DSB2018 checkout, as stored.
+
+    A stained section stays a colour (RGB) picture and a bright-field frame grey, as a
+    person's file reaches the product; labels as :func:`read_dsb` reads them.
+    """
+    import imageio.v3 as iio
+
+    repo, reserved = Path(repo), reserved_ids()
+    out = []
+    for folder in sorted((repo / "stage1_train").iterdir()):
+        if folder.name in reserved:
+            continue
+        raw = iio.imread(folder / "images" / f"{folder.name}.png")
+        group = dark_group(raw)
+        if group is None or (sources is not None and group not in sources):
+            continue
+        image = np.ascontiguousarray(raw[..., :3]) if group == "dsb2018-stained" else np.ascontiguousarray(raw[..., 0])
+        out.append(SourceImage(group, folder.name[:16], image, read_dsb(repo, folder.name)[1].astype(np.int32)))
+    return sorted(out, key=lambda x: (x.source, x.name))
+
+
 def read_dsb(repo: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """The grey image (uint8) and instance labels (uint16) of one ``stage1_train`` id."""
     import imageio.v3 as iio

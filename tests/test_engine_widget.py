@@ -219,3 +219,29 @@ def test_a_lazy_layer_is_segmented_tile_by_tile_into_a_lazy_labels_layer(make_na
     whole = run_to_end(engine.segment(field.nuclei)).labels
     assert metrics.average_precision(whole, labels)[0.5] > 0.95
     assert "Error" not in widget.status.text()
+
+
+def test_a_colour_picture_of_a_stained_section_is_segmented_in_the_viewer(make_napari_viewer, qtbot):
+    # Before, a colour layer was refused ("split its channels"), and a split channel was
+    # segmented the wrong way round. Now the picture's luminance, turned round, is.
+    from pathlib import Path
+
+    import tifffile
+
+    from napari_kaizen import metrics
+    from napari_kaizen.widgets._fcn_widget import FCNWidget
+
+    data = Path(__file__).parent / "data" / "dsb2018"
+    rgb = tifffile.imread(data / "stained_section_image.tif")
+    truth = tifffile.imread(data / "stained_section_labels.tif").astype(np.int32)
+    viewer = make_napari_viewer()
+    widget = FCNWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    layer = viewer.add_image(rgb, name="section", rgb=True)
+    widget.image.value = layer
+    widget.device.value = "cpu"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=TIMEOUT)
+    labels = np.asarray(viewer.layers["FCN cells"].data)
+    assert labels.shape == rgb.shape[:2]
+    assert metrics.average_precision(truth, labels, (0.5,))[0.5] >= 0.65

@@ -175,7 +175,9 @@ def test_a_sparse_slide_is_decided_for_the_whole_image_from_crops(rng):
 
 
 def test_rgb_needs_a_channel(rng):
-    rgb = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
+    # Colour on a dark field (bright specks: a composite of fluorescence stains); a
+    # colour picture of a bright field is read as its luminance (tests/test_polarity.py).
+    rgb = (rng.random((20, 20, 3)) ** 3 * 255).astype(np.uint8)
     with pytest.raises(InputError, match="RGB"):
         prepare_image(rgb)
     assert prepare_image(rgb, channel=1).shape == (20, 20)
@@ -185,7 +187,7 @@ def test_rgb_needs_a_channel(rng):
 
 def test_a_grey_image_stored_as_colour_is_read_as_grey(rng):
     """DSB2018's PNGs, ImageJ "RGB Color" exports, screenshots: one stain in equal channels."""
-    grey = (rng.random((20, 20)) * 200).astype(np.uint8)
+    grey = (rng.random((20, 20)) ** 3 * 200).astype(np.uint8)  # bright specks on a dark field
     rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
     np.testing.assert_array_equal(prepare_image(rgba), prepare_image(grey))
     # A JPEG of a grey image: its channels differ by a grey level here and there.

@@ -22,3 +22,19 @@ def test_optional_floats_round_trip(qtbot):
     k = ParamsForm(KaizenParams)
     k._fields["mask_fraction"].value = "0.3"
     assert k.value().mask_fraction == pytest.approx(0.3)
+
+
+def test_which_way_round_the_objects_are_is_a_choice(qtbot):
+    # The nucleus engines' ``objects`` (a Literal) is a drop-down of its three values,
+    # not free text a person could misspell.
+    from magicgui import widgets as mw
+
+    from napari_kaizen.engines.classical import Params as ClassicalParams
+    from napari_kaizen.widgets._params_form import ParamsForm
+
+    form = ParamsForm(ClassicalParams)
+    box = form._fields["objects"]
+    assert isinstance(box, mw.ComboBox) and list(box.choices) == ["auto", "bright", "dark"]
+    assert form.value().objects == "auto"
+    box.value = "dark"
+    assert form.value() == ClassicalParams(objects="dark")

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .engines import (
+    DARK_OBJECTS,
     DEFAULT_TILE,
     MIN_SIDE,
     SPARSE_SHARE,
@@ -46,6 +47,7 @@ from .engines import (
     as_float,
     check_tile,
     choose_halo,
+    decide_dark,
     merge_tile,
     noise_sd,
     owned_objects,
@@ -56,6 +58,7 @@ from .engines import (
     run_to_end,
     share_standing_out,
     tile_grid,
+    turned_round,
     whole_image_stats,
 )
 from .errors import InputError, KaizenError
@@ -131,10 +134,8 @@ class TilePlan:
         The engine's params with ``diameter`` fixed for the whole image.
     stats : WholeImageStats
         Intensity statistics every tile is normalised with.
-    offset : float or None
-        For 32/64-bit integer images, the whole image's minimum, subtracted from every
-        window before the engine sees it (the engines' own float conversion would
-        subtract each window's own minimum).
+    pixels : PixelMap
+        How every window's pixels reach the engine.
     diameter : float or None
         Object diameter (pixels) the halo was chosen for.
     """
@@ -144,7 +145,7 @@ class TilePlan:
     halo: int
     params: Any
     stats: WholeImageStats
-    offset: float | None
+    pixels: PixelMap
     diameter: float | None
 
 
@@ -218,10 +219,51 @@ def _strided(image: Any, step: int) -> np.ndarray:
     return np.asarray(block)
 
 
-def _to_engine(window: np.ndarray, offset: float | None) -> np.ndarray:
-    if offset is None:
-        return window
-    return (window.astype(np.float64) - offset).astype(np.float32)
+@dataclass(frozen=True)
+class PixelMap:
+    """How a window's pixels reach the engine, the same for every tile of one image.
+
+    Attributes
+    ----------
+    offset : float or None
+        For 32/64-bit integer images, the whole image's minimum, subtracted first (the
+        engines' own float conversion would subtract each window's own minimum).
+    dark : bool
+        The objects are darker than their field (a nucleus engine's ``objects``, or
+        :func:`~napari_kaizen.engines._common.polarity.dark_objects` of the whole
+        image's sample): every window is turned round about ``top``, as an untiled run
+        turns its plane round; a tile's own decision would differ on an empty tile.
+    top : float
+        What a dark image is turned round about: its sampled maximum (an unsigned
+        integer image: its dtype's maximum, as untiled).
+    """
+
+    offset: float | None = None
+    dark: bool = False
+    top: float = 0.0
+
+    def __call__(self, window: np.ndarray) -> np.ndarray:
+        if self.offset is not None:
+            window = (window.astype(np.float64) - self.offset).astype(np.float32)
+        return turned_round(window, self.top) if self.dark else window
+
+
+def pixel_map(src: Any, params: Any) -> PixelMap:
+    """The :class:`PixelMap` of a whole (lazy) 2-D image for an engine's ``params``."""
+    h, w = (int(s) for s in src.shape)
+    dtype = np.dtype(src.dtype)
+    sample = _strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))))
+    offset = None
+    if dtype.kind in "iu" and dtype.itemsize >= 4:
+        # as_float subtracts an int32/int64 image's minimum; each window would subtract its own.
+        offset = float(sample.min())
+    objects = getattr(params, "objects", None)  # only the nucleus engines look for bright objects
+    if objects is None or not decide_dark(sample, objects):
+        return PixelMap(offset)
+    if objects == "auto":
+        warnings.warn(DARK_OBJECTS, InputWarning, stacklevel=3)
+    shifted = PixelMap(offset)(sample).astype(np.float64)
+    return PixelMap(offset, dark=True, top=float(np.nanmax(shifted)) if shifted.size else 0.0)
 
 
 def grid_crops(shape: tuple[int, int], side: int, n: int) -> list[tuple[int, int, int, int]]:
@@ -277,7 +319,7 @@ def load_engine_model(engine: Any, model: Any, device: Any) -> Any:
     return _load(engine, spec, device)
 
 
-def whole_image_intensity(image: Any, offset: float | None = None, *, fluorescence: bool = True) -> WholeImageStats:
+def whole_image_intensity(image: Any, pixels: PixelMap | None = None, *, fluorescence: bool = True) -> WholeImageStats:
     """Percentile sample, noise level and sparse-field decision of a whole (lazy) image.
 
     The percentiles come from a strided sample; the noise, and whether the image is a
@@ -286,11 +328,13 @@ def whole_image_intensity(image: Any, offset: float | None = None, *, fluorescen
     pixels from a grid of wider crops (:func:`pixels_standing_out`). A slide scan or a
     mosaic is often mostly empty, and its percentiles are then noise. Not
     ``fluorescence`` (a label-free input): no sparse decision for the whole image.
+    All of it on the pixels as the engine takes them (``pixels``, default unchanged).
     """
+    to_engine = pixels or PixelMap()
     h, w = (int(s) for s in image.shape)
     step = max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))
-    sample = as_float(_to_engine(_strided(image, step), offset)).ravel()
-    crops = [as_float(_to_engine(read_region(image, box), offset)) for box in _crops((h, w), CROP)]
+    sample = as_float(to_engine(_strided(image, step))).ravel()
+    crops = [as_float(to_engine(read_region(image, box))) for box in _crops((h, w), CROP)]
     noises = [noise_sd(crop) for crop in crops]
     share = share_standing_out(crops) if fluorescence else None
     del crops
@@ -298,7 +342,7 @@ def whole_image_intensity(image: Any, offset: float | None = None, *, fluorescen
     objects = None
     if sparse:
         # Few objects: they are looked for over wider crops (those the scale is measured on).
-        objects = pixels_standing_out(as_float(_to_engine(read_region(image, box), offset))
+        objects = pixels_standing_out(as_float(to_engine(read_region(image, box)))
                                       for box in grid_crops((h, w), SPARSE_SIDE, SPARSE_SCALE_GRID))
     return WholeImageStats(sample=sample, noise=float(np.median(noises)), sparse=sparse, sparse_objects=objects)
 
@@ -339,21 +383,17 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         # diameter of '60' must size the halo as 60 does, not fall back to the default.
         p = dataclasses.replace(p, diameter=parse_diameter(p.diameter))
     h, w = (int(s) for s in src.shape)
-    dtype = np.dtype(src.dtype)
-    offset = None
-    if dtype.kind in "iu" and dtype.itemsize >= 4:
-        # as_float subtracts an int32/int64 image's minimum; each window would subtract its own.
-        offset = float(_strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))).min())
+    pixels = pixel_map(src, p)
     # A label-free input's engine looks for bright objects only in what it predicts.
-    stats = whole_image_intensity(src, offset, fluorescence=engine.input_kind != "label-free")
+    stats = whole_image_intensity(src, pixels, fluorescence=engine.input_kind != "label-free")
     learned = model is not None
     # The engine's own scale rule, once for the whole image; every tile then reads back
     # the same scale from its params (an estimate stays marked as one).
-    scale = plan_scale(engine, src, p, stats=stats, offset=offset, model=model)
+    scale = plan_scale(engine, src, p, stats=stats, pixels=pixels, model=model)
     diameter = scale.diameter
     p = dataclasses.replace(p, diameter=scale.param)
     if getattr(engine, "calibrates_on_crops", False):
-        stats = _decide_on_crops(engine, src, p, stats, offset, model, device)
+        stats = _decide_on_crops(engine, src, p, stats, pixels, model, device)
     object_diameter = getattr(model, "object_diameter", None)
     size = diameter if diameter is not None else object_diameter
     # tile_grid checks the tile; the halo follows it.
@@ -364,11 +404,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
             # context makes a window's probabilities near its core match the whole image's.
             halo = max(halo, min(LEARNED_MIN_HALO, int(tile) // 2))
     tiles = tile_grid((h, w), tile, halo)
-    return TilePlan(shape=(h, w), tiles=tiles, halo=int(halo), params=p, stats=stats, offset=offset,
+    return TilePlan(shape=(h, w), tiles=tiles, halo=int(halo), params=p, stats=stats, pixels=pixels,
                     diameter=None if diameter is None else float(diameter))
 
 
-def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, offset: float | None = None,
+def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, pixels: PixelMap | None = None,
                model: Any = None) -> Scale:
     """The engine's scale (its ``scale_for``) for a whole lazy image, read on full-resolution crops.
 
@@ -399,12 +439,13 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, of
     # sparse rule reads, on a grid over the whole image, and the median scale is taken.
     boxes = grid_crops(shape, SPARSE_SIDE, SPARSE_SCALE_GRID) if sparse else _crops(shape, CROP)
     measured: list[Scale] = []
+    to_engine = pixels or PixelMap()
     with whole_image_stats(stats), warnings.catch_warnings():
         # A crop the rule cannot measure is not yet the image's failure: say it once, below.
         warnings.simplefilter("ignore", InputWarning)
         for box in boxes:
             try:
-                scale = engine.scale_for(_to_engine(read_region(src, box), offset), params, model=model)
+                scale = engine.scale_for(to_engine(read_region(src, box)), params, model=model)
             except InputError as exc:
                 failures.append(str(exc))
                 refused = True
@@ -425,7 +466,7 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, of
     return Scale(None, failure=failures[-1])
 
 
-def _decide_on_crops(engine: Any, src: Any, params: Any, stats: WholeImageStats, offset: float | None,
+def _decide_on_crops(engine: Any, src: Any, params: Any, stats: WholeImageStats, pixels: PixelMap,
                      model: Any, device: Any) -> WholeImageStats:
     """Run the engine on the sample crops and fix its whole-image values (from their pooled samples)."""
     collect: dict = {}
@@ -436,7 +477,7 @@ def _decide_on_crops(engine: Any, src: Any, params: Any, stats: WholeImageStats,
     with whole_image_stats(probe):
         for box in grid_crops(tuple(int(s) for s in src.shape), side, CALIBRATION_GRID):
             try:
-                run_to_end(engine.segment(_to_engine(read_region(src, box), offset), params, model=model, device=device))
+                run_to_end(engine.segment(pixels(read_region(src, box)), params, model=model, device=device))
             except InputError:
                 continue  # a crop the engine refuses (no objects to size) decides nothing
     # Pooled samples of many small crops spread evenly, not a few big crops nor a median
@@ -457,7 +498,7 @@ def segment_window(engine: Any, window: np.ndarray, plan: TilePlan, tile: Tile, 
     """
     engine = resolve_engine(engine)
     with whole_image_stats(plan.stats):
-        last = run_to_end(engine.segment(_to_engine(window, plan.offset), plan.params, model=model, device=device))
+        last = run_to_end(engine.segment(plan.pixels(window), plan.params, model=model, device=device))
     if last.labels is None:
         raise KaizenError(f"the {getattr(engine, 'name', 'engine')} engine finished tile {tile.index} without labels")
     owned = owned_objects(last.labels, tile, plan.shape)

@@ -149,10 +149,25 @@ class PackageEngine:
     def segment(self, image: Any, params: Any = None, *, model: Any = None, device: Any = "auto") -> Iterator[Any]:
         if model is not None and not self.learned:
             raise EngineNotAvailableError(f"the {self.name} engine uses no model; leave the model out")
-        return self.module.segment(image, params, model=model, device=device)
+        return self.module.segment(self._input(image, params), params, model=model, device=device)
 
     def scale_for(self, image: Any, params: Any = None, *, model: Any = None, prepared: Any = None) -> Any:
-        return self.module.scale_for(image, params, model=model, prepared=prepared)
+        return self.module.scale_for(self._input(image, params), params, model=model, prepared=prepared)
+
+    def _input(self, image: Any, params: Any) -> Any:
+        """``image`` as the engine takes it: a nucleus engine's objects bright on a dark field.
+
+        Engines with an ``objects`` parameter (the nucleus engines) look for bright
+        objects; a bright-field plane is turned round here, once, by
+        :func:`~._common.normalize.bright_objects`. Inside a tiled run the plan has
+        turned the whole image round already (every tile the same way).
+        """
+        objects = getattr(params if params is not None else self.Params(), "objects", None)
+        if objects is None:
+            return image
+        from ._common.normalize import bright_objects, in_tiled_run
+
+        return image if in_tiled_run() else bright_objects(image, objects)
 
     def load_model(self, model: Any = None, device: Any = "auto") -> Any:
         return self._learned_only("load_model", "loads no model")(model, device=device)
@@ -266,7 +281,9 @@ SHARED: dict[str, str] = {
     "as_float": "._common.normalize", "noise_sd": "._common.normalize", "WholeImageStats": "._common.normalize",
     "whole_image_stats": "._common.normalize", "pooled_values": "._common.normalize",
     "share_standing_out": "._common.normalize", "pixels_standing_out": "._common.normalize",
-    "SPARSE_SHARE": "._common.normalize",
+    "SPARSE_SHARE": "._common.normalize", "DARK_OBJECTS": "._common.normalize",
+    "decide_dark": "._common.polarity", "turned_round": "._common.polarity",
+    "colour_bright_field": "._common.polarity", "luminance": "._common.polarity",
     # snapshots and running them
     "SegmentationSnapshot": "._common.snapshots", "run_to_end": "._common.snapshots",
     "segment_planes": "._common.planes",

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import WeightsError
 from ._common.metadata import INPUT_KINDS, OUTPUT_KINDS, read_model_metadata
+from ._common.polarity import dark_objects
 from ._common.weights import bundled_dir, read_metadata, weights_paths
 
 
@@ -197,10 +198,17 @@ def image_kind(image: np.ndarray) -> str:
 
 
 def input_warning(entry: ModelEntry, image: np.ndarray) -> str | None:
-    """A one-line warning when ``image`` does not look like what ``entry`` expects, else None."""
+    """A one-line warning when ``image`` does not look like what ``entry`` expects, else None.
+
+    A nucleus model given a plane whose objects are darker than its field (stained
+    nuclei in bright-field) says nothing here: the engine turns the plane round and
+    says so itself (:data:`~._common.normalize.DARK_OBJECTS`).
+    """
     kind = image_kind(image)
     wants_label_free = entry.input_kind == "label-free"
     if wants_label_free == (kind == "label-free"):
+        return None
+    if not wants_label_free and np.ndim(image) == 2 and dark_objects(image):
         return None
     looks = "a label-free image" if kind == "label-free" else "a fluorescence image"
     return (f"the image looks like {looks} but the model {entry.name} expects {INPUT_KINDS[entry.input_kind]}; "

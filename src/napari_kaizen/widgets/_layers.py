@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engines import grey_in_colour
+from ..engines import colour_bright_field, grey_in_colour, luminance
 
 META_KEY = "napari_kaizen"
 
@@ -279,8 +279,9 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
     """
     if layer is None:
         return f"No image layer: {missing}."
-    if getattr(layer, "rgb", False) and (getattr(layer, "multiscale", False) or not grey_in_colour(layer.data)):
-        return (f"'{layer.name}' is a colour RGB image: split its channels (right-click > Split RGB) "
+    if getattr(layer, "rgb", False) and (getattr(layer, "multiscale", False) or not (
+            grey_in_colour(layer.data) or colour_bright_field(layer.data))):
+        return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > Split RGB) "
                 "and choose the nucleus (or cell) stain.")
     if 0 in np.shape(layer.data):
         return f"'{layer.name}' is empty (shape {np.shape(layer.data)}): choose an image with pixels."
@@ -312,8 +313,9 @@ def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.n
     """The 2-D plane of ``layer`` the viewer is showing, and its index in the stack.
 
     A grey image stored as RGB(A) gives its grey plane
-    (:func:`~napari_kaizen.engines._common.normalize.grey_in_colour`); a colour one
-    keeps its colour axis (the engine's input check names the problem).
+    (:func:`~napari_kaizen.engines._common.normalize.grey_in_colour`), a colour picture
+    of a bright field its luminance; another colour one keeps its colour axis (the
+    engine's input check names the problem).
     With ``max_pixels``, a regular subsample of at most about that many pixels (a
     quick look at a huge or lazy plane, e.g. to guess its kind), read without loading
     the whole plane.
@@ -334,9 +336,12 @@ def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.n
 
 
 def _grey(layer, plane: np.ndarray) -> np.ndarray:
-    """A plane of an RGB layer as its grey image when it is one, else as it is."""
+    """A plane of an RGB layer as its grey image when it is one (a colour picture of a
+    bright field: its luminance, as the engines read it), else as it is."""
     if getattr(layer, "rgb", False) and grey_in_colour(plane):
         return plane[..., 0]
+    if getattr(layer, "rgb", False) and colour_bright_field(plane):
+        return luminance(plane)
     return plane
 
 

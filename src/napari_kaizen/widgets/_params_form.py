@@ -98,6 +98,8 @@ class ParamsForm(mw.Container):
 
     def _make(self, name: str, hint: Any, value: Any):
         label = _label(name)
+        if typing.get_origin(hint) is typing.Literal:
+            return mw.ComboBox(choices=list(typing.get_args(hint)), value=value, label=label, name=name)
         if isinstance(value, bool):
             return mw.CheckBox(value=value, label=label, name=name)
         if isinstance(value, int) and not isinstance(value, bool):

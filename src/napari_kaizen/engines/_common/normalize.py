@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...errors import InputError
+from .polarity import colour_bright_field, decide_dark, luminance, turned_round
 
 #: Percentiles used by :func:`normalize_percentile` (as CSBDeep / StarDist use them).
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
@@ -30,6 +31,14 @@ _PERCENTILE_SAMPLE = 4_000_000
 
 #: Contrast below this many noise standard deviations is not stretched to full range.
 MIN_CONTRAST_SD = 8.0
+
+#: What a run says when it turns a bright-field image round (:func:`bright_objects`).
+DARK_OBJECTS = ("the objects are darker than their field (stained nuclei in bright-field): segmented as the image's "
+                "inverse; set objects='bright' (CLI --param objects=bright) if they are not, or use a label-free "
+                "model for unstained cells")
+
+_COLOUR_BRIGHT_FIELD = ("a colour picture of a bright field (stained cells or a stained section): its grey luminance is "
+                        "segmented; pick a channel (channel=N, CLI --channel N) to use one stain instead")
 
 
 class InputWarning(UserWarning):
@@ -117,9 +126,12 @@ def to_plane(
         2-D image, RGB(A) image ``(H, W, 3|4)``, or a stack ``(..., H, W)`` of planes
         (z-stack, time series, or both).
     channel : int, optional
-        Channel of an RGB(A) image to use. A colour image without a channel is
-        refused, because averaging colour channels mixes stains; a grey image stored
-        as RGB(A) (:func:`grey_in_colour`) needs none.
+        Channel of an RGB(A) image to use. A colour image on a dark field without a
+        channel is refused, because averaging its channels mixes stains; a grey image
+        stored as RGB(A) (:func:`grey_in_colour`) needs none, and a colour picture of a
+        bright field (stained cells or a stained section,
+        :func:`~napari_kaizen.engines._common.polarity.colour_bright_field`) is read as
+        its grey luminance (an :class:`InputWarning` says so).
     plane : int or tuple of int, optional
         Index into the leading axes of a stack. Stacks without a plane are refused;
         run every plane with :func:`iter_planes` instead.
@@ -127,7 +139,8 @@ def to_plane(
     Returns
     -------
     plane : ndarray
-        A 2-D array (a view where possible), dtype unchanged.
+        A 2-D array (a view where possible), dtype unchanged (``float32`` for a
+        colour picture's luminance).
 
     Raises
     ------
@@ -145,14 +158,18 @@ def to_plane(
     if looks_rgb(arr):
         if channel is None and grey_in_colour(arr):
             channel = 0
-        if channel is None:
+        if channel is None and colour_bright_field(arr):
+            warnings.warn(_COLOUR_BRIGHT_FIELD, InputWarning, stacklevel=3)
+            arr = luminance(arr)
+        elif channel is None:
             raise InputError(
-                f"colour RGB(A) image ({describe(arr)}): pick one channel (channel=0..{arr.shape[-1] - 1}, "
+                f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel (channel=0..{arr.shape[-1] - 1}, "
                 "CLI --channel N); its channels differ (different stains) and are not averaged"
             )
-        if not 0 <= channel < arr.shape[-1]:
-            raise InputError(f"channel {channel} does not exist: this RGB(A) image has {arr.shape[-1]} channels")
-        arr = arr[..., channel]
+        else:
+            if not 0 <= channel < arr.shape[-1]:
+                raise InputError(f"channel {channel} does not exist: this RGB(A) image has {arr.shape[-1]} channels")
+            arr = arr[..., channel]
     elif channel is not None and arr.ndim == 2:
         raise InputError(f"channel={channel} was given but the image is a single-channel 2-D image ({describe(arr)})")
     if arr.ndim > 2:
@@ -183,8 +200,12 @@ def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray
     arr = np.asarray(image)
     if grey_in_colour(arr):
         arr = arr[..., 0]
+    elif looks_rgb(arr) and colour_bright_field(arr):
+        warnings.warn(_COLOUR_BRIGHT_FIELD, InputWarning, stacklevel=2)
+        arr = luminance(arr)
     if looks_rgb(arr):
-        raise InputError(f"colour RGB(A) image ({describe(arr)}): pick one channel before running every plane")
+        raise InputError(f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel before running "
+                         "every plane")
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
     for index in np.ndindex(*arr.shape[:-2]):
@@ -732,6 +753,53 @@ def _sparse_object_pixels(arr: np.ndarray) -> np.ndarray:
         return np.empty(0, np.float32)
     sample, objects = objects_standing_out(arr)
     return sample[objects]
+
+
+def bright_objects(plane: np.ndarray, objects: str = "auto") -> np.ndarray:
+    """``plane`` with its objects bright on a dark field, as the nucleus engines take it.
+
+    A bright-field frame or a stained section shows nuclei darker than their field;
+    turned round (:func:`~napari_kaizen.engines._common.polarity.turned_round`), they
+    are bright on a dark one, as a fluorescence stain shows them.
+
+    Parameters
+    ----------
+    plane : ndarray, shape (H, W)
+        One plane; an RGB(A) image is read by :func:`to_plane` (a grey image stored as
+        colour, a colour picture of a bright field as its luminance). Anything else (a
+        colour image on a dark field, a stack) is passed through for the engine's own
+        input check to name.
+    objects : {'auto', 'bright', 'dark'}
+        How the objects stand against their field; ``'auto'`` decides by
+        :func:`~napari_kaizen.engines._common.polarity.dark_objects` and says so (an
+        :class:`InputWarning`) when it turns the plane round.
+
+    Returns
+    -------
+    ndarray
+        The plane, or its inverse.
+
+    Examples
+    --------
+    >>> field = np.full((64, 64), 200, np.uint8)
+    >>> field[20:30, 20:30] = 40  # a dark nucleus on a bright field
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", InputWarning)
+    ...     int(bright_objects(field)[25, 25]), int(bright_objects(field)[0, 0])
+    (215, 55)
+    """
+    arr = np.asarray(plane)
+    if looks_rgb(arr):
+        try:
+            # a grey image stored as colour, or a colour picture of a bright field (its luminance)
+            arr = to_plane(arr)
+        except InputError:
+            return plane  # a colour image on a dark field: the engine's input check names it
+    if arr.ndim != 2 or arr.dtype.kind not in "uifb" or not decide_dark(arr, objects):
+        return arr if arr.ndim == 2 else plane
+    if objects == "auto":
+        warnings.warn(DARK_OBJECTS, InputWarning, stacklevel=3)
+    return turned_round(arr)
 
 
 def prepare_image(

@@ -113,9 +113,10 @@ def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float]
     require_objects : bool
         Refuse label images that hold no object at all.
     by_objects : bool
-        Normalise a sparse field by its bright objects
-        (:func:`~.normalize.normalize_percentile`); False for label-free images, as
-        the engine normalises them when it segments.
+        Nucleus images: a bright-field one is turned round
+        (:func:`~.normalize.bright_objects`) and a sparse field normalised by its
+        bright objects (:func:`~.normalize.normalize_percentile`); False for
+        label-free images, as the engine reads them when it segments.
 
     Raises
     ------
@@ -123,7 +124,7 @@ def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float]
         Different numbers of images and label images, a bad image or label image (its
         own one-line reason, with its number), or no object anywhere.
     """
-    from .normalize import DEFAULT_PERCENTILES, prepare_image
+    from .normalize import DEFAULT_PERCENTILES, bright_objects, prepare_image
 
     imgs, labs = as_list(images, "images"), as_list(labels, "labels")
     if len(imgs) != len(labs):
@@ -131,7 +132,10 @@ def training_pairs(images: Any, labels: Any, *, percentiles: tuple[float, float]
     out_i, out_l = [], []
     for k, (img, lab) in enumerate(zip(imgs, labs)):
         try:
-            x = prepare_image(img, percentiles=tuple(percentiles or DEFAULT_PERCENTILES), by_objects=by_objects)
+            # A nucleus model learns bright nuclei: a corrected bright-field image is
+            # turned round as its segmentation was.
+            x = prepare_image(bright_objects(img) if by_objects else img,
+                              percentiles=tuple(percentiles or DEFAULT_PERCENTILES), by_objects=by_objects)
         except InputError as exc:
             raise InputError(f"training image {k + 1}: {exc}") from None
         out_i.append(x)

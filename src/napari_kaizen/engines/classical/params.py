@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from ...errors import InputError
+from .._common.polarity import check_objects
 
 #: Accepted range of each fraction / scale parameter (inclusive low, exclusive high).
 _RANGES = {
@@ -29,6 +31,12 @@ class ClassicalParams:
     diameter : float or 'auto' or None
         Typical object diameter in pixels; ``'auto'`` estimates it from the image
         (scale-space LoG). ``None`` means ``'auto'`` here: this engine needs a scale.
+    objects : {'auto', 'bright', 'dark'}
+        Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
+        a stained section: the image is then turned round before the engine sees it).
+        ``'auto'`` (default) tells them apart by the sign of the pixels' skewness
+        (:func:`~napari_kaizen.engines._common.polarity.dark_objects`) and says when it
+        turns an image round.
     smoothing : float
         Gaussian sigma before thresholding, as a fraction of the diameter.
     background_radius : float
@@ -44,6 +52,7 @@ class ClassicalParams:
     """
 
     diameter: float | str | None = "auto"
+    objects: Literal["auto", "bright", "dark"] = "auto"
     smoothing: float = 0.04
     background_radius: float = 2.0
     threshold_scale: float = 1.0
@@ -53,6 +62,7 @@ class ClassicalParams:
     def __post_init__(self) -> None:
         # Checked here, not in segment(): a NaN h made the grey reconstruction loop
         # forever, a huge background radius allocated gigabytes.
+        check_objects(self.objects, "ClassicalParams")
         for name, (lo, hi) in _RANGES.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v < hi:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ...errors import InputError
+from .._common.polarity import check_objects
 
 # The engine's constants live here, beside its Params, at the bottom of the package:
 # the network (model.py), segment.py and the package's __init__ all read them, and
@@ -33,6 +35,12 @@ class FCNParams:
         a membrane model cannot read cell size from its stain and runs at the image's
         own scale then. ``None`` always runs at the image's own scale (the post's
         practice: train and segment at one magnification).
+    objects : {'auto', 'bright', 'dark'}
+        Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
+        a stained section: the image is then turned round before the engine sees it).
+        ``'auto'`` (default) tells them apart by the sign of the pixels' skewness
+        (:func:`~napari_kaizen.engines._common.polarity.dark_objects`) and says when it
+        turns an image round.
     threshold : float or None
         Interior probability above which a pixel seeds a cell. The post found plain
         thresholding of the class probability a good classifier. ``None`` (default):
@@ -81,6 +89,7 @@ class FCNParams:
     """
 
     diameter: float | str | None = "auto"
+    objects: Literal["auto", "bright", "dark"] = "auto"
     threshold: float | None = None
     foreground: float | None = None
     h: float | None = None
@@ -94,6 +103,7 @@ class FCNParams:
 
     def check(self) -> FCNParams:
         """Raise a one-line :class:`InputError` for out-of-range values; return self."""
+        check_objects(self.objects, "FCNParams")
         for name in ("threshold", "foreground", "h"):
             v = getattr(self, name)
             if v is None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from ...errors import InputError
+from .._common.polarity import check_objects
 
 # The engine's constants live here, beside its Params, at the bottom of the package:
 # the network (model.py), segment.py and the package's __init__ all read them, and
@@ -97,6 +99,12 @@ class KaizenParams:
         default: the model knows one nucleus size, a microscope's images may have any)
         estimates it from the image; ``None`` runs at the input scale. Differences
         under 20 % are not resampled (the model was trained on that spread).
+    objects : {'auto', 'bright', 'dark'}
+        Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
+        a stained section: the image is then turned round before the engine sees it).
+        ``'auto'`` (default) tells them apart by the sign of the pixels' skewness
+        (:func:`~napari_kaizen.engines._common.polarity.dark_objects`) and says when it
+        turns an image round.
     batched : bool
         True: each iteration proposes every point whose patch does not overlap
         another proposal's, predicts them in one forward pass and judges them
@@ -161,6 +169,7 @@ class KaizenParams:
     min_size: int = 20
     mirror_pad: int = 8
     diameter: float | str | None = "auto"
+    objects: Literal["auto", "bright", "dark"] = "auto"
     batched: bool = True
     batch_points: int | None = None
     box_size: int | None = None
@@ -180,6 +189,7 @@ class KaizenParams:
             if isinstance(value, bool) or not isinstance(value, (int,)) or value < minimum:
                 raise InputError(f"KaizenParams.{name} must be an integer >= {minimum}, got {value!r}")
 
+        check_objects(self.objects, "KaizenParams")
         positive("patch_size", allow_none=True, minimum=8)
         if self.patch_size is not None and self.patch_size % 8:
             raise InputError(f"KaizenParams.patch_size must be a multiple of 8 (the VQ-VAE halves it 3 times), got {self.patch_size}")
