@@ -308,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loso", default=None,
                         help="sources instead of folders: leave-one-source-out weights <engine>_<source>.safetensors "
                              "(scripts/nuclei_sources.py); frame 0 is a source's first image of a fixed draw")
-    parser.add_argument("--max-images", type=int, default=6, help="--loso: images per source (default 6)")
+    parser.add_argument("--dark-sources", type=Path, default=None, metavar="PATH",
+                        help="DSB2018's stained and bright-field frames from a local checkout (nuclei darker than "
+                             "their field; scripts/nuclei_sources.load_dark_sources), from the bundled models, "
+                             "which never saw them")
+    parser.add_argument("--max-images", type=int, default=6, help="--loso / --dark-sources: images per source (default 6)")
     parser.add_argument("--quarter-draws", type=int, default=len(QUARTER_SEEDS),
                         help="independent quarter corrections per dataset (default %(default)s)")
     parser.add_argument("--corrected-frames", type=int, default=1,
@@ -339,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         real = [e for e in args.engines if e in ("kaizen", "fcn")]
         seeds = QUARTER_SEEDS[: args.quarter_draws]
         if real:
-            if args.loso:
+            if args.dark_sources:
+                from nuclei_sources import load_dark_sources, per_source_sample
+
+                data = per_source_sample(load_dark_sources(args.dark_sources, sources=args.datasets),
+                                         args.max_images)
+            elif args.loso:
                 from nuclei_sources import load_sources, per_source_sample
 
                 lodo = Path(args.loso)
@@ -352,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
                 items = [x for x in data if x.dataset == d]
                 if len(items) < 3:
                     continue
-                turns = range(min(args.corrected_frames, len(items)) if args.loso else 1)
+                sources = args.loso or args.dark_sources
+                turns = range(min(args.corrected_frames, len(items)) if sources else 1)
                 for e in real:
-                    model = lodo / f"{e}_{d}.safetensors"
-                    if not model.exists():
+                    # No model here saw a dark-sources frame: the bundled one is held out.
+                    model = get_engine(e).default_model if args.dark_sources else lodo / f"{e}_{d}.safetensors"
+                    if not args.dark_sources and not model.exists():
                         print(f"skipping {e} on {d}: no leave-one-out model {model}", flush=True)
                         continue
                     for k in turns:
@@ -390,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                 margin_diameters=MARGIN, settings=settings,
                 fcn_rehearsal=REHEARSAL_SHARE if args.rehearsal is None else args.rehearsal,
                 fcn_start_share=FINETUNE_START_SHARE,
-                corrected_frames=args.corrected_frames, max_images=args.max_images if args.loso else None)
+                corrected_frames=args.corrected_frames,
+                max_images=args.max_images if args.loso or args.dark_sources else None,
+                dark_sources=[x.key for x in data] if args.dark_sources and real else None)
     summary = per_source(rows)
     out.write_text(json.dumps({**meta, "rows": rows, "per_dataset": summary}, indent=2) + "\n")
     table = markdown(rows) + "\n\n" + per_source_markdown(summary)

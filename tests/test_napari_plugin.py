@@ -2,6 +2,7 @@
 in a real napari viewer."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,6 +232,12 @@ def test_image_layer_problem_names_what_is_wrong():
     assert "'photo' is a colour RGB image" in image_layer_problem(rgb)
     grey = SimpleNamespace(name="dapi.png", rgb=True, data=np.zeros((8, 8, 4), np.uint8) + np.uint8(9))
     assert image_layer_problem(grey) is None  # a grey image stored as RGBA: its grey plane is used
+    import tifffile
+
+    section = tifffile.imread(Path(__file__).parent / "data" / "dsb2018" / "stained_section_image.tif")
+    assert image_layer_problem(SimpleNamespace(name="he", rgb=True, data=section)) is None  # read as its luminance
+    pyramid = SimpleNamespace(name="slide", rgb=True, multiscale=True, data=[section, section[::2, ::2]])
+    assert "'slide' is a colour multiscale image" in image_layer_problem(pyramid)
     empty = SimpleNamespace(name="crop", rgb=False, data=np.zeros((0, 40)))
     assert image_layer_problem(empty) == "'crop' is empty (shape (0, 40)): choose an image with pixels."
     assert image_layer_problem(SimpleNamespace(name="ok", rgb=False, data=np.ones((8, 8)))) is None

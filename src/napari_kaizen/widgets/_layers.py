@@ -279,8 +279,11 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
     """
     if layer is None:
         return f"No image layer: {missing}."
-    if getattr(layer, "rgb", False) and (getattr(layer, "multiscale", False) or not (
-            grey_in_colour(layer.data) or colour_bright_field(layer.data))):
+    if getattr(layer, "rgb", False) and getattr(layer, "multiscale", False):
+        # Telling a pyramid's colours apart would read its whole base level.
+        return (f"'{layer.name}' is a colour multiscale image: split its channels (right-click > Split RGB) and "
+                "choose the nucleus stain (of a stained section, the green channel: its nuclei are dark there).")
+    if getattr(layer, "rgb", False) and not (grey_in_colour(layer.data) or colour_bright_field(layer.data)):
         return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > Split RGB) "
                 "and choose the nucleus (or cell) stain.")
     if 0 in np.shape(layer.data):
