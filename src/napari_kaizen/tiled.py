@@ -248,11 +248,15 @@ class PixelMap:
         return turned_round(window, self.top) if self.dark else window
 
 
-def pixel_map(src: Any, params: Any) -> PixelMap:
-    """The :class:`PixelMap` of a whole (lazy) 2-D image for an engine's ``params``."""
-    h, w = (int(s) for s in src.shape)
-    dtype = np.dtype(src.dtype)
-    sample = _strided(src, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))))
+def strided_sample(image: Any) -> np.ndarray:
+    """A regular sample of about :data:`SAMPLE_PIXELS` pixels of a whole (lazy) 2-D image, in its dtype."""
+    h, w = (int(s) for s in image.shape)
+    return _strided(image, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))))
+
+
+def pixel_map(sample: np.ndarray, params: Any) -> PixelMap:
+    """The :class:`PixelMap` of a whole image from its :func:`strided_sample`, for an engine's ``params``."""
+    dtype = sample.dtype
     offset = None
     if dtype.kind in "iu" and dtype.itemsize >= 4:
         # as_float subtracts an int32/int64 image's minimum; each window would subtract its own.
@@ -319,7 +323,8 @@ def load_engine_model(engine: Any, model: Any, device: Any) -> Any:
     return _load(engine, spec, device)
 
 
-def whole_image_intensity(image: Any, pixels: PixelMap | None = None, *, fluorescence: bool = True) -> WholeImageStats:
+def whole_image_intensity(image: Any, pixels: PixelMap | None = None, *, fluorescence: bool = True,
+                          sample: np.ndarray | None = None) -> WholeImageStats:
     """Percentile sample, noise level and sparse-field decision of a whole (lazy) image.
 
     The percentiles come from a strided sample; the noise, and whether the image is a
@@ -328,12 +333,13 @@ def whole_image_intensity(image: Any, pixels: PixelMap | None = None, *, fluores
     pixels from a grid of wider crops (:func:`pixels_standing_out`). A slide scan or a
     mosaic is often mostly empty, and its percentiles are then noise. Not
     ``fluorescence`` (a label-free input): no sparse decision for the whole image.
-    All of it on the pixels as the engine takes them (``pixels``, default unchanged).
+    All of it on the pixels as the engine takes them (``pixels``, default unchanged);
+    ``sample``: the image's :func:`strided_sample`, when at hand (a lazy image's every
+    chunk is read for it).
     """
     to_engine = pixels or PixelMap()
     h, w = (int(s) for s in image.shape)
-    step = max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))
-    sample = as_float(to_engine(_strided(image, step))).ravel()
+    sample = as_float(to_engine(strided_sample(image) if sample is None else sample)).ravel()
     crops = [as_float(to_engine(read_region(image, box))) for box in _crops((h, w), CROP)]
     noises = [noise_sd(crop) for crop in crops]
     share = share_standing_out(crops) if fluorescence else None
@@ -383,9 +389,11 @@ def plan_tiles(engine: Any, image: Any, params: Any = None, *, model: Any = None
         # diameter of '60' must size the halo as 60 does, not fall back to the default.
         p = dataclasses.replace(p, diameter=parse_diameter(p.diameter))
     h, w = (int(s) for s in src.shape)
-    pixels = pixel_map(src, p)
+    sample = strided_sample(src)
+    pixels = pixel_map(sample, p)
     # A label-free input's engine looks for bright objects only in what it predicts.
-    stats = whole_image_intensity(src, pixels, fluorescence=engine.input_kind != "label-free")
+    stats = whole_image_intensity(src, pixels, fluorescence=engine.input_kind != "label-free", sample=sample)
+    del sample
     learned = model is not None
     # The engine's own scale rule, once for the whole image; every tile then reads back
     # the same scale from its params (an estimate stays marked as one).
