@@ -33,10 +33,8 @@ class ClassicalParams:
         (scale-space LoG). ``None`` means ``'auto'`` here: this engine needs a scale.
     objects : {'auto', 'bright', 'dark'}
         Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
-        a stained section: the image is then turned round before the engine sees it).
-        ``'auto'`` (default) tells them apart by the sign of the pixels' skewness
-        (:func:`~napari_kaizen.engines._common.polarity.dark_objects`) and says when it
-        turns an image round.
+        a stained section: the image is turned round first); ``'auto'`` tells by
+        :func:`~napari_kaizen.engines._common.polarity.dark_objects` and says so.
     smoothing : float
         Gaussian sigma before thresholding, as a fraction of the diameter.
     background_radius : float

@@ -37,10 +37,8 @@ class FCNParams:
         practice: train and segment at one magnification).
     objects : {'auto', 'bright', 'dark'}
         Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
-        a stained section: the image is then turned round before the engine sees it).
-        ``'auto'`` (default) tells them apart by the sign of the pixels' skewness
-        (:func:`~napari_kaizen.engines._common.polarity.dark_objects`) and says when it
-        turns an image round.
+        a stained section: the image is turned round first); ``'auto'`` tells by
+        :func:`~napari_kaizen.engines._common.polarity.dark_objects` and says so.
     threshold : float or None
         Interior probability above which a pixel seeds a cell. The post found plain
         thresholding of the class probability a good classifier. ``None`` (default):

@@ -101,10 +101,8 @@ class KaizenParams:
         under 20 % are not resampled (the model was trained on that spread).
     objects : {'auto', 'bright', 'dark'}
         Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
-        a stained section: the image is then turned round before the engine sees it).
-        ``'auto'`` (default) tells them apart by the sign of the pixels' skewness
-        (:func:`~napari_kaizen.engines._common.polarity.dark_objects`) and says when it
-        turns an image round.
+        a stained section: the image is turned round first); ``'auto'`` tells by
+        :func:`~napari_kaizen.engines._common.polarity.dark_objects` and says so.
     batched : bool
         True: each iteration proposes every point whose patch does not overlap
         another proposal's, predicts them in one forward pass and judges them
