@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engines import colour_bright_field, grey_in_colour, luminance
+from ..engines import grey_plane_of_colour
 
 META_KEY = "napari_kaizen"
 
@@ -283,7 +283,7 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
         # Telling a pyramid's colours apart would read its whole base level.
         return (f"'{layer.name}' is a colour multiscale image: split its channels (right-click > Split RGB) and "
                 "choose the nucleus stain (of a stained section, the green channel: its nuclei are dark there).")
-    if getattr(layer, "rgb", False) and not (grey_in_colour(layer.data) or colour_bright_field(layer.data)):
+    if getattr(layer, "rgb", False) and grey_plane_of_colour(layer.data, say=False) is None:
         return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > Split RGB) "
                 "and choose the nucleus (or cell) stain.")
     if 0 in np.shape(layer.data):
@@ -315,10 +315,9 @@ def labels_layers(viewer) -> list:
 def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, ...]]:
     """The 2-D plane of ``layer`` the viewer is showing, and its index in the stack.
 
-    A grey image stored as RGB(A) gives its grey plane
-    (:func:`~napari_kaizen.engines._common.normalize.grey_in_colour`), a colour picture
-    of a bright field its luminance; another colour one keeps its colour axis (the
-    engine's input check names the problem).
+    An RGB(A) image gives its grey plane when it has one (a grey image stored as
+    colour, a colour picture of a bright field: :func:`_grey`); another colour one keeps
+    its colour axis (the engine's input check names the problem).
     With ``max_pixels``, a regular subsample of at most about that many pixels (a
     quick look at a huge or lazy plane, e.g. to guess its kind), read without loading
     the whole plane.
@@ -339,13 +338,11 @@ def current_plane(viewer, layer, *, max_pixels: int | None = None) -> tuple[np.n
 
 
 def _grey(layer, plane: np.ndarray) -> np.ndarray:
-    """A plane of an RGB layer as its grey image when it is one (a colour picture of a
-    bright field: its luminance, as the engines read it), else as it is."""
-    if getattr(layer, "rgb", False) and grey_in_colour(plane):
-        return plane[..., 0]
-    if getattr(layer, "rgb", False) and colour_bright_field(plane):
-        return luminance(plane)
-    return plane
+    """A plane of an RGB layer as its grey plane when it has one
+    (:func:`~napari_kaizen.engines._common.normalize.grey_plane_of_colour`, as the
+    engines read it), else as it is."""
+    grey = grey_plane_of_colour(plane, say=False) if getattr(layer, "rgb", False) else None
+    return plane if grey is None else grey
 
 
 def spatial_ndim(layer) -> int:

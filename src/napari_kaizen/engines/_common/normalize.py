@@ -112,6 +112,25 @@ def grey_in_colour(image: np.ndarray) -> bool:
     return True
 
 
+def grey_plane_of_colour(image: np.ndarray, *, say: bool = True) -> np.ndarray | None:
+    """The one grey plane of an RGB(A) image that has one, else None.
+
+    A grey image stored as colour (:func:`grey_in_colour`) gives its red channel; a
+    colour picture of a bright field (stained cells or a stained section,
+    :func:`~napari_kaizen.engines._common.polarity.colour_bright_field`) its luminance,
+    and with ``say`` an :class:`InputWarning` says so. A colour image on a dark field
+    (stains in different channels) has none: its channel must be picked.
+    """
+    arr = np.asarray(image)
+    if grey_in_colour(arr):
+        return arr[..., 0]
+    if not looks_rgb(arr) or arr.dtype.kind not in "uifb" or not colour_bright_field(arr):
+        return None
+    if say:
+        warnings.warn(_COLOUR_BRIGHT_FIELD, InputWarning, stacklevel=3)
+    return luminance(arr)
+
+
 def to_plane(
     image: np.ndarray,
     *,
@@ -156,20 +175,19 @@ def to_plane(
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s) ({describe(arr)}): expected a 2-D image (H, W)")
     if looks_rgb(arr):
-        if channel is None and grey_in_colour(arr):
-            channel = 0
-        if channel is None and colour_bright_field(arr):
-            warnings.warn(_COLOUR_BRIGHT_FIELD, InputWarning, stacklevel=3)
-            arr = luminance(arr)
-        elif channel is None:
-            raise InputError(
-                f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel (channel=0..{arr.shape[-1] - 1}, "
-                "CLI --channel N); its channels differ (different stains) and are not averaged"
-            )
-        else:
+        if channel is not None:
             if not 0 <= channel < arr.shape[-1]:
                 raise InputError(f"channel {channel} does not exist: this RGB(A) image has {arr.shape[-1]} channels")
             arr = arr[..., channel]
+        else:
+            grey = grey_plane_of_colour(arr)
+            if grey is None:
+                raise InputError(
+                    f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel "
+                    f"(channel=0..{arr.shape[-1] - 1}, CLI --channel N); its channels differ (different stains) and "
+                    "are not averaged"
+                )
+            arr = grey
     elif channel is not None and arr.ndim == 2:
         raise InputError(f"channel={channel} was given but the image is a single-channel 2-D image ({describe(arr)})")
     if arr.ndim > 2:
@@ -193,19 +211,17 @@ def to_plane(
 def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Yield ``(index, plane)`` for every 2-D plane of a stack ``(..., H, W)``.
 
-    A 2-D image, or a grey image stored as RGB(A) (:func:`grey_in_colour`), yields
-    itself once with index ``()``. Colour input is refused (pick a channel first), as
-    in :func:`to_plane`.
+    A 2-D image, or an RGB(A) image with a grey plane (:func:`grey_plane_of_colour`),
+    yields it once with index ``()``. Other colour input is refused (pick a channel
+    first), as in :func:`to_plane`.
     """
     arr = np.asarray(image)
-    if grey_in_colour(arr):
-        arr = arr[..., 0]
-    elif looks_rgb(arr) and colour_bright_field(arr):
-        warnings.warn(_COLOUR_BRIGHT_FIELD, InputWarning, stacklevel=2)
-        arr = luminance(arr)
     if looks_rgb(arr):
-        raise InputError(f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel before running "
-                         "every plane")
+        grey = grey_plane_of_colour(arr)
+        if grey is None:
+            raise InputError(f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel before "
+                             "running every plane")
+        arr = grey
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
     for index in np.ndindex(*arr.shape[:-2]):

@@ -114,7 +114,7 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
 
     Examples
     --------
-    >>> luminance(np.full((2, 2, 3), 100, np.uint8))[0, 0]
+    >>> float(luminance(np.full((2, 2, 3), 100, np.uint8))[0, 0])
     100.0
     """
     arr = np.asarray(rgb)
