@@ -754,7 +754,8 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
         # Telling a grey image stored as RGB from a colour one would read the whole field.
         raise InputError(f"{src.name} is an RGB(A) image of shape {tuple(image.shape)}, segmented tile by tile: "
                          f"pick its nucleus channel with --channel N (0..{image.shape[-1] - 1}; 0 for a grey image "
-                         "stored as RGB)")
+                         "stored as RGB, 1 (green) for a stained section: its nuclei are darkest there, and the "
+                         "image is turned round)")
     image = squeeze_to_2d(image, plane=job.plane, name=src.name)
     # With a cluster, workers load (and keep) the model themselves from its spec.
     model = job.model if client is not None else job_model(engine, job.model, job.device)
