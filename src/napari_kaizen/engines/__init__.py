@@ -277,7 +277,7 @@ SHARED: dict[str, str] = {
     "parse_diameter": "._common.scale", "SPARSE_SIDE": "._common.scale", "Scale": "._common.scale_rule",
     # input planes and normalisation
     "InputWarning": "._common.normalize", "MIN_SIDE": "._common.normalize", "to_plane": "._common.normalize",
-    "grey_in_colour": "._common.normalize", "rgb_layout": "._common.normalize",
+    "rgb_layout": "._common.normalize",
     "as_float": "._common.normalize", "noise_sd": "._common.normalize", "WholeImageStats": "._common.normalize",
     "whole_image_stats": "._common.normalize", "pooled_values": "._common.normalize",
     "share_standing_out": "._common.normalize", "pixels_standing_out": "._common.normalize",

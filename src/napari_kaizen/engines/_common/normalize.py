@@ -805,10 +805,10 @@ def bright_objects(plane: np.ndarray, objects: str = "auto") -> np.ndarray:
     Parameters
     ----------
     plane : ndarray, shape (H, W)
-        One plane; an RGB(A) image is read by :func:`to_plane` (a grey image stored as
-        colour, a colour picture of a bright field as its luminance). Anything else (a
-        colour image on a dark field, a stack) is passed through for the engine's own
-        input check to name.
+        One plane; an RGB(A) image is read as its grey plane
+        (:func:`grey_plane_of_colour`: a grey image stored as colour, a colour picture
+        of a bright field as its luminance). Anything else (a colour image on a dark
+        field, a stack) is passed through for the engine's own input check to name.
     objects : {'auto', 'bright', 'dark'}
         How the objects stand against their field; ``'auto'`` decides by
         :func:`~napari_kaizen.engines._common.polarity.dark_objects` and says so (an
@@ -830,10 +830,8 @@ def bright_objects(plane: np.ndarray, objects: str = "auto") -> np.ndarray:
     """
     arr = np.asarray(plane)
     if looks_rgb(arr):
-        try:
-            # a grey image stored as colour, or a colour picture of a bright field (its luminance)
-            arr = to_plane(arr)
-        except InputError:
+        arr = grey_plane_of_colour(arr)
+        if arr is None:
             return plane  # a colour image on a dark field: the engine's input check names it
     if arr.ndim != 2 or arr.dtype.kind not in "uifb" or not decide_dark(arr, objects):
         return arr if arr.ndim == 2 else plane
