@@ -130,22 +130,35 @@ def test_the_stitching_tile_is_checked_in_one_place(tmp_path, image_file, capsys
         plan_tiles("classical", np.zeros((256, 256)), tile=32)
 
 
-def test_a_stained_section_tiled_by_the_command_line_takes_its_green_channel(tmp_path, capsys):
-    # A tiled run does not read a whole colour field to tell what it is; it names the
-    # channel to pick. Given it, the plan turns the whole image round once (dark nuclei).
+def test_a_stained_section_tiled_by_the_command_line_is_read_as_its_luminance(tmp_path, capsys):
+    # A tiled run tells a colour picture of a bright field from a colour image on a dark
+    # field on a sample of the whole image, and reads each tile's luminance, as an
+    # untiled run reads the whole picture; the plan turns the image round once (dark
+    # nuclei). Before, it asked for --channel.
     from pathlib import Path
 
     from napari_kaizen import metrics
 
     data = Path(__file__).parent / "data" / "dsb2018"
-    src = tmp_path / "section.tif"
-    tifffile.imwrite(src, tifffile.imread(data / "stained_section_image.tif"))
+    section = tifffile.imread(data / "stained_section_image.tif")
     truth = tifffile.imread(data / "stained_section_labels.tif").astype(np.int32)
-    common = ["segment", str(src), "--engine", "classical", "--tile", "128", "-o", str(tmp_path / "out")]
-    assert main(common) != 0
-    assert "1 (green) for a stained section" in capsys.readouterr().err
-    assert main([*common, "--channel", "1"]) == 0
+    tifffile.imwrite(tmp_path / "section.tif", section)
+    common = ["--engine", "classical", "--tile", "128", "-o", str(tmp_path / "out")]
+    assert main(["segment", str(tmp_path / "section.tif"), *common]) == 0
     said = capsys.readouterr()
+    assert "colour picture of a bright field" in said.out + said.err
     assert "darker than their field" in said.out + said.err
     labels = tifffile.imread(tmp_path / "out" / "section.tif")
-    assert metrics.average_precision(truth, labels, (0.5,))[0.5] >= 0.25  # measured 0.36 (46 objects, 6 tiles)
+    assert labels.max() >= 20
+    assert metrics.average_precision(truth, labels, (0.5,))[0.5] >= 0.25  # measured 0.35 (46 objects, 6 tiles)
+    # A picked channel is still taken as it is (the green one: nuclei darkest there).
+    assert main(["segment", str(tmp_path / "section.tif"), *common, "--channel", "1", "--overwrite"]) == 0
+    green = tifffile.imread(tmp_path / "out" / "section.tif")
+    assert metrics.average_precision(truth, green, (0.5,))[0.5] >= 0.25  # measured 0.36 (46 objects)
+    # Two stains on a dark field are not mixed: the line names what to pick.
+    stains = np.zeros((256, 320, 3), np.uint8)
+    stains[..., 2] = np.where(truth > 0, 200, 10)
+    stains[40:80, 40:80, 0] = 150
+    tifffile.imwrite(tmp_path / "stains.tif", stains)
+    assert main(["segment", str(tmp_path / "stains.tif"), *common]) != 0
+    assert "on a dark field: pick its nucleus channel" in capsys.readouterr().err

@@ -236,8 +236,12 @@ def test_image_layer_problem_names_what_is_wrong():
 
     section = tifffile.imread(Path(__file__).parent / "data" / "dsb2018" / "stained_section_image.tif")
     assert image_layer_problem(SimpleNamespace(name="he", rgb=True, data=section)) is None  # read as its luminance
+    # A stained slide's pyramid is told apart on its coarsest level and read as its luminance too;
+    # a colour pyramid on a dark field still needs its channel.
     pyramid = SimpleNamespace(name="slide", rgb=True, multiscale=True, data=[section, section[::2, ::2]])
-    assert "'slide' is a colour multiscale image" in image_layer_problem(pyramid)
+    assert image_layer_problem(pyramid) is None
+    stains = SimpleNamespace(name="stains", rgb=True, multiscale=True, data=[rgb.data, rgb.data[::2, ::2]])
+    assert "'stains' is a colour RGB image on a dark field" in image_layer_problem(stains)
     empty = SimpleNamespace(name="crop", rgb=False, data=np.zeros((0, 40)))
     assert image_layer_problem(empty) == "'crop' is empty (shape (0, 40)): choose an image with pixels."
     assert image_layer_problem(SimpleNamespace(name="ok", rgb=False, data=np.ones((8, 8)))) is None

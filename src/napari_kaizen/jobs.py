@@ -738,7 +738,7 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     from .engines import rgb_layout
     from .errors import OverwriteError
     from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
-    from .tiled import segment_tiled
+    from .tiled import as_2d_source, segment_tiled
 
     start = time.perf_counter()
     src, dest = job.src, job.dest
@@ -750,13 +750,11 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
         if not 0 <= job.channel < image.shape[-1]:
             raise InputError(f"--channel {job.channel} does not exist: {src.name} has {image.shape[-1]} channels")
         image = image[..., job.channel]
-    elif rgb:
-        # Telling a grey image stored as RGB from a colour one would read the whole field.
-        raise InputError(f"{src.name} is an RGB(A) image of shape {tuple(image.shape)}, segmented tile by tile: "
-                         f"pick its nucleus channel with --channel N (0..{image.shape[-1] - 1}; 0 for a grey image "
-                         "stored as RGB, 1 (green) for a stained section: its nuclei are darkest there, and the "
-                         "image is turned round)")
-    image = squeeze_to_2d(image, plane=job.plane, name=src.name)
+    if job.channel is not None or not rgb:
+        image = squeeze_to_2d(image, plane=job.plane, name=src.name)
+    else:
+        # A colour image: its grey plane, read tile by tile, if it has one (tiled.ColourPlane).
+        image = as_2d_source(image, name=src.name)
     # With a cluster, workers load (and keep) the model themselves from its spec.
     model = job.model if client is not None else job_model(engine, job.model, job.device)
     kwargs = dict(model=model, device=job.device, tile=job.tile, halo=job.halo, client=client)

@@ -47,7 +47,9 @@ from .engines import (
     as_float,
     check_tile,
     choose_halo,
+    colour_plane_kind,
     decide_dark,
+    grey_of_colour,
     merge_tile,
     noise_sd,
     owned_objects,
@@ -170,16 +172,64 @@ def should_tile(shape: tuple[int, ...], *, lazy: bool = False) -> bool:
     return pixels > TILED_ABOVE_PIXELS or (lazy and pixels > TILED_LAZY_ABOVE_PIXELS)
 
 
+class ColourPlane:
+    """The grey plane of a lazy colour (RGB(A)) image, read window by window.
+
+    What an untiled run reads of the whole picture
+    (:func:`~napari_kaizen.engines._common.normalize.grey_plane_of_colour`), for an
+    image too large to read whole: ``kind`` (``'red'`` or ``'luminance'``) is decided
+    once, on a sample of the whole image (:func:`as_2d_source`), and each slice reads
+    only the colour pixels it covers.
+
+    Examples
+    --------
+    >>> rgb = np.zeros((64, 80, 3), np.uint8); rgb[..., 1] = 100
+    >>> plane = ColourPlane(rgb, "luminance")
+    >>> plane.shape, plane.dtype.name, round(float(plane[:2, :2][0, 0]), 1)
+    ((64, 80), 'float32', 58.7)
+    """
+
+    def __init__(self, image: Any, kind: str, *, sample: np.ndarray | None = None, step: int = 0):
+        self.image, self.kind = image, kind
+        self.shape = tuple(int(s) for s in image.shape[:2])
+        self.dtype = np.dtype(np.float32) if kind == "luminance" else np.dtype(image.dtype)
+        self.ndim = 2
+        # The colour sample the kind was decided on, as grey: the plan's whole-image
+        # sample (the same rows and columns) is not read a second time.
+        self.sample = None if sample is None else grey_of_colour(sample, kind)
+        self.step = step
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return grey_of_colour(_computed(self.image[key]), self.kind)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _computed(block: Any) -> np.ndarray:
+    """A numpy array of a slice (computes a dask one)."""
+    compute = getattr(block, "compute", None)
+    if compute is not None and not isinstance(block, np.ndarray):
+        block = compute()
+    return np.asarray(block)
+
+
 def as_2d_source(image: Any, *, name: str = "image") -> Any:
     """Check a lazy or in-memory 2-D image and return something numpy-sliceable.
 
     Accepts numpy arrays and memory maps, zarr arrays, dask arrays, and a list of
-    arrays (a multiscale pyramid: level 0 is used).
+    arrays (a multiscale pyramid: level 0 is used). A colour image ``(H, W, 3|4)``
+    becomes its grey plane, read tile by tile (:class:`ColourPlane`), when it has one
+    (a grey image stored as colour, a colour picture of a stained section); its
+    colours are told apart on a regular sample of the whole image.
 
     Raises
     ------
     InputError
-        Not 2-D (after dropping leading axes of size 1), not real numbers, or too small.
+        Not 2-D (after dropping leading axes of size 1), a colour image on a dark field
+        (its channel must be picked), not real numbers, or too small.
     """
     if isinstance(image, (list, tuple)):
         if not image:
@@ -191,6 +241,15 @@ def as_2d_source(image: Any, *, name: str = "image") -> Any:
     while len(shape) > 2 and shape[0] == 1:
         image = image[0]
         shape = shape[1:]
+    if rgb_layout(shape) and np.dtype(image.dtype).kind in "biuf":
+        step = _sample_step(shape)
+        sample = _strided(image, step)
+        kind = colour_plane_kind(sample)
+        if kind is None:
+            raise InputError(f"{name} is a colour RGB(A) image of shape {shape} on a dark field: pick its nucleus "
+                             f"channel (channel=0..{shape[-1] - 1}, CLI --channel N); its channels differ (different "
+                             "stains) and are not averaged")
+        image, shape = ColourPlane(image, kind, sample=sample, step=step), shape[:2]
     if len(shape) != 2:
         raise InputError(f"{name} has shape {shape}: a tiled run segments one 2-D plane (H, W); pick a plane first")
     dtype = np.dtype(image.dtype)
@@ -204,19 +263,19 @@ def as_2d_source(image: Any, *, name: str = "image") -> Any:
 def read_region(image: Any, box: tuple[int, int, int, int]) -> np.ndarray:
     """Pixels of ``box`` (y0, y1, x0, x1) as a numpy array (computes a dask slice)."""
     y0, y1, x0, x1 = box
-    block = image[y0:y1, x0:x1]
-    compute = getattr(block, "compute", None)
-    if compute is not None and not isinstance(block, np.ndarray):
-        block = compute()
-    return np.asarray(block)
+    return _computed(image[y0:y1, x0:x1])
 
 
 def _strided(image: Any, step: int) -> np.ndarray:
-    block = image[::step, ::step]
-    compute = getattr(block, "compute", None)
-    if compute is not None and not isinstance(block, np.ndarray):
-        block = compute()
-    return np.asarray(block)
+    if isinstance(image, ColourPlane) and image.sample is not None and image.step == step:
+        return image.sample
+    return _computed(image[::step, ::step])
+
+
+def _sample_step(shape: tuple[int, ...]) -> int:
+    """Row / column step of :func:`strided_sample`: about :data:`SAMPLE_PIXELS` pixels of the plane."""
+    h, w = (int(s) for s in shape[:2])
+    return max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS))))
 
 
 @dataclass(frozen=True)
@@ -250,8 +309,7 @@ class PixelMap:
 
 def strided_sample(image: Any) -> np.ndarray:
     """A regular sample of about :data:`SAMPLE_PIXELS` pixels of a whole (lazy) 2-D image, in its dtype."""
-    h, w = (int(s) for s in image.shape)
-    return _strided(image, max(1, int(math.ceil(math.sqrt(h * w / SAMPLE_PIXELS)))))
+    return _strided(image, _sample_step(tuple(image.shape)))
 
 
 def pixel_map(sample: np.ndarray, params: Any) -> PixelMap:

@@ -283,7 +283,8 @@ SHARED: dict[str, str] = {
     "share_standing_out": "._common.normalize", "pixels_standing_out": "._common.normalize",
     "SPARSE_SHARE": "._common.normalize", "DARK_OBJECTS": "._common.normalize",
     "decide_dark": "._common.polarity", "turned_round": "._common.polarity",
-    "grey_plane_of_colour": "._common.normalize",
+    "grey_plane_of_colour": "._common.normalize", "colour_plane_kind": "._common.normalize",
+    "grey_of_colour": "._common.normalize",
     # snapshots and running them
     "SegmentationSnapshot": "._common.snapshots", "run_to_end": "._common.snapshots",
     "segment_planes": "._common.planes",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engines import grey_plane_of_colour
+from ..engines import colour_plane_kind, grey_plane_of_colour
 
 META_KEY = "napari_kaizen"
 
@@ -279,15 +279,16 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
     """
     if layer is None:
         return f"No image layer: {missing}."
-    if getattr(layer, "rgb", False) and getattr(layer, "multiscale", False):
-        # Telling a pyramid's colours apart would read its whole base level.
-        return (f"'{layer.name}' is a colour multiscale image: split its channels (right-click > Split RGB) and "
-                "choose the nucleus stain (of a stained section, the green channel: its nuclei are dark there).")
-    if getattr(layer, "rgb", False) and grey_plane_of_colour(layer.data, say=False) is None:
-        return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > Split RGB) "
-                "and choose the nucleus (or cell) stain.")
-    if 0 in np.shape(layer.data):
-        return f"'{layer.name}' is empty (shape {np.shape(layer.data)}): choose an image with pixels."
+    if getattr(layer, "rgb", False):
+        # A pyramid's colours are told apart on its coarsest level (its whole base level
+        # is read tile by tile, as its grey plane: tiled.ColourPlane).
+        data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+        if colour_plane_kind(np.asarray(data), say=False) is None:
+            return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > "
+                    "Split RGB) and choose the nucleus (or cell) stain.")
+    base = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if 0 in np.shape(base):
+        return f"'{layer.name}' is empty (shape {np.shape(base)}): choose an image with pixels."
     return None
 
 

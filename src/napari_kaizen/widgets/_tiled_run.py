@@ -89,8 +89,6 @@ def tiled_job(
     from ..tiled import as_2d_source, segment_tiled
 
     data = list(layer.data) if getattr(layer, "multiscale", False) else layer.data
-    if getattr(layer, "rgb", False):
-        raise InputError(f"layer '{layer.name}' is RGB: pick one channel (split the layer) before segmenting it tiled")
     src = as_2d_source(data, name=f"layer '{layer.name}'")
     engine = get_engine(engine_name)
     shape = tuple(int(s) for s in src.shape)
