@@ -108,8 +108,13 @@ def test_a_section_whose_nuclei_cover_half_the_field_is_not_called_empty():
     # 25th percentiles it reads 4.9; the classical engine then finds 13 objects
     # (AP50 0.27; the FCN 0.41).
     from napari_kaizen import metrics
-    from napari_kaizen.engines._common.normalize import (bright_objects, contrast_to_noise, field_message,
-                                                         grey_plane_of_colour, prepare_image)
+    from napari_kaizen.engines._common.normalize import (
+        bright_objects,
+        contrast_to_noise,
+        field_message,
+        grey_plane_of_colour,
+        prepare_image,
+    )
 
     entry = next(c for c in json.loads((DSB / "provenance.json").read_text())["crops"]
                  if c["image"] == "crowded_stained_section_image.tif")

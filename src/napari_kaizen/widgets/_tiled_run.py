@@ -19,8 +19,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InputError
-
 
 def _visible_box(layer: Any) -> tuple[int, int, int, int] | None:
     """The level-0 (y0, y1, x0, x1) box a layer shows now; None if napari cannot say."""
@@ -61,7 +59,8 @@ def tiled_job(
     viewer : napari.Viewer
     layer : napari.layers.Image
         A 2-D image layer: numpy, dask or zarr data, single- or multiscale (level 0
-        is segmented).
+        is segmented); a colour one is read as its grey plane, when it has one
+        (:func:`napari_kaizen.tiled.as_2d_source`).
     engine_name : str
         ``'classical'``, ``'kaizen'``, ``'unet'`` or ``'fcn'``.
     params : engine params, optional
