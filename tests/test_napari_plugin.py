@@ -242,6 +242,20 @@ def test_image_layer_problem_names_what_is_wrong():
     assert image_layer_problem(pyramid) is None
     stains = SimpleNamespace(name="stains", rgb=True, multiscale=True, data=[rgb.data, rgb.data[::2, ::2]])
     assert "'stains' is a colour RGB image on a dark field" in image_layer_problem(stains)
+
+    class Huge:
+        """A lazy 30000 x 32000 colour slide (the section repeated) that must not be read whole."""
+
+        shape, dtype, ndim = (30_000, 32_000, 3), section.dtype, 3
+
+        def __getitem__(self, key):
+            rows, cols = (np.arange(n)[k] % m for n, k, m in zip(self.shape[:2], key, section.shape[:2]))
+            return section[np.ix_(rows, cols)]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the whole slide was read")
+
+    assert image_layer_problem(SimpleNamespace(name="slide", rgb=True, data=Huge())) is None
     empty = SimpleNamespace(name="crop", rgb=False, data=np.zeros((0, 40)))
     assert image_layer_problem(empty) == "'crop' is empty (shape (0, 40)): choose an image with pixels."
     assert image_layer_problem(SimpleNamespace(name="ok", rgb=False, data=np.ones((8, 8)))) is None

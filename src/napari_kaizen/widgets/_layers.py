@@ -280,9 +280,15 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
     if layer is None:
         return f"No image layer: {missing}."
     if getattr(layer, "rgb", False):
-        # A pyramid's colours are told apart on its coarsest level (its whole base level
-        # is read tile by tile, as its grey plane: tiled.ColourPlane).
+        from ..tiled import SAMPLE_PIXELS
+
+        # Colours are told apart on a regular sample, as a tiled run tells them (a
+        # pyramid: on its coarsest level), so a huge lazy layer is not read whole here.
         data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+        if len(data.shape) == 3:
+            h, w = (int(n) for n in data.shape[:2])
+            step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))
+            data = data[::step, ::step]
         if colour_plane_kind(np.asarray(data), say=False) is None:
             return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > "
                     "Split RGB) and choose the nucleus (or cell) stain.")
