@@ -136,6 +136,22 @@ def cases(engines: list[str], folder: Path) -> list[tuple[str, list[str], tuple[
             out.append((f"{engine} / --model {w}", ["--engine", engine, str(good), "--model", spec], None))
     if "classical" in engines:
         out.append(("classical / --model on classical", ["--engine", "classical", str(good), "--model", "x"], None))
+        # Colour fields tile by tile: a stained section is read as its luminance, two
+        # stains on a dark field need --channel, a grey image stored as RGBA is grey.
+        section = tifffile.imread(ROOT / "tests" / "data" / "dsb2018" / "stained_section_image.tif")
+        tifffile.imwrite(folder / "section.tif", section)
+        grey = np.uint8(255 * (f.nuclei - f.nuclei.min()) / np.ptp(f.nuclei))
+        stains = np.zeros((*grey.shape, 3), np.uint8)
+        stains[..., 2] = grey  # nuclei in blue on a dark field, another stain in red
+        stains[40:80, 40:80, 0] = 150
+        tifffile.imwrite(folder / "stains.tif", stains)
+        grey_rgba = np.dstack([grey] * 3 + [np.full(grey.shape, 255, np.uint8)])
+        tifffile.imwrite(folder / "grey_rgba.tif", grey_rgba)
+        for name, path, shape in (("stained section", folder / "section.tif", section.shape[:2]),
+                                  ("two stains on a dark field", folder / "stains.tif", None),
+                                  ("grey image stored as RGBA", folder / "grey_rgba.tif", f.nuclei.shape)):
+            out.append((f"classical / tiled colour: {name}",
+                        ["--engine", "classical", str(path), "--tile", "128"], shape))
     out.append(("missing image", ["--engine", engines[0], str(folder / "nothing.tif")], None))
     (folder / "broken.tif").write_bytes(b"II*\0garbage")
     out.append(("broken TIFF", ["--engine", engines[0], str(folder / "broken.tif")], None))

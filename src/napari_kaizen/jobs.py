@@ -754,7 +754,7 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
         image = squeeze_to_2d(image, plane=job.plane, name=src.name)
     else:
         # A colour image: its grey plane, read tile by tile, if it has one (tiled.ColourPlane).
-        image = as_2d_source(image, name=src.name)
+        image = as_2d_source(image, name="the image")
     # With a cluster, workers load (and keep) the model themselves from its spec.
     model = job.model if client is not None else job_model(engine, job.model, job.device)
     kwargs = dict(model=model, device=job.device, tile=job.tile, halo=job.halo, client=client)
