@@ -258,4 +258,6 @@ def test_image_layer_problem_names_what_is_wrong():
     assert image_layer_problem(SimpleNamespace(name="slide", rgb=True, data=Huge())) is None
     empty = SimpleNamespace(name="crop", rgb=False, data=np.zeros((0, 40)))
     assert image_layer_problem(empty) == "'crop' is empty (shape (0, 40)): choose an image with pixels."
+    no_colour = SimpleNamespace(name="crop", rgb=True, data=np.zeros((0, 40, 3), np.uint8))
+    assert image_layer_problem(no_colour) == "'crop' is empty (shape (0, 40, 3)): choose an image with pixels."
     assert image_layer_problem(SimpleNamespace(name="ok", rgb=False, data=np.ones((8, 8)))) is None

@@ -308,7 +308,7 @@ class PixelMap:
 
 
 def strided_sample(image: Any) -> np.ndarray:
-    """A regular sample of about :data:`SAMPLE_PIXELS` pixels of a whole (lazy) 2-D image, in its dtype."""
+    """A regular sample of about :data:`SAMPLE_PIXELS` pixels of a whole (lazy) 2-D or colour image, in its dtype."""
     return _strided(image, _sample_step(tuple(image.shape)))
 
 

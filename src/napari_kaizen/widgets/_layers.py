@@ -279,22 +279,20 @@ def image_layer_problem(layer, *, missing: str = "open an image (or File > Open 
     """
     if layer is None:
         return f"No image layer: {missing}."
+    multiscale = getattr(layer, "multiscale", False)
+    base = layer.data[0] if multiscale else layer.data
+    if 0 in np.shape(base):
+        return f"'{layer.name}' is empty (shape {np.shape(base)}): choose an image with pixels."
     if getattr(layer, "rgb", False):
-        from ..tiled import SAMPLE_PIXELS
+        from ..tiled import strided_sample
 
         # Colours are told apart on a regular sample, as a tiled run tells them (a
         # pyramid: on its coarsest level), so a huge lazy layer is not read whole here.
-        data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
-        if len(data.shape) == 3:
-            h, w = (int(n) for n in data.shape[:2])
-            step = max(1, int(np.ceil(np.sqrt(h * w / SAMPLE_PIXELS))))
-            data = data[::step, ::step]
-        if colour_plane_kind(np.asarray(data), say=False) is None:
+        data = layer.data[-1] if multiscale else layer.data
+        sample = strided_sample(data) if len(data.shape) == 3 else np.asarray(data)
+        if colour_plane_kind(sample, say=False) is None:
             return (f"'{layer.name}' is a colour RGB image on a dark field: split its channels (right-click > "
                     "Split RGB) and choose the nucleus (or cell) stain.")
-    base = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    if 0 in np.shape(base):
-        return f"'{layer.name}' is empty (shape {np.shape(base)}): choose an image with pixels."
     return None
 
 
