@@ -240,8 +240,12 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
     lead = shape[:-2]
     if plane is None:
         if any(n != 1 for n in lead):
+            big = [n for n in lead if n != 1]
+            # An RGB slide converted to OME-Zarr (bioformats2raw) keeps its colours on a channel axis.
+            colour = (" (three 8-bit channels: a colour slide? --plane 1 takes its green one, where a stained "
+                      "section's nuclei are darkest)") if big == [3] and np.dtype(image.dtype) == np.uint8 else ""
             raise InputError(f"{name} is a stack of shape {shape}: pick a plane (--plane i, or i,j for several "
-                             "leading axes); tiled runs segment one 2-D plane")
+                             f"leading axes){colour}; tiled runs segment one 2-D plane")
         index: tuple[int, ...] = (0,) * len(lead)
     else:
         given = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
