@@ -161,4 +161,5 @@ def test_a_stained_section_tiled_by_the_command_line_is_read_as_its_luminance(tm
     stains[40:80, 40:80, 0] = 150
     tifffile.imwrite(tmp_path / "stains.tif", stains)
     assert main(["segment", str(tmp_path / "stains.tif"), *common]) != 0
-    assert "on a dark field: pick its nucleus channel" in capsys.readouterr().err
+    assert "is a colour RGB(A) image of shape (256, 320, 3) on a dark field: pick one channel (channel=0..2, CLI --channel N)" \
+        in capsys.readouterr().err

@@ -47,6 +47,7 @@ from .engines import (
     as_float,
     check_tile,
     choose_halo,
+    colour_on_dark_field,
     colour_plane_kind,
     decide_dark,
     grey_of_colour,
@@ -246,9 +247,7 @@ def as_2d_source(image: Any, *, name: str = "image") -> Any:
         sample = _strided(image, step)
         kind = colour_plane_kind(sample)
         if kind is None:
-            raise InputError(f"{name} is a colour RGB(A) image of shape {shape} on a dark field: pick its nucleus "
-                             f"channel (channel=0..{shape[-1] - 1}, CLI --channel N); its channels differ (different "
-                             "stains) and are not averaged")
+            raise InputError(colour_on_dark_field(f"{name} is a colour RGB(A) image of shape {shape}", shape[-1]))
         image, shape = ColourPlane(image, kind, sample=sample, step=step), shape[:2]
     if len(shape) != 2:
         raise InputError(f"{name} has shape {shape}: a tiled run segments one 2-D plane (H, W); pick a plane first")

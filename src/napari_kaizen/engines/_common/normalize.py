@@ -158,6 +158,21 @@ def grey_plane_of_colour(image: np.ndarray, *, say: bool = True) -> np.ndarray |
     return None if kind is None else grey_of_colour(arr, kind)
 
 
+def colour_on_dark_field(what: str, n_channels: int) -> str:
+    """The one line refusing a colour image on a dark field (:func:`colour_plane_kind` None).
+
+    ``what`` names the image as the caller sees it; every front end (a plane, every
+    plane, a huge field tile by tile) gives the same advice.
+
+    Examples
+    --------
+    >>> colour_on_dark_field("stains.tif is a colour RGB image", 3).split(";")[0]
+    'stains.tif is a colour RGB image on a dark field: pick one channel (channel=0..2, CLI --channel N)'
+    """
+    return (f"{what} on a dark field: pick one channel (channel=0..{n_channels - 1}, CLI --channel N); its "
+            "channels differ (different stains) and are not averaged")
+
+
 def to_plane(
     image: np.ndarray,
     *,
@@ -209,11 +224,7 @@ def to_plane(
         else:
             grey = grey_plane_of_colour(arr)
             if grey is None:
-                raise InputError(
-                    f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel "
-                    f"(channel=0..{arr.shape[-1] - 1}, CLI --channel N); its channels differ (different stains) and "
-                    "are not averaged"
-                )
+                raise InputError(colour_on_dark_field(f"colour RGB(A) image ({describe(arr)})", arr.shape[-1]))
             arr = grey
     elif channel is not None and arr.ndim == 2:
         raise InputError(f"channel={channel} was given but the image is a single-channel 2-D image ({describe(arr)})")
@@ -246,8 +257,7 @@ def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray
     if looks_rgb(arr):
         grey = grey_plane_of_colour(arr)
         if grey is None:
-            raise InputError(f"colour RGB(A) image ({describe(arr)}) on a dark field: pick one channel before "
-                             "running every plane")
+            raise InputError(colour_on_dark_field(f"colour RGB(A) image ({describe(arr)})", arr.shape[-1]))
         arr = grey
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
