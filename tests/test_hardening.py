@@ -64,7 +64,7 @@ CLI_REFUSALS = [
     (["--param", "min_size=nan"], "NaN and infinite"),
     (["--param", "h=inf"], "NaN and infinite"),
     (["--plane", "abc"], "--plane 'abc'"),
-    (["--plane", "1"], "image is 2-D"),
+    (["--plane", "1"], "is a single 2-D plane, not a stack"),
     (["--model", "bundled:fcn_nuclei"], "uses no model"),
     (["--device", "cuda"], "CPU only"),
     (["--engine", "kaizen", "--param", "batch_points=5.5"], "cannot read '5.5'"),

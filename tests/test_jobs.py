@@ -163,3 +163,23 @@ def test_a_stained_section_tiled_by_the_command_line_is_read_as_its_luminance(tm
     assert main(["segment", str(tmp_path / "stains.tif"), *common]) != 0
     assert "is a colour RGB(A) image of shape (256, 320, 3) on a dark field: pick one channel (channel=0..2, CLI --channel N)" \
         in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_a_plane_given_for_a_single_plane_is_refused_in_one_line(tmp_path, image_file, capsys, tiled):
+    # --plane picks from a stack; for a single 2-D image (grey or colour) it used to be
+    # ignored silently, whole image segmented, when the person may have meant another
+    # file or a colour channel. Plain and tiled runs say the same line; nothing is written.
+    grey = tifffile.imread(image_file)
+    colour = np.stack([grey, grey // 2, np.zeros_like(grey)], axis=-1)
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
+    tile = ["--tile", "128"] if tiled else []
+    for src, kind in ((image_file, "single 2-D plane"), (tmp_path / "colour.tif", "single 2-D colour image")):
+        assert main(["segment", str(src), "--engine", "classical", "--plane", "1", *tile,
+                     "-o", str(tmp_path / "out")]) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert f"plane 1 was given but the image (shape (384, 384{', 3' if 'colour' in kind else ''})" in err[0]
+        assert f"is a {kind}, not a stack: leave the plane out (CLI: drop --plane)" in err[0]
+        assert ("--channel i" in err[0]) == ("colour" in kind)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -198,11 +198,13 @@ def test_a_grey_image_stored_as_colour_is_read_as_grey(rng):
     two_stains[..., 1] //= 2
     masked = rgba.copy()
     masked[:5, :, 3] = 0  # transparency is not part of a grey micrograph
-    for colour in (two_stains, masked):
-        with pytest.raises(InputError, match="colour RGB.*--channel"):
+    for colour, why in ((two_stains, "on a dark field: pick one channel.*--channel N.*channels differ"),
+                        (masked, "its colours are one grey image but its transparency \\(alpha\\) varies.*--channel 0")):
+        with pytest.raises(InputError, match=f"colour RGB.*{why}"):
             prepare_image(colour)
-        with pytest.raises(InputError, match="colour RGB"):
+        with pytest.raises(InputError, match=f"colour RGB.*{why}"):
             list(iter_planes(colour))
+    np.testing.assert_array_equal(prepare_image(masked, channel=0), prepare_image(grey))
     np.testing.assert_array_equal(prepare_image(two_stains, channel=1), prepare_image(grey // 2))
 
 
@@ -226,6 +228,17 @@ def test_stacks_need_a_plane(rng):
 def test_other_bad_inputs(bad, match):
     with pytest.raises(InputError, match=match):
         prepare_image(bad)
+
+
+def test_a_plane_of_a_single_plane_is_refused(rng):
+    # A plane index for a 2-D or colour image was ignored: the whole image ran.
+    grey = rng.random((20, 20))
+    colour = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
+    for image, channel, kind in ((grey, None, "2-D plane"), (colour, None, "2-D colour image"), (colour, 1, "2-D plane")):
+        with pytest.raises(InputError, match=f"plane 2 was given but the image .* is a single {kind}, not a stack"):
+            to_plane(image, channel=channel, plane=2)
+    # An empty index (a 2-D image's index in iter_planes) is no plane.
+    assert to_plane(grey, plane=()).shape == (20, 20)
 
 
 def test_to_plane_returns_a_view_for_stacks(rng):

@@ -134,10 +134,13 @@ def test_a_group_without_metadata_says_what_is_accepted(tmp_path):
     assert "\n" not in str(err.value)  # one line
 
 
-def test_a_colour_slide_in_ome_zarr_is_told_which_plane_to_take(tmp_path, capsys):
-    # bioformats2raw keeps an RGB slide's colours on a channel axis: (c, y, x), three
-    # uint8 planes. The line says so and names the green one; taken, the stained
-    # section's dark nuclei are turned round and segmented.
+@pytest.mark.parametrize("axes", ["cyx", "tczyx"])
+def test_a_colour_slide_in_ome_zarr_is_read_as_a_colour_image(tmp_path, capsys, axes):
+    # bioformats2raw keeps an RGB slide's colours on the NGFF channel axis: (t, c, z, y,
+    # x) = (1, 3, 1, Y, X), uint8. It is read as a colour TIFF is: a stained section's
+    # luminance, its dark nuclei turned round (before: refused as a stack of three
+    # planes); --channel picks a colour, and --plane, which has no stack to pick from,
+    # is refused in one line that names --channel.
     from pathlib import Path
 
     import tifffile
@@ -150,14 +153,24 @@ def test_a_colour_slide_in_ome_zarr_is_told_which_plane_to_take(tmp_path, capsys
     data = Path(__file__).parent / "data" / "dsb2018"
     section = tifffile.imread(data / "stained_section_image.tif")
     truth = tifffile.imread(data / "stained_section_labels.tif").astype(np.int32)
+    stored = np.moveaxis(section, -1, 0)
+    stored = stored[None, :, None] if axes == "tczyx" else stored
     fmt = FormatV05()
     group = zarr.open_group(str(tmp_path / "slide.zarr"), mode="w", zarr_format=fmt.zarr_format)
-    write_image(np.moveaxis(section, -1, 0), group, fmt=fmt, axes="cyx", storage_options=dict(chunks=(1, 128, 128)))
+    write_image(stored, group, fmt=fmt, axes=axes, storage_options=dict(chunks=(1,) * (len(axes) - 2) + (128, 128)))
+    assert open_lazy(tmp_path / "slide.zarr").shape == section.shape
+    np.testing.assert_array_equal(np.asarray(open_lazy(tmp_path / "slide.zarr")), section)
     dest = tmp_path / "slide.zarr" / "labels" / "nuclei"
     common = ["segment", str(tmp_path / "slide.zarr"), "--engine", "classical", "-o", str(dest)]
-    assert main(common) == 1
-    err = capsys.readouterr().err.strip()
-    assert "three 8-bit channels: a colour slide? --plane 1 takes its green one" in err and "\n" not in err
-    assert main([*common, "--plane", "1"]) == 0
+    assert main(common) == 0
+    said = capsys.readouterr()
+    assert "colour picture of a bright field" in said.out + said.err
+    labels = np.asarray(read_label_levels(dest)[0][:])
+    assert metrics.average_precision(truth, labels, (0.5,))[0.5] >= 0.25  # measured 0.35
+    assert main([*common, "--channel", "1", "--overwrite"]) == 0
     labels = np.asarray(read_label_levels(dest)[0][:])
     assert metrics.average_precision(truth, labels, (0.5,))[0.5] >= 0.25  # measured 0.35 (46 objects)
+    capsys.readouterr()
+    assert main([*common, "--plane", "1", "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is a single 2-D colour image, not a stack" in err and "--channel i" in err and "\n" not in err

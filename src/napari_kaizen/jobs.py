@@ -646,8 +646,6 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
         gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device,
                                                   scale_for=engine.scale_for)
     else:
-        if plane is not None and image.ndim == 2:
-            raise KaizenError(f"--plane {','.join(map(str, job.plane))} was given but the image is 2-D; leave --plane out")
         image = to_plane(image, channel=job.channel, plane=plane)
         gen = None if reuse else engine.segment(image, job.params, model=model, device=job.device)
     kept: list[str] = []
@@ -735,7 +733,7 @@ def _from_a_codec(exc: BaseException) -> bool:
 def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> str:
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
     from ._files import temp_prefix
-    from .engines import rgb_layout
+    from .engines import plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
     from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
     from .tiled import as_2d_source, segment_tiled
@@ -743,13 +741,17 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     start = time.perf_counter()
     src, dest = job.src, job.dest
     image = open_lazy(src)
-    rgb = rgb_layout(tuple(image.shape))
+    shape = tuple(int(n) for n in image.shape)
+    rgb = rgb_layout(shape)
     if job.channel is not None:
         if not rgb:
             raise InputError(f"--channel {job.channel} was given but {src.name} is not RGB(A) (shape {tuple(image.shape)})")
         if not 0 <= job.channel < image.shape[-1]:
             raise InputError(f"--channel {job.channel} does not exist: {src.name} has {image.shape[-1]} channels")
         image = image[..., job.channel]
+    if job.plane is not None and (rgb or len(image.shape) == 2):
+        raise InputError(plane_of_one_plane(job.plane, f"the image (shape {shape})",
+                                            colour=rgb and job.channel is None))
     if job.channel is not None or not rgb:
         image = squeeze_to_2d(image, plane=job.plane, name=src.name)
     else:

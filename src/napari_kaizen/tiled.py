@@ -47,8 +47,8 @@ from .engines import (
     as_float,
     check_tile,
     choose_halo,
-    colour_on_dark_field,
     colour_plane_kind,
+    colour_without_grey_plane,
     decide_dark,
     grey_of_colour,
     merge_tile,
@@ -247,7 +247,7 @@ def as_2d_source(image: Any, *, name: str = "image") -> Any:
         sample = _strided(image, step)
         kind = colour_plane_kind(sample)
         if kind is None:
-            raise InputError(colour_on_dark_field(f"{name} is a colour RGB(A) image of shape {shape}", shape[-1]))
+            raise InputError(colour_without_grey_plane(f"{name} is a colour RGB(A) image of shape {shape}", sample))
         image, shape = ColourPlane(image, kind, sample=sample, step=step), shape[:2]
     if len(shape) != 2:
         raise InputError(f"{name} has shape {shape}: a tiled run segments one 2-D plane (H, W); pick a plane first")

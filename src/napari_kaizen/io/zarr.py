@@ -198,7 +198,68 @@ def _open_zarr_image(path: Path) -> Any:
                          "or a single zarr array")
     # The full-resolution level, as a zarr array: a slice reads only the chunks it touches
     # (ome-zarr-py's reader would wrap it in dask, which a dask worker task must not compute).
-    return node[multiscales[0]["datasets"][0]["path"]]
+    level0 = node[multiscales[0]["datasets"][0]["path"]]
+    axis = _colour_axis(multiscales[0].get("axes"), tuple(int(n) for n in level0.shape), np.dtype(level0.dtype))
+    return level0 if axis is None else ColoursLast(level0, axis)
+
+
+def _colour_axis(axes: Any, shape: tuple[int, ...], dtype: np.dtype) -> int | None:
+    """The channel axis of an OME-Zarr image that is one colour picture, else None.
+
+    A colour slide converted to OME-Zarr (bioformats2raw: ``(t, c, z, y, x)`` = ``(1, 3, 1,
+    Y, X)``, 8-bit) keeps its red, green and blue on the NGFF channel axis; read as a
+    colour image it gets what a colour TIFF gets (its luminance for a stained section,
+    ``--channel`` for stains on a dark field). Only 3 or 4 8-bit channels with every
+    other leading axis of size 1 count: more channels, or 16-bit ones, are fluorescence
+    channels, picked with ``--plane``.
+    """
+    if not isinstance(axes, list) or len(axes) != len(shape) or dtype != np.uint8:
+        return None
+    kinds = [(a.get("type") or a.get("name")) if isinstance(a, dict) else a for a in axes]
+    channel = [i for i, k in enumerate(kinds[:-2]) if k in ("channel", "c")]
+    if len(channel) != 1 or shape[channel[0]] not in (3, 4):
+        return None
+    if any(n != 1 for i, n in enumerate(shape[:-2]) if i != channel[0]):
+        return None
+    return channel[0]
+
+
+class ColoursLast:
+    """A lazy ``(Y, X, C)`` view of an OME-Zarr colour image stored ``(..., C, ..., Y, X)``.
+
+    Slices read only the chunks they touch, as the zarr array under it does; the
+    leading axes of size 1 are dropped and the colours come last, as in a colour TIFF.
+
+    Examples
+    --------
+    >>> stored = np.arange(3 * 4 * 5).reshape(1, 3, 1, 4, 5)
+    >>> view = ColoursLast(stored, 1)
+    >>> view.shape, view[1:3, 2].tolist(), view[..., 2].shape
+    ((4, 5, 3), [[7, 27, 47], [12, 32, 52]], (4, 5))
+    """
+
+    def __init__(self, image: Any, axis: int):
+        self.image, self.axis = image, axis
+        shape = tuple(int(n) for n in image.shape)
+        self.shape = (shape[-2], shape[-1], shape[axis])
+        self.dtype = np.dtype(image.dtype)
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (3 - len(key) + 1) + key[at + 1:]
+        y, x, c = key + (slice(None),) * (3 - len(key))
+        lead: list[Any] = [0] * (len(self.image.shape) - 2)
+        lead[self.axis] = c
+        block = np.asarray(self.image[(*lead, y, x)])
+        # The colour axis is the first one left when it was sliced (an integer drops it).
+        return block if isinstance(c, (int, np.integer)) else np.moveaxis(block, 0, -1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
 
 
 def open_pyramid(path: str | os.PathLike) -> list[Any]:

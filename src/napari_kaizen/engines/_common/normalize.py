@@ -158,19 +158,50 @@ def grey_plane_of_colour(image: np.ndarray, *, say: bool = True) -> np.ndarray |
     return None if kind is None else grey_of_colour(arr, kind)
 
 
-def colour_on_dark_field(what: str, n_channels: int) -> str:
-    """The one line refusing a colour image on a dark field (:func:`colour_plane_kind` None).
+def colour_without_grey_plane(what: str, image: np.ndarray) -> str:
+    """The one line refusing a colour image that has no grey plane (:func:`colour_plane_kind` None).
 
-    ``what`` names the image as the caller sees it; every front end (a plane, every
-    plane, a huge field tile by tile) gives the same advice.
+    ``what`` names the image as the caller sees it and ``image`` is its pixels (or the
+    regular sample a huge one was judged on); every front end (a plane, every plane, a
+    huge field tile by tile) gives the same advice. Mostly a colour image on a dark
+    field (stains in different channels); or a grey image whose transparency (alpha)
+    varies, which is not read as grey because a transparent part is no part of a
+    micrograph and is not masked out here.
 
     Examples
     --------
-    >>> colour_on_dark_field("stains.tif is a colour RGB image", 3).split(";")[0]
+    >>> stains = np.zeros((8, 8, 3), np.uint8); stains[..., 1] = 9
+    >>> colour_without_grey_plane("stains.tif is a colour RGB image", stains).split(";")[0]
     'stains.tif is a colour RGB image on a dark field: pick one channel (channel=0..2, CLI --channel N)'
+    >>> masked = np.full((8, 8, 4), 9, np.uint8); masked[:2, :, 3] = 0
+    >>> colour_without_grey_plane("masked.png is an RGBA image", masked).split(";")[0]
+    'masked.png is an RGBA image: its colours are one grey image but its transparency (alpha) varies'
     """
-    return (f"{what} on a dark field: pick one channel (channel=0..{n_channels - 1}, CLI --channel N); its "
+    arr = np.asarray(image)
+    if arr.shape[-1] == 4 and grey_in_colour(arr[..., :3]):
+        return (f"{what}: its colours are one grey image but its transparency (alpha) varies; transparent pixels "
+                "are not masked out: give channel=0 (CLI --channel 0) to segment the grey image as it is")
+    return (f"{what} on a dark field: pick one channel (channel=0..{arr.shape[-1] - 1}, CLI --channel N); its "
             "channels differ (different stains) and are not averaged")
+
+
+def plane_of_one_plane(plane: int | tuple[int, ...], what: str, *, colour: bool = False) -> str:
+    """The one line refusing a plane index for an image that is a single 2-D plane.
+
+    A 2-D image, or a colour (RGB(A)) image, which is one plane whose last axis holds
+    its colours, has no stack to pick from; running the whole image anyway would hide
+    that the person meant another file or a channel.
+
+    Examples
+    --------
+    >>> plane_of_one_plane((1,), "the image (512x512x3 uint8)", colour=True)  # doctest: +NORMALIZE_WHITESPACE
+    'plane 1 was given but the image (512x512x3 uint8) is a single 2-D colour image, not a stack: leave the plane
+    out (CLI: drop --plane), or pick one of its colour channels (channel=i, CLI --channel i)'
+    """
+    index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
+    kind, hint = ("colour image", ", or pick one of its colour channels (channel=i, CLI --channel i)") if colour else ("plane", "")
+    return (f"plane {','.join(str(int(i)) for i in index)} was given but {what} is a single 2-D {kind}, not a "
+            f"stack: leave the plane out (CLI: drop --plane){hint}")
 
 
 def to_plane(
@@ -195,7 +226,8 @@ def to_plane(
         its grey luminance (an :class:`InputWarning` says so).
     plane : int or tuple of int, optional
         Index into the leading axes of a stack. Stacks without a plane are refused;
-        run every plane with :func:`iter_planes` instead.
+        run every plane with :func:`iter_planes` instead. A plane given for a single
+        2-D or colour image is refused too (:func:`plane_of_one_plane`).
 
     Returns
     -------
@@ -206,8 +238,8 @@ def to_plane(
     Raises
     ------
     InputError
-        For 0-D / 1-D input, colour RGB without ``channel``, stacks without ``plane``, an
-        index out of range, or a plane smaller than ``MIN_SIDE`` pixels.
+        For 0-D / 1-D input, colour RGB without ``channel``, stacks without ``plane``, a
+        ``plane`` for a single 2-D or colour image, an index out of range, or a plane smaller than ``MIN_SIDE`` pixels.
     """
     if image is None:
         raise InputError("no image was given: expected a 2-D array (H, W)")
@@ -216,6 +248,8 @@ def to_plane(
         raise InputError(f"image has dtype {arr.dtype}: expected numbers (integer, float or bool)")
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s) ({describe(arr)}): expected a 2-D image (H, W)")
+    if plane is not None and (isinstance(plane, (int, np.integer)) or len(plane)) and (arr.ndim == 2 or looks_rgb(arr)):
+        raise InputError(plane_of_one_plane(plane, f"the image ({describe(arr)})", colour=looks_rgb(arr) and channel is None))
     if looks_rgb(arr):
         if channel is not None:
             if not 0 <= channel < arr.shape[-1]:
@@ -224,10 +258,12 @@ def to_plane(
         else:
             grey = grey_plane_of_colour(arr)
             if grey is None:
-                raise InputError(colour_on_dark_field(f"colour RGB(A) image ({describe(arr)})", arr.shape[-1]))
+                raise InputError(colour_without_grey_plane(f"colour RGB(A) image ({describe(arr)})", arr))
             arr = grey
-    elif channel is not None and arr.ndim == 2:
-        raise InputError(f"channel={channel} was given but the image is a single-channel 2-D image ({describe(arr)})")
+    elif channel is not None:
+        # A stack's leading axes are planes (z, t, or channels as separate planes), picked with plane.
+        raise InputError(f"channel={channel} was given but the image is not a colour RGB(A) image ({describe(arr)}): "
+                         + ("it has one channel" if arr.ndim == 2 else "pick one of its planes with plane=i (CLI --plane i)"))
     if arr.ndim > 2:
         lead = arr.shape[:-2]
         if plane is None:
@@ -257,7 +293,7 @@ def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray
     if looks_rgb(arr):
         grey = grey_plane_of_colour(arr)
         if grey is None:
-            raise InputError(colour_on_dark_field(f"colour RGB(A) image ({describe(arr)})", arr.shape[-1]))
+            raise InputError(colour_without_grey_plane(f"colour RGB(A) image ({describe(arr)})", arr))
         arr = grey
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
