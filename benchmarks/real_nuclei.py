@@ -19,7 +19,7 @@ would see the same nuclei: the real sources' nuclei are 7-58 px across, users' 6
 100x fields have 60-150 px ones. The results go to ``real_nuclei_sources_zoomF.json``.
 
 ``--sparse K`` (by source): every image becomes a sparse field, as a few cells plated
-thinly or a wide camera frame give: K of its separate annotated nuclei (with a 3 px
+thinly or a wide camera frame give: K of its separate, whole annotated nuclei (with a 3 px
 rim of their surroundings, less the rim's median) placed at random on a ``--sparse-side`` square (default
 1024) of its own background (a normal distribution at the median and pixel noise of
 its pixels away from the nuclei). The results go to
@@ -100,8 +100,9 @@ def sparse(item, k: int, side: int = 1024):
 
     Each nucleus is pasted whole with a 3 px rim of what surrounds it, where it overlaps
     no other, less the median of that rim and plus the field's background (a nucleus
-    in haze is set on the empty field as it stood out of its haze); only nuclei that
-    touch no other annotated one within their box are taken. The background is drawn
+    in haze is set on the empty field as it stood out of its haze); only whole nuclei
+    that touch no other annotated one within their box are taken (not those cut by
+    their frame's edge: since 2026-12-07). The background is drawn
     from a normal distribution at the median of the pixels more than 5 px from every
     nucleus, with their pixel noise (median absolute difference of neighbours, at
     least half a grey level: the field's own quantisation). The draw is fixed by the
@@ -132,6 +133,8 @@ def sparse(item, k: int, side: int = 1024):
         mine = labels[box] == i
         if mine.sum() < 30 or max(mine.shape) > side // 4 or (labels[box][~mine] > 0).any():
             continue
+        if any(b.start == 0 or b.stop == n for b, n in zip(boxes[i - 1], labels.shape)):
+            continue  # cut by its frame's edge: a half nucleus with a straight side, which no field shows inside
         y, x = (int(rng.integers(0, side - m)) for m in mine.shape)
         target = (slice(y, y + mine.shape[0]), slice(x, x + mine.shape[1]))
         if (out[target] > 0).any():

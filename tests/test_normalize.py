@@ -216,6 +216,9 @@ def test_stacks_need_a_plane(rng):
     with pytest.raises(InputError, match="outside"):
         prepare_image(stack, plane=9)
     assert [idx for idx, _ in iter_planes(rng.random((2, 3, 10, 10)))] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    # A (z, c) hyperstack needs one index per leading axis, and the line says so.
+    with pytest.raises(InputError, match=r"stack of 6 planes .* \(plane=\(i, j\), CLI --plane i,j, one index for each"):
+        prepare_image(rng.random((2, 3, 20, 20)))
 
 
 @pytest.mark.parametrize("bad, match", [

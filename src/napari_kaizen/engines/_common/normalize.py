@@ -267,9 +267,14 @@ def to_plane(
     if arr.ndim > 2:
         lead = arr.shape[:-2]
         if plane is None:
+            # One index per leading axis: a (z, c) hyperstack needs two.
+            names = [chr(ord("i") + k) for k in range(len(lead))]
+            pick = ("plane=i, CLI --plane i" if len(lead) == 1 else
+                    f"plane=({', '.join(names)}), CLI --plane {','.join(names)}, one index for each of its "
+                    f"{len(lead)} leading axes")
             raise InputError(
                 f"image is a stack of {int(np.prod(lead))} planes ({describe(arr)}): pick a plane "
-                "(plane=i, CLI --plane i) or run every plane (CLI --all-planes)"
+                f"({pick}) or run every plane (CLI --all-planes)"
             )
         index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
         if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
