@@ -147,11 +147,26 @@ def cases(engines: list[str], folder: Path) -> list[tuple[str, list[str], tuple[
         tifffile.imwrite(folder / "stains.tif", stains)
         grey_rgba = np.dstack([grey] * 3 + [np.full(grey.shape, 255, np.uint8)])
         tifffile.imwrite(folder / "grey_rgba.tif", grey_rgba)
+        masked = grey_rgba.copy()
+        masked[:20, :, 3] = 0  # transparency that varies: not read as grey
+        tifffile.imwrite(folder / "masked_rgba.tif", masked)
         for name, path, shape in (("stained section", folder / "section.tif", section.shape[:2]),
                                   ("two stains on a dark field", folder / "stains.tif", None),
                                   ("grey image stored as RGBA", folder / "grey_rgba.tif", f.nuclei.shape)):
             out.append((f"classical / tiled colour: {name}",
                         ["--engine", "classical", str(path), "--tile", "128"], shape))
+        # A plane index has no stack to pick from in a single or colour image, and a
+        # channel is no plane of a stack (both were ignored without a word before 2026-12-07).
+        for tile in ([], ["--tile", "128"]):
+            how = "tiled " if tile else ""
+            out.append((f"classical / {how}--plane 1 of a 2-D image", ["--engine", "classical", str(good), "--plane", "1",
+                                                                     *tile], None))
+            out.append((f"classical / {how}--plane 1 of a colour image", ["--engine", "classical", str(folder / "section.tif"),
+                                                                        "--plane", "1", *tile], None))
+            out.append((f"classical / {how}RGBA whose transparency varies", ["--engine", "classical",
+                                                                           str(folder / "masked_rgba.tif"), *tile], None))
+        out.append(("classical / --channel 1 of a stack", ["--engine", "classical", str(stack), "--channel", "1",
+                                                           "--plane", "1"], None))
     out.append(("missing image", ["--engine", engines[0], str(folder / "nothing.tif")], None))
     (folder / "broken.tif").write_bytes(b"II*\0garbage")
     out.append(("broken TIFF", ["--engine", engines[0], str(folder / "broken.tif")], None))
