@@ -350,8 +350,11 @@ def build_parser(*, train: bool = True) -> argparse.ArgumentParser:
                      help="object diameter in pixels, 'auto' to estimate it, or 'none' for the model's own scale")
     seg.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     seg.add_argument("--model", default=None, help="weights file (.safetensors with .json beside it) or bundled:NAME")
-    seg.add_argument("--channel", type=int, default=None, help="channel of an RGB(A) image to use")
-    seg.add_argument("--plane", default=None, help="plane of a stack, e.g. 3 or 0,3 for (t, z)")
+    seg.add_argument("--channel", type=int, default=None,
+                     help="colour channel of an RGB(A) image (or an OME-Zarr colour slide) to use; a stack's planes, "
+                          "fluorescence channels included, are picked with --plane")
+    seg.add_argument("--plane", default=None,
+                     help="plane of a stack, one index per leading axis: e.g. 3, or 0,3 for (t, z)")
     seg.add_argument("--all-planes", action="store_true", help="segment every plane of a stack")
     seg.add_argument("--param", action="append", metavar="NAME=VALUE", help="set an engine parameter (repeatable)")
     seg.add_argument("--measurements", action="store_true", help="also write NAME_measurements.csv")
