@@ -733,7 +733,7 @@ def _from_a_codec(exc: BaseException) -> bool:
 def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> str:
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
     from ._files import temp_prefix
-    from .engines import plane_of_one_plane, rgb_layout
+    from .engines import channel_error, plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
     from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
     from .tiled import as_2d_source, segment_tiled
@@ -744,10 +744,9 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     shape = tuple(int(n) for n in image.shape)
     rgb = rgb_layout(shape)
     if job.channel is not None:
-        if not rgb:
-            raise InputError(f"--channel {job.channel} was given but {src.name} is not RGB(A) (shape {tuple(image.shape)})")
-        if not 0 <= job.channel < image.shape[-1]:
-            raise InputError(f"--channel {job.channel} does not exist: {src.name} has {image.shape[-1]} channels")
+        said = channel_error(job.channel, shape, f"the image (shape {shape})")
+        if said:
+            raise InputError(said)
         image = image[..., job.channel]
     if job.plane is not None and (rgb or len(image.shape) == 2):
         raise InputError(plane_of_one_plane(job.plane, f"the image (shape {shape})",

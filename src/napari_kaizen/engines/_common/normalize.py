@@ -204,6 +204,30 @@ def plane_of_one_plane(plane: int | tuple[int, ...], what: str, *, colour: bool 
             f"stack: leave the plane out (CLI: drop --plane){hint}")
 
 
+def channel_error(channel: int, shape: tuple[int, ...], what: str) -> str | None:
+    """The one line refusing ``channel`` for an image of ``shape``, or None when it can be taken.
+
+    A channel is a colour channel of an RGB(A) image (:func:`rgb_layout`); a stack's
+    leading axes, fluorescence channels stored as planes included, are picked with a
+    plane instead. ``what`` names the image as the caller sees it.
+
+    Examples
+    --------
+    >>> channel_error(1, (512, 512, 3), "the image") is None
+    True
+    >>> channel_error(5, (512, 512, 3), "the image")
+    'channel 5 does not exist: the image is a colour RGB(A) image of 3 channels (0..2)'
+    >>> channel_error(1, (3, 512, 512), "the image").split(": ", 1)[1]
+    'pick one of its planes with plane=i (CLI --plane i)'
+    """
+    if rgb_layout(tuple(shape)):
+        if 0 <= channel < shape[-1]:
+            return None
+        return f"channel {channel} does not exist: {what} is a colour RGB(A) image of {shape[-1]} channels (0..{shape[-1] - 1})"
+    return (f"channel {channel} was given but {what} is not a colour RGB(A) image: "
+            + ("it has one channel" if len(shape) == 2 else "pick one of its planes with plane=i (CLI --plane i)"))
+
+
 def to_plane(
     image: np.ndarray,
     *,
@@ -250,20 +274,16 @@ def to_plane(
         raise InputError(f"image has {arr.ndim} dimension(s) ({describe(arr)}): expected a 2-D image (H, W)")
     if plane is not None and (isinstance(plane, (int, np.integer)) or len(plane)) and (arr.ndim == 2 or looks_rgb(arr)):
         raise InputError(plane_of_one_plane(plane, f"the image ({describe(arr)})", colour=looks_rgb(arr) and channel is None))
+    if channel is not None and (said := channel_error(channel, arr.shape, f"the image ({describe(arr)})")):
+        raise InputError(said)
     if looks_rgb(arr):
         if channel is not None:
-            if not 0 <= channel < arr.shape[-1]:
-                raise InputError(f"channel {channel} does not exist: this RGB(A) image has {arr.shape[-1]} channels")
             arr = arr[..., channel]
         else:
             grey = grey_plane_of_colour(arr)
             if grey is None:
                 raise InputError(colour_without_grey_plane(f"colour RGB(A) image ({describe(arr)})", arr))
             arr = grey
-    elif channel is not None:
-        # A stack's leading axes are planes (z, t, or channels as separate planes), picked with plane.
-        raise InputError(f"channel={channel} was given but the image is not a colour RGB(A) image ({describe(arr)}): "
-                         + ("it has one channel" if arr.ndim == 2 else "pick one of its planes with plane=i (CLI --plane i)"))
     if arr.ndim > 2:
         lead = arr.shape[:-2]
         if plane is None:
