@@ -58,7 +58,7 @@ VALIDATION_SEEDS = (1000, 1001)
 NUCLEI_REAL = dict(
     object_diameter=24.0, synthetic=24, synthetic_shape=(384, 384), synthetic_diameter=27.0, real_share=0.7,
     steps=4000, lr=1e-3, batch_size=8, crop=128, stride=4, edge_weight=5.0, edge_width=2.0, seed=0, calibrate=12,
-    calibrate_synthetic=4, distance=True, distance_weight=1.0,
+    calibrate_synthetic=4, distance=True, distance_weight=1.0, width=1.0,
 )
 #: Hardness of the recipe's synthetic fields, cycling over their seeds 0, 1, ...
 SYNTHETIC_HARDNESS = (0.4, 0.6, 0.8, 1.0)
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--distance-weight", type=float, default=None,
                         help="nuclei: weight of the distance map's loss beside the cross-entropy (default: the recipe's, 1)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="nuclei: multiplier on the network's channel widths (default: the recipe's, 1)")
     parser.add_argument("--recalibrate", action="store_true",
                         help="nuclei: only choose the post-processing thresholds again for the weights at --output")
     args = parser.parse_args(argv)
@@ -136,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     r = dict(NUCLEI_REAL if key == "nuclei" else RECIPES[key])
     if args.distance_weight is not None and key != "nuclei":
         parser.error("--distance-weight is for the nuclei model (the one with a distance output)")
-    for name in ("seed", "edge_weight", "steps", "distance_weight"):
+    if args.width is not None and (key != "nuclei" or not args.width > 0):
+        parser.error("--width is a positive multiplier, for the nuclei model (the cells recipe fixes its own)")
+    for name in ("seed", "edge_weight", "steps", "distance_weight", "width"):
         if getattr(args, name) is not None:
             r[name] = getattr(args, name)
     output = args.output or str(ROOT / "src" / "napari_kaizen" / "weights" / BUNDLED_NAMES[key])
     extra = "".join(f" --{n.replace('_', '-')} {getattr(args, n)}"
-                    for n in ("seed", "edge_weight", "steps", "distance_weight") if getattr(args, n) is not None)
+                    for n in ("seed", "edge_weight", "steps", "distance_weight", "width") if getattr(args, n) is not None)
     extra += "".join(f" --exclude {d}" for d in args.exclude)
     reproduce = f"python scripts/train_fcn.py {args.model} --threads {args.threads} --device {args.device}{extra}"
     if key == "nuclei":
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         gen = train(
             images, labels, output=output, edge_weight=r["edge_weight"], edge_width=r["edge_width"], steps=r["steps"],
-            lr=r["lr"], batch_size=r["batch_size"], crop=r["crop"], stride=r["stride"], seed=r["seed"],
+            lr=r["lr"], batch_size=r["batch_size"], crop=r["crop"], width=r["width"], stride=r["stride"], seed=r["seed"],
             device=args.device, channel="nuclei", augment_params=REAL_WORLD, validation=None,
             data_description=desc, reproduce=reproduce, overwrite=args.overwrite, report_every=50,
             object_diameter=r["object_diameter"], weights=weights, calibrate=calibrate,
