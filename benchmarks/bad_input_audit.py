@@ -167,6 +167,20 @@ def cases(engines: list[str], folder: Path) -> list[tuple[str, list[str], tuple[
                                                                            str(folder / "masked_rgba.tif"), *tile], None))
         out.append(("classical / --channel 1 of a stack", ["--engine", "classical", str(stack), "--channel", "1",
                                                            "--plane", "1"], None))
+        # A colour picture plane by plane (an unexpected ValueError before 2026-12-07), and a
+        # stack of colour images (read as planes of shape (W, 3) before).
+        series = np.stack([section, section[::-1]])
+        tifffile.imwrite(folder / "series.tif", series, photometric="rgb")
+        out.append(("classical / --all-planes of a colour picture", ["--engine", "classical", str(folder / "section.tif"),
+                                                                     "--all-planes"], section.shape[:2]))
+        out.append(("classical / --all-planes of a colour stack", ["--engine", "classical", str(folder / "series.tif"),
+                                                                   "--all-planes"], series.shape[:3]))
+        out.append(("classical / --plane 1 of a colour stack", ["--engine", "classical", str(folder / "series.tif"),
+                                                                "--plane", "1"], section.shape[:2]))
+        out.append(("classical / a colour stack without a plane", ["--engine", "classical", str(folder / "series.tif")],
+                    None))
+        out.append(("classical / --all-planes --channel 5 of a colour stack",
+                    ["--engine", "classical", str(folder / "series.tif"), "--all-planes", "--channel", "5"], None))
     out.append(("missing image", ["--engine", engines[0], str(folder / "nothing.tif")], None))
     (folder / "broken.tif").write_bytes(b"II*\0garbage")
     out.append(("broken TIFF", ["--engine", engines[0], str(folder / "broken.tif")], None))

@@ -183,3 +183,38 @@ def test_a_plane_given_for_a_single_plane_is_refused_in_one_line(tmp_path, image
         assert f"is a {kind}, not a stack: leave the plane out (CLI: drop --plane)" in err[0]
         assert ("--channel i" in err[0]) == ("colour" in kind)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_colour_pictures_run_plane_by_plane_and_a_stack_of_them(tmp_path, capsys):
+    # `--all-planes` on a colour picture of a bright field stopped with an unexpected
+    # ValueError (the stack's labels were given the colour axis), and a stack of colour
+    # images (a colour time-lapse, (T, H, W, 3)) was read as planes of shape (W, 3).
+    # Both are read as colour now: each image's luminance, one kind for the stack.
+    from pathlib import Path
+
+    from napari_kaizen import metrics
+
+    data = Path(__file__).parent / "data" / "dsb2018"
+    section = tifffile.imread(data / "stained_section_image.tif")
+    truth = tifffile.imread(data / "stained_section_labels.tif").astype(np.int32)
+    tifffile.imwrite(tmp_path / "section.tif", section)
+    tifffile.imwrite(tmp_path / "series.tif", np.stack([section, section[::-1]]), photometric="rgb")
+    out = tmp_path / "out"
+    common = ["--engine", "classical", "-o", str(out)]
+    assert main(["segment", str(tmp_path / "section.tif"), "--all-planes", *common]) == 0
+    one = tifffile.imread(out / "section.tif")
+    assert one.shape == truth.shape and metrics.average_precision(truth, one, (0.5,))[0.5] >= 0.25  # measured 0.35
+    assert main(["segment", str(tmp_path / "series.tif"), "--all-planes", *common]) == 0
+    both = tifffile.imread(out / "series.tif")
+    assert both.shape == (2, *truth.shape)
+    for labels, true in ((both[0], truth), (both[1], truth[::-1])):
+        assert metrics.average_precision(true, labels, (0.5,))[0.5] >= 0.25
+    assert main(["segment", str(tmp_path / "series.tif"), "--plane", "1", *common, "--overwrite"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "series.tif") > 0, both[1] > 0)
+    capsys.readouterr()
+    for extra, said in ((["--all-planes", "--channel", "5"], "channel 5 does not exist: each image of this stack"),
+                        ([], "image is a stack of 2 colour images"),
+                        (["--plane", "1", "--tile", "128"], "is a stack of colour images: tiled runs segment one")):
+        assert main(["segment", str(tmp_path / "series.tif"), *extra, *common, "--overwrite"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert said in err and "\n" not in err, err

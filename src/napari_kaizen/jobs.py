@@ -620,7 +620,7 @@ def _scores(snapshot) -> dict[str, dict[int, float]]:
 def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     """Read, segment and write one image file (or a plate's field: an OME-Zarr image whose labels
     go into its ``labels/`` group, through the ``*_or_ome_zarr`` readers and writer)."""
-    from .engines import segment_planes, to_plane
+    from .engines import channel_error, segment_planes, to_plane
     from .engines.registry import input_warning
     from .io import write_geojson, write_measurements_csv, write_roi_zip
     from .io.images import read_plane
@@ -642,7 +642,14 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
         image = read_image(job.src)
     if job.all_planes:
         if job.channel is not None:
-            image = to_plane(image, channel=job.channel) if image.ndim == 3 else image[..., job.channel]
+            if image.ndim == 3:
+                image = to_plane(image, channel=job.channel)
+            else:
+                # Every image of a stack of colour images gives that channel; any other stack is refused.
+                said = channel_error(job.channel, image.shape[-3:], f"each image of this stack (shape {image.shape})")
+                if said:
+                    raise InputError(said)
+                image = image[..., job.channel]
         gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device,
                                                   scale_for=engine.scale_for)
     else:
@@ -733,7 +740,7 @@ def _from_a_codec(exc: BaseException) -> bool:
 def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> str:
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
     from ._files import temp_prefix
-    from .engines import channel_error, plane_of_one_plane, rgb_layout
+    from .engines import channel_error, colour_stack_layout, plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
     from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
     from .tiled import as_2d_source, segment_tiled
@@ -742,6 +749,9 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     src, dest = job.src, job.dest
     image = open_lazy(src)
     shape = tuple(int(n) for n in image.shape)
+    if colour_stack_layout(shape):
+        raise InputError(f"the image (shape {shape}) is a stack of colour images: tiled runs segment one 2-D plane; "
+                         "leave out --tile (every image: --all-planes; one: --plane i)")
     rgb = rgb_layout(shape)
     if job.channel is not None:
         said = channel_error(job.channel, shape, f"the image (shape {shape})")

@@ -285,7 +285,7 @@ SHARED: dict[str, str] = {
     "decide_dark": "._common.polarity", "turned_round": "._common.polarity",
     "grey_plane_of_colour": "._common.normalize", "colour_plane_kind": "._common.normalize",
     "colour_without_grey_plane": "._common.normalize", "plane_of_one_plane": "._common.normalize",
-    "channel_error": "._common.normalize",
+    "channel_error": "._common.normalize", "colour_stack_layout": "._common.normalize",
     "grey_of_colour": "._common.normalize",
     # snapshots and running them
     "SegmentationSnapshot": "._common.snapshots", "run_to_end": "._common.snapshots",

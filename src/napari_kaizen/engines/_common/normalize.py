@@ -272,6 +272,10 @@ def to_plane(
         raise InputError(f"image has dtype {arr.dtype}: expected numbers (integer, float or bool)")
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s) ({describe(arr)}): expected a 2-D image (H, W)")
+    if colour_stack_layout(arr.shape):
+        # A stack of colour images (a colour time-lapse, (T, H, W, 3)): the plane picks a
+        # colour image, which is then read as one (its channel, or its grey plane).
+        arr, plane = _stack_plane(arr, arr.shape[:-3], plane, "colour images"), None
     if plane is not None and (isinstance(plane, (int, np.integer)) or len(plane)) and (arr.ndim == 2 or looks_rgb(arr)):
         raise InputError(plane_of_one_plane(plane, f"the image ({describe(arr)})", colour=looks_rgb(arr) and channel is None))
     if channel is not None and (said := channel_error(channel, arr.shape, f"the image ({describe(arr)})")):
@@ -285,21 +289,7 @@ def to_plane(
                 raise InputError(colour_without_grey_plane(f"colour RGB(A) image ({describe(arr)})", arr))
             arr = grey
     if arr.ndim > 2:
-        lead = arr.shape[:-2]
-        if plane is None:
-            # One index per leading axis: a (z, c) hyperstack needs two.
-            names = [chr(ord("i") + k) for k in range(len(lead))]
-            pick = ("plane=i, CLI --plane i" if len(lead) == 1 else
-                    f"plane=({', '.join(names)}), CLI --plane {','.join(names)}, one index for each of its "
-                    f"{len(lead)} leading axes")
-            raise InputError(
-                f"image is a stack of {int(np.prod(lead))} planes ({describe(arr)}): pick a plane "
-                f"({pick}) or run every plane (CLI --all-planes)"
-            )
-        index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
-        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
-            raise InputError(f"plane {plane} is outside this stack: leading axes have sizes {tuple(lead)}")
-        arr = arr[index]
+        arr = _stack_plane(arr, arr.shape[:-2], plane, "planes")
     if min(arr.shape) < MIN_SIDE:
         raise InputError(
             f"image is too small ({describe(arr)}): at least {MIN_SIDE}x{MIN_SIDE} pixels are needed"
@@ -307,14 +297,53 @@ def to_plane(
     return arr
 
 
+def colour_stack_layout(shape: tuple[int, ...]) -> bool:
+    """Whether ``shape`` is a stack of colour (RGB(A)) images, ``(..., H, W, 3|4)``.
+
+    Examples
+    --------
+    >>> colour_stack_layout((5, 512, 512, 3)), colour_stack_layout((512, 512, 3)), colour_stack_layout((5, 3, 64, 64))
+    (True, False, False)
+    """
+    return len(shape) >= 4 and rgb_layout(tuple(shape[-3:]))
+
+
+def _stack_plane(arr: np.ndarray, lead: tuple[int, ...], plane: int | tuple[int, ...] | None, what: str) -> np.ndarray:
+    """The item of ``arr`` at ``plane`` over its leading axes ``lead``, or the line why not."""
+    if plane is None:
+        # One index per leading axis: a (z, c) hyperstack needs two.
+        names = [chr(ord("i") + k) for k in range(len(lead))]
+        pick = ("plane=i, CLI --plane i" if len(lead) == 1 else
+                f"plane=({', '.join(names)}), CLI --plane {','.join(names)}, one index for each of its "
+                f"{len(lead)} leading axes")
+        raise InputError(f"image is a stack of {int(np.prod(lead))} {what} ({describe(arr)}): pick a plane "
+                         f"({pick}) or run every plane (CLI --all-planes)")
+    index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
+    if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
+        raise InputError(f"plane {plane} is outside this stack: leading axes have sizes {tuple(lead)}")
+    return arr[index]
+
+
 def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
     """Yield ``(index, plane)`` for every 2-D plane of a stack ``(..., H, W)``.
 
     A 2-D image, or an RGB(A) image with a grey plane (:func:`grey_plane_of_colour`),
-    yields it once with index ``()``. Other colour input is refused (pick a channel
-    first), as in :func:`to_plane`.
+    yields it once with index ``()``; a stack of colour images ``(..., H, W, 3|4)``
+    yields each one's grey plane, of the kind its first image has
+    (:func:`colour_plane_kind`). Other colour input is refused (pick a channel first),
+    as in :func:`to_plane`.
     """
     arr = np.asarray(image)
+    if colour_stack_layout(arr.shape):
+        # One kind for the whole stack (one microscope, one stain layout), told on its
+        # first image, so its planes are read alike.
+        first = arr[(0,) * (arr.ndim - 3)]
+        kind = colour_plane_kind(first)
+        if kind is None:
+            raise InputError(colour_without_grey_plane(f"a stack of colour RGB(A) images ({describe(arr)})", first))
+        for index in np.ndindex(*arr.shape[:-3]):
+            yield index, grey_of_colour(arr[index], kind)
+        return
     if looks_rgb(arr):
         grey = grey_plane_of_colour(arr)
         if grey is None:

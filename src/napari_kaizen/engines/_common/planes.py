@@ -98,7 +98,9 @@ def segment_planes(
                 raise InputError(f"plane {index}: {exc}") from None
             labels = np.zeros(plane.shape, np.uint32)
         if result is None:
-            result = np.zeros(arr.shape, np.uint32)
+            # The planes' grid and one plane: a colour image's or colour stack's labels
+            # have no colour axis.
+            result = np.zeros(arr.shape[: len(index)] + labels.shape, np.uint32)
         lab = labels.astype(np.uint32)
         result[index] = np.where(lab > 0, lab + offset, 0)
         offset += int(lab.max())
