@@ -60,6 +60,8 @@ NUCLEI_REAL = dict(
     steps=4000, lr=1e-3, batch_size=8, crop=128, stride=4, edge_weight=5.0, edge_width=2.0, seed=0, calibrate=12,
     calibrate_synthetic=4, distance=True, distance_weight=1.0, width=1.0,
 )
+#: Recipe entries a command-line option may replace (``--edge-weight`` for ``edge_weight``...).
+OVERRIDES = ("seed", "edge_weight", "steps", "distance_weight", "width")
 #: Hardness of the recipe's synthetic fields, cycling over their seeds 0, 1, ...
 SYNTHETIC_HARDNESS = (0.4, 0.6, 0.8, 1.0)
 
@@ -140,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--distance-weight is for the nuclei model (the one with a distance output)")
     if args.width is not None and (key != "nuclei" or not args.width > 0):
         parser.error("--width is a positive multiplier, for the nuclei model (the cells recipe fixes its own)")
-    for name in ("seed", "edge_weight", "steps", "distance_weight", "width"):
+    for name in OVERRIDES:
         if getattr(args, name) is not None:
             r[name] = getattr(args, name)
     output = args.output or str(ROOT / "src" / "napari_kaizen" / "weights" / BUNDLED_NAMES[key])
     extra = "".join(f" --{n.replace('_', '-')} {getattr(args, n)}"
-                    for n in ("seed", "edge_weight", "steps", "distance_weight", "width") if getattr(args, n) is not None)
+                    for n in OVERRIDES if getattr(args, n) is not None)
     extra += "".join(f" --exclude {d}" for d in args.exclude)
     reproduce = f"python scripts/train_fcn.py {args.model} --threads {args.threads} --device {args.device}{extra}"
     if key == "nuclei":

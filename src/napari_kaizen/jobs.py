@@ -642,14 +642,13 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
         image = read_image(job.src)
     if job.all_planes:
         if job.channel is not None:
-            if image.ndim == 3:
-                image = to_plane(image, channel=job.channel)
-            else:
-                # Every image of a stack of colour images gives that channel; any other stack is refused.
-                said = channel_error(job.channel, image.shape[-3:], f"each image of this stack (shape {image.shape})")
-                if said:
-                    raise InputError(said)
-                image = image[..., job.channel]
+            # A colour image, or every image of a stack of them, gives that channel; a
+            # grey image or any other stack is refused.
+            what = "the image" if image.ndim <= 3 else "each image of this stack"
+            said = channel_error(job.channel, image.shape[-3:], f"{what} (shape {image.shape})")
+            if said:
+                raise InputError(said)
+            image = image[..., job.channel]
         gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device,
                                                   scale_for=engine.scale_for)
     else:

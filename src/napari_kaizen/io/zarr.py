@@ -302,7 +302,9 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
     if plane is None:
         if any(n != 1 for n in lead):
             big = [n for n in lead if n != 1]
-            # An RGB slide converted to OME-Zarr (bioformats2raw) keeps its colours on a channel axis.
+            # Three 8-bit planes with nothing saying they are colours (a plain zarr array, a
+            # planar TIFF): perhaps a colour slide. An OME-Zarr whose NGFF channel axis holds
+            # them opens as a colour image instead (_colour_axis) and does not come here.
             colour = (" (three 8-bit channels: a colour slide? --plane 1 takes its green one, where a stained "
                       "section's nuclei are darkest)") if big == [3] and np.dtype(image.dtype) == np.uint8 else ""
             raise InputError(f"{name} is a stack of shape {shape}: pick a plane (--plane i, or i,j for several "

@@ -334,21 +334,17 @@ def iter_planes(image: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray
     as in :func:`to_plane`.
     """
     arr = np.asarray(image)
-    if colour_stack_layout(arr.shape):
-        # One kind for the whole stack (one microscope, one stain layout), told on its
-        # first image, so its planes are read alike.
+    if looks_rgb(arr) or colour_stack_layout(arr.shape):
+        # A colour image, or a stack of them (one microscope, one stain layout): its kind
+        # is told once, on the first image, so every plane is read alike.
         first = arr[(0,) * (arr.ndim - 3)]
         kind = colour_plane_kind(first)
         if kind is None:
-            raise InputError(colour_without_grey_plane(f"a stack of colour RGB(A) images ({describe(arr)})", first))
+            what = "colour RGB(A) image" if arr.ndim == 3 else "a stack of colour RGB(A) images"
+            raise InputError(colour_without_grey_plane(f"{what} ({describe(arr)})", first))
         for index in np.ndindex(*arr.shape[:-3]):
             yield index, grey_of_colour(arr[index], kind)
         return
-    if looks_rgb(arr):
-        grey = grey_plane_of_colour(arr)
-        if grey is None:
-            raise InputError(colour_without_grey_plane(f"colour RGB(A) image ({describe(arr)})", arr))
-        arr = grey
     if arr.ndim < 2:
         raise InputError(f"image has {arr.ndim} dimension(s): expected a 2-D image or a stack (..., H, W)")
     for index in np.ndindex(*arr.shape[:-2]):
