@@ -131,7 +131,46 @@ def test_an_estimate_that_fails_everywhere_runs_a_learned_engine_at_its_own_scal
     assert len(calls) == 5
     assert plan.diameter is None and plan.params.diameter is None
     assert [str(w.message) for w in caught if "own scale" in str(w.message)] == [
-        "too few objects on any of 5 crops of the image; running at the model's own scale"]
+        "too few objects (on every one of the 5 crops read to measure the size); running at the model's own scale"]
+
+
+def _two_nuclei_on_a_glowing_corner() -> np.ndarray:
+    """Like a stained DSB2018 frame (``af576e8e``): two nuclei on a glow in one corner.
+
+    Two objects stand apart, too few to measure (three are needed), and the field is
+    not sparse; before, the classical engine refused the image."""
+    from scipy import ndimage as ndi
+
+    yy, xx = np.mgrid[:256, :320]
+    signal = 80.0 * np.exp(-np.hypot(yy - 300, xx - 360) / 60.0)
+    for cy, cx in ((240, 250), (230, 290)):
+        signal[np.hypot(yy - cy, xx - cx) < 9] += 60.0
+    noise = np.random.default_rng(0).normal(0, 2, signal.shape)
+    return np.clip(np.round(10 + ndi.gaussian_filter(signal, 1.5) + noise), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_the_classical_engine_runs_an_image_it_cannot_measure_at_a_typical_size(tiled):
+    from napari_kaizen.engines.classical.scale_rule import UNMEASURED_DIAMETER
+
+    engine = get_engine("classical")
+    image = _two_nuclei_on_a_glowing_corner()
+    rule = engine.scale_for(image, engine.Params()) if not tiled else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if tiled:
+            plan = plan_tiles(engine, image, engine.Params(), tile=TILE)
+            assert plan.diameter == UNMEASURED_DIAMETER
+            labels = np.asarray(run_to_end(segment_tiled(engine, image, engine.Params(), tile=TILE)).labels)
+        else:
+            assert (rule.diameter, rule.estimated) == (UNMEASURED_DIAMETER, True)
+            assert rule.failure.startswith("could not estimate the object diameter (found 2 separate objects")
+            labels = run_to_end(engine.segment(image, engine.Params())).labels
+    said = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    assert said and all("could not estimate the object diameter" in m and m.endswith("running at 18 px (a typical "
+                                                                                    "nucleus)") for m in said)
+    found = {int(labels[y, x]) for y, x in ((240, 250), (230, 290))}
+    assert 0 not in found and len(found) == 2  # both nuclei, apart
 
 
 def models_or_none(engine):

@@ -487,16 +487,17 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, pi
     Returns
     -------
     Scale
-        ``Scale(None)`` (the model's own scale, with one warning) when a learned
-        engine's ``'auto'`` fails on every crop.
+        The rule's fallback (a learned engine's: the model's own scale; the classical
+        engine's: a typical nucleus), with one warning, when ``'auto'`` fails on every
+        crop.
 
     Raises
     ------
     InputError
-        When the engine's rule refuses every crop (the classical engine needs a size).
+        When the engine's rule refuses every crop.
     """
     failures: list[str] = []
-    refused = False
+    fallback: Scale | None = None
     shape = tuple(int(s) for s in src.shape)
     sparse = bool(stats.sparse)
     # A few objects on a wide empty field (a slide scan, a mosaic): a crop holds a
@@ -513,7 +514,6 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, pi
                 scale = engine.scale_for(to_engine(read_region(src, box)), params, model=model)
             except InputError as exc:
                 failures.append(str(exc))
-                refused = True
                 continue
             if scale.failure is None and not (sparse and scale.estimated):
                 return scale
@@ -521,14 +521,15 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, pi
                 measured.append(scale)
             else:
                 failures.append(scale.failure)
+                fallback = dataclasses.replace(scale, probe=None)  # a crop's maps are no tile's
     if measured:
         return sorted(measured, key=lambda sc: sc.diameter)[(len(measured) - 1) // 2]
-    if refused:
-        raise InputError(f"could not estimate the object diameter on any of {len(failures)} crops of the image "
-                         "(too few separate objects): give the diameter in pixels (--diameter)")
-    warnings.warn(f"{failures[-1]} on any of {len(failures)} crops of the image; running at the model's own scale",
-                  InputWarning, stacklevel=3)
-    return Scale(None, failure=failures[-1])
+    if fallback is None:
+        where = f" (on every one of the {len(failures)} crops read to measure the size)" if len(failures) > 1 else ""
+        raise InputError(failures[-1] + where)
+    where = f" (on every one of the {len(failures)} crops read to measure the size)" if len(failures) > 1 else ""
+    warnings.warn(f"{fallback.failure}{where}; running at {fallback.running_at}", InputWarning, stacklevel=3)
+    return fallback
 
 
 def _decide_on_crops(engine: Any, src: Any, params: Any, stats: WholeImageStats, pixels: PixelMap,

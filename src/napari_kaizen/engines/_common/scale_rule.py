@@ -39,8 +39,9 @@ class Scale:
         the image (:func:`~napari_kaizen.engines._common.scale.rescale_for_model`).
     failure : str or None
         Why ``'auto'`` could not be measured on this image (the run then goes on at the
-        model's own scale); ``None`` when nothing failed. A tiled run tries its next
-        sample crop on a failure.
+        engine's fallback: :attr:`diameter`, the model's own scale when that is
+        ``None``); ``None`` when nothing failed. A tiled run tries its next sample crop
+        on a failure.
     probe : object
         What the rule computed on the way (the U-Net's model-scale maps), for its own
         engine to reuse; never compared, never sent to tiles.
@@ -69,6 +70,15 @@ class Scale:
             return None
         return EstimatedDiameter(self.diameter) if self.estimated else float(self.diameter)
 
+    @property
+    def running_at(self) -> str:
+        """What the run goes on at, in words: said after an estimate that failed.
+
+        >>> Scale(None).running_at, Scale(18.0, estimated=True).running_at
+        ("the model's own scale", '18 px (a typical nucleus)')
+        """
+        return "the model's own scale" if self.diameter is None else f"{self.diameter:g} px (a typical nucleus)"
+
     def rescale(self, input_shape: tuple[int, int], model_diameter: float | None) -> Rescale:
         """The resampling that brings objects of this scale to ``model_diameter``:
         :func:`~napari_kaizen.engines._common.scale.rescale_for_model`."""
@@ -80,8 +90,8 @@ def is_auto(diameter: Any) -> bool:
     return isinstance(diameter, str) and diameter.strip().lower() == "auto"
 
 
-def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *, required: bool,
-                       source: np.ndarray | None = None,
+def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *,
+                       fallback: float | None = None, source: np.ndarray | None = None,
                        percentiles: tuple[float, float] | None = None) -> Scale:
     """The :class:`Scale` of a diameter as given, ``'auto'`` measured on ``image``.
 
@@ -101,16 +111,17 @@ def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *
     diameter : float, str or None
         A number of pixels (an :class:`~.scale.EstimatedDiameter` stays an estimate),
         ``'auto'`` or ``None`` (the model's own scale).
-    required : bool
-        True: an estimate that fails raises :class:`~napari_kaizen.errors.InputError`.
-        False: it warns (:class:`~.normalize.InputWarning`) and gives ``Scale(None)``
-        with the reason in :attr:`Scale.failure`.
+    fallback : float, optional
+        What an estimate that fails gives: ``Scale(fallback)`` (pixels, an engine
+        without a model's scale), default ``Scale(None)`` (the model's own scale),
+        with the reason in :attr:`Scale.failure` and one warning
+        (:class:`~.normalize.InputWarning`). A field is never refused for its size.
 
     Examples
     --------
-    >>> given_or_estimated(None, 60.0, required=True)
+    >>> given_or_estimated(None, 60.0)
     Scale(diameter=60.0, estimated=False, failure=None)
-    >>> given_or_estimated(None, None, required=False).diameter is None
+    >>> given_or_estimated(None, None).diameter is None
     True
     """
     if diameter is None:
@@ -125,9 +136,8 @@ def given_or_estimated(image: np.ndarray | None, diameter: float | str | None, *
     try:
         return Scale(float(resolve_diameter(image, "auto")), estimated=True)
     except InputError as exc:
-        if required:
-            raise
         from .normalize import InputWarning
 
-        warnings.warn(f"{exc}; running at the model's own scale", InputWarning, stacklevel=3)
-        return Scale(None, failure=str(exc))
+        scale = Scale(fallback, estimated=fallback is not None, failure=str(exc))
+        warnings.warn(f"{exc}; running at {scale.running_at}", InputWarning, stacklevel=3)
+        return scale

@@ -30,7 +30,9 @@ class ClassicalParams:
     ----------
     diameter : float or 'auto' or None
         Typical object diameter in pixels; ``'auto'`` estimates it from the image
-        (scale-space LoG). ``None`` means ``'auto'`` here: this engine needs a scale.
+        (scale-space LoG), and an image it cannot measure runs at 18 px with a warning
+        (:data:`~napari_kaizen.engines.classical.scale_rule.UNMEASURED_DIAMETER`).
+        ``None`` means ``'auto'`` here: this engine has no model's scale.
     objects : {'auto', 'bright', 'dark'}
         Nuclei brighter than their field (a fluorescence stain) or darker (bright-field,
         a stained section: the image is turned round first); ``'auto'`` tells by

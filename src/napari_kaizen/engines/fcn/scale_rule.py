@@ -39,5 +39,5 @@ def scale_for(image: np.ndarray, params: FCNParams | None = None, *, model: Any 
     p = params or FCNParams()
     if is_auto(p.diameter) and getattr(model, "input_kind", None) == "membrane":
         return Scale(None)
-    return given_or_estimated(prepared, p.diameter, required=False, source=image,
+    return given_or_estimated(prepared, p.diameter, source=image,
                               percentiles=getattr(model, "percentiles", None))

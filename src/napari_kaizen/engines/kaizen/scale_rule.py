@@ -41,4 +41,4 @@ def scale_for(image: np.ndarray, params: KaizenParams | None = None, *, model: A
     True
     """
     p = params or KaizenParams()
-    return given_or_estimated(prepared, p.diameter, required=False, source=image)
+    return given_or_estimated(prepared, p.diameter, source=image)

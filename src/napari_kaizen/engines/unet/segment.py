@@ -197,7 +197,7 @@ def measure_scale(
     """
     p = params if params is not None else UNetParams()
     if not _measures(p.diameter, model):
-        return given_or_estimated(None, None if is_auto(p.diameter) else p.diameter, required=True)
+        return given_or_estimated(None, None if is_auto(p.diameter) else p.diameter)
     from .postprocess import instances
 
     img = prepared if prepared is not None else prepare_image(image, percentiles=model.percentiles,
