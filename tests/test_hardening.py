@@ -35,6 +35,9 @@ def _unit(field) -> np.ndarray:
         pytest.param(lambda u: (u * 1000).astype(np.int64) + 10**9, id="int64 with a +1e9 offset"),
         pytest.param(lambda u: (u * 1000).astype(np.uint64) + np.uint64(2**40), id="uint64 with a 2**40 offset"),
         pytest.param(lambda u: (u * 1000).astype(np.int32) - 2**30, id="int32 with a -2**30 offset"),
+        # Physical units: called constant ("every pixel is 9.5e-19") before 2026-12-07.
+        pytest.param(lambda u: (u * 3e-17).astype(np.float32), id="float32 of 1e-17"),
+        pytest.param(lambda u: u * 1e-300, id="float64 of 1e-300 (below float32's range)"),
     ],
 )
 @pytest.mark.parametrize("engine", ["classical", "unet"])

@@ -377,10 +377,12 @@ def as_float(image: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "f" and arr.size:
         # Finite values near float32's limit (+-3e38) overflow to inf in any
         # subtraction; bring them down by a power of two (exact, and percentile
-        # normalisation is scale-invariant).
+        # normalisation is scale-invariant). Tiny ones (an image in physical units,
+        # 1e-17 W) are brought up the same way: the constancy test's floor (1e-12)
+        # called such an image constant, and float32 would flush values below 1e-38.
         with np.errstate(invalid="ignore", over="ignore"):
             peak = float(np.nanmax(np.abs(np.where(np.isfinite(arr), arr, 0)))) if arr.size else 0.0
-        if peak > 2.0**100:
+        if peak > 2.0**100 or 0.0 < peak < 2.0**-20:
             arr = arr.astype(np.float64) * 2.0 ** -int(np.ceil(np.log2(peak)))
     out = arr.astype(np.float32, copy=True)
     if arr.dtype.kind == "f":
