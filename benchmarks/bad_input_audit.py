@@ -181,6 +181,16 @@ def cases(engines: list[str], folder: Path) -> list[tuple[str, list[str], tuple[
                     None))
         out.append(("classical / --all-planes --channel 5 of a colour stack",
                     ["--engine", "classical", str(folder / "series.tif"), "--all-planes", "--channel", "5"], None))
+    if "classical" in engines:
+        # An ImageJ hyperstack (TZCYX): its refusals name T, Z and C (by index before 2026-12-07).
+        hyper = np.zeros((2, 3, 2, *f.nuclei.shape), np.float32)
+        hyper[1, 2, 0] = f.nuclei
+        tifffile.imwrite(folder / "hyper.tif", hyper, imagej=True, metadata={"axes": "TZCYX"})
+        for how, tile in (("", []), ("tiled ", ["--tile", "128"])):
+            for plane, expect in ((None, None), ("1,3,0", None), ("1,2,0", f.nuclei.shape)):
+                pick = ["--plane", plane] if plane else []
+                out.append((f"classical / {how}hyperstack TZCYX {'--plane ' + plane if plane else 'without a plane'}",
+                            ["--engine", "classical", str(folder / "hyper.tif"), *pick, *tile], expect))
     out.append(("missing image", ["--engine", engines[0], str(folder / "nothing.tif")], None))
     (folder / "broken.tif").write_bytes(b"II*\0garbage")
     out.append(("broken TIFF", ["--engine", engines[0], str(folder / "broken.tif")], None))

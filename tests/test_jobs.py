@@ -218,3 +218,41 @@ def test_colour_pictures_run_plane_by_plane_and_a_stack_of_them(tmp_path, capsys
         assert main(["segment", str(tmp_path / "series.tif"), *extra, *common, "--overwrite"]) == 1
         err = capsys.readouterr().err.strip()
         assert said in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_a_hyperstacks_refusals_name_its_axes_and_the_named_plane_is_segmented(tmp_path, field, capsys, tiled):
+    # An ImageJ hyperstack (TZCYX) was told "--plane i,j,k, one index for each of its 3
+    # leading axes", so a person had to know the order; the line now names T, Z and C
+    # with their ranges, and the plane picked that way is the one segmented.
+    plane = np.round(field.nuclei / field.nuclei.max() * 4000).astype(np.uint16)
+    stack = np.zeros((2, 3, 2, *plane.shape), np.uint16)
+    stack[1, 2, 0] = plane
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "TZCYX"})
+    common = ["segment", str(path), "--engine", "classical", "-o", str(tmp_path / "out.tif"), "-q"]
+    common += ["--tile", "256"] if tiled else []
+    assert main(common) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--plane t,z,c" in err and "T 0..1, Z 0..2, C 0..1" in err
+    assert main([*common, "--plane", "1,3,0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("leading axes T, Z, C have sizes (2, 3, 2)")
+    assert not (tmp_path / "out.tif").exists()
+    assert main([*common, "--plane", "1,2,0"]) == 0
+    tifffile.imwrite(tmp_path / "plane.tif", plane)
+    common[1], common[5] = str(tmp_path / "plane.tif"), str(tmp_path / "alone.tif")
+    assert main(common) == 0
+    labels = tifffile.imread(tmp_path / "out.tif")
+    assert labels.max() > 10
+    np.testing.assert_array_equal(labels, tifffile.imread(tmp_path / "alone.tif"))
+
+
+def test_a_stack_without_axis_names_is_told_by_index(tmp_path, field, capsys):
+    path = tmp_path / "pages.tif"
+    tifffile.imwrite(path, np.stack([field.nuclei] * 4).reshape(2, 2, *field.nuclei.shape))
+    assert main(["segment", str(path), "--engine", "classical", "-o", str(tmp_path / "out.tif"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "(plane=(i, j), CLI --plane i,j, one index for each of its 2 leading axes)" in err
+

@@ -174,3 +174,23 @@ def test_a_colour_slide_in_ome_zarr_is_read_as_a_colour_image(tmp_path, capsys, 
     assert main([*common, "--plane", "1", "--overwrite"]) == 1
     err = capsys.readouterr().err.strip()
     assert "is a single 2-D colour image, not a stack" in err and "--channel i" in err and "\n" not in err
+
+
+def test_an_ome_zarr_stacks_refusals_name_its_ngff_axes(tmp_path, field, capsys):
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    stored = np.zeros((1, 2, 3, *field.nuclei.shape), np.uint16)
+    stored[0, 1, 2] = field.nuclei
+    fmt = FormatV05()
+    group = zarr.open_group(str(tmp_path / "stack.zarr"), mode="w", zarr_format=fmt.zarr_format)
+    write_image(stored, group, fmt=fmt, axes="tczyx", storage_options=dict(chunks=(1, 1, 1, 128, 128)))
+    common = ["segment", str(tmp_path / "stack.zarr"), "--engine", "classical", "-o", str(tmp_path / "out.tif"), "-q"]
+    assert main(common) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "(--plane c,z: C 0..1, Z 0..2)" in err
+    assert main([*common, "--plane", "1,3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("leading axes T, C, Z have sizes (1, 2, 3)")
+    assert main([*common, "--plane", "1,2"]) == 0

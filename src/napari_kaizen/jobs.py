@@ -626,6 +626,7 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
     from .io.images import read_plane
     from .io.zarr import read_image_or_ome_zarr as read_image
     from .io.zarr import read_labels_or_ome_zarr as read_labels
+    from .io.zarr import stack_axes
     from .io.zarr import write_labels_or_ome_zarr as write_labels
 
     start = time.perf_counter()
@@ -652,7 +653,9 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
         gen = None if reuse else segment_planes(engine.segment, image, job.params, model=model, device=job.device,
                                                   scale_for=engine.scale_for)
     else:
-        image = to_plane(image, channel=job.channel, plane=plane)
+        # A stack's refusals name its axes (T, Z, C) when the file does.
+        axes = stack_axes(job.src, image.ndim - 2) if image.ndim > 2 else None
+        image = to_plane(image, channel=job.channel, plane=plane, axes=axes)
         gen = None if reuse else engine.segment(image, job.params, model=model, device=job.device)
     kept: list[str] = []
     if reuse:
@@ -741,7 +744,7 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     from ._files import temp_prefix
     from .engines import channel_error, colour_stack_layout, plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
-    from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, write_bigtiff
+    from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, stack_axes, write_bigtiff
     from .tiled import as_2d_source, segment_tiled
 
     start = time.perf_counter()
@@ -761,7 +764,8 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
         raise InputError(plane_of_one_plane(job.plane, f"the image (shape {shape})",
                                             colour=rgb and job.channel is None))
     if job.channel is not None or not rgb:
-        image = squeeze_to_2d(image, plane=job.plane, name=src.name)
+        lead = len(image.shape) - 2
+        image = squeeze_to_2d(image, plane=job.plane, name=src.name, axes=stack_axes(src, lead) if lead else None)
     else:
         # A colour image: its grey plane, read tile by tile, if it has one (tiled.ColourPlane).
         image = as_2d_source(image, name="the image")

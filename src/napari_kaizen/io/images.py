@@ -89,6 +89,41 @@ def _header(src: Path) -> tuple[tuple[int, ...], np.dtype] | None:
     return None
 
 
+#: Stack axes a refusal names by their letter (ImageJ hyperstacks and OME store them):
+#: time, z, channel. Others (tifffile's ``I``, ``Q``, ``S`` for a sequence of unknown
+#: kind) say nothing a person could use.
+NAMED_AXES = "TZC"
+
+
+def named_axes(letters: str | None) -> str | None:
+    """``letters`` (upper case) if each is one of :data:`NAMED_AXES`, once; else None.
+
+    >>> named_axes("tzc"), named_axes("QS"), named_axes("ZZ"), named_axes("")
+    ('TZC', None, None, None)
+    """
+    up = (letters or "").upper()
+    return up if up and all(a in NAMED_AXES for a in up) and len(set(up)) == len(up) else None
+
+
+def tiff_stack_axes(path: str | os.PathLike) -> str | None:
+    """The letters of a TIFF stack's leading axes as :func:`read_image` returns it (``'TZC'``), or None.
+
+    tifffile reads them from an ImageJ hyperstack's or an OME-TIFF's metadata, axes of
+    size 1 dropped as the pixels are; a colour stack's samples (``S``) are not a leading axis.
+    """
+    import tifffile
+
+    try:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
+            axes = str(tf.series[0].axes)
+    except (ValueError, OSError, IndexError, KeyError, TypeError):
+        return None
+    for tail in ("YXS", "YX"):
+        if axes.endswith(tail):
+            return named_axes(axes[: -len(tail)])
+    return None
+
+
 def read_plane(path: str | os.PathLike, plane: tuple[int, ...]) -> np.ndarray | None:
     """Only ``plane`` of a stack in a TIFF (its one page) or NPY (memory-mapped) file.
 
@@ -112,8 +147,10 @@ def read_plane(path: str | os.PathLike, plane: tuple[int, ...]) -> np.ndarray | 
         if len(lead) != len(plane) or not lead or shape[-1] in (3, 4):
             return None
         if any(not 0 <= i < n for i, n in zip(plane, lead)):
-            raise InputError(f"plane {','.join(map(str, plane))} is outside {src.name}: its leading axes have sizes "
-                             f"{tuple(lead)}")
+            axes = tiff_stack_axes(src) if suffix != ".npy" else None
+            which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
+            raise InputError(f"plane {','.join(map(str, plane))} is outside {src.name}: its leading axes{which} have "
+                             f"sizes {tuple(lead)}")
         if suffix == ".npy":
             return np.array(np.load(src, mmap_mode="r", allow_pickle=False)[tuple(plane)])
         import tifffile
@@ -123,6 +160,8 @@ def read_plane(path: str | os.PathLike, plane: tuple[int, ...]) -> np.ndarray | 
             if len(series.pages) != int(np.prod(lead)) or tuple(series.pages[0].shape) != page:
                 return None
             return np.asarray(tf.asarray(series=0, key=int(np.ravel_multi_index(plane, lead))))
+    except InputError:
+        raise  # already the line (an InputError is a ValueError: not "cannot read" it)
     except (ValueError, OSError, IndexError, KeyError, TypeError, MemoryError) as exc:
         raise InputError(f"cannot read '{src.name}': {exc.__class__.__name__}: {exc}") from None
 

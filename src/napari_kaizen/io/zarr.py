@@ -285,10 +285,12 @@ def open_pyramid(path: str | os.PathLike) -> list[Any]:
     return list(image.data)
 
 
-def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name: str = "image") -> Any:
+def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name: str = "image",
+                  axes: str | None = None) -> Any:
     """A 2-D lazy view of ``image``: leading axes of size 1 dropped, or ``plane`` picked.
 
-    OME-Zarr images are ``(t, c, z, y, x)`` with most leading axes of size 1.
+    OME-Zarr images are ``(t, c, z, y, x)`` with most leading axes of size 1. ``axes``
+    (:func:`stack_axes`) names the leading axes in the refusals.
 
     Raises
     ------
@@ -307,8 +309,12 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
             # them opens as a colour image instead (_colour_axis) and does not come here.
             colour = (" (three 8-bit channels: a colour slide? --plane 1 takes its green one, where a stained "
                       "section's nuclei are darkest)") if big == [3] and np.dtype(image.dtype) == np.uint8 else ""
-            raise InputError(f"{name} is a stack of shape {shape}: pick a plane (--plane i, or i,j for several "
-                             f"leading axes){colour}; tiled runs segment one 2-D plane")
+            named = [(a, n) for a, n in zip(axes, lead) if n != 1] if axes and len(axes) == len(lead) else []
+            pick = (f"--plane {','.join(a.lower() for a, _ in named)}: "
+                    f"{', '.join(f'{a} 0..{n - 1}' for a, n in named)}" if named else
+                    "--plane i, or i,j for several leading axes")
+            raise InputError(f"{name} is a stack of shape {shape}: pick a plane ({pick}){colour}; "
+                             "tiled runs segment one 2-D plane")
         index: tuple[int, ...] = (0,) * len(lead)
     else:
         given = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
@@ -323,7 +329,8 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
         else:
             raise InputError(f"plane {plane} does not fit {name}'s leading axes {lead}")
         if any(not 0 <= i < n for i, n in zip(index, lead)):
-            raise InputError(f"plane {plane} is outside {name}: leading axes have sizes {lead}")
+            which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
+            raise InputError(f"plane {plane} is outside {name}: leading axes{which} have sizes {lead}")
     return image[index] if index else image
 
 
@@ -610,6 +617,34 @@ def read_image_or_ome_zarr(path: str | os.PathLike) -> np.ndarray:
     check_fits_memory(src.name, shape, np.dtype(lazy.dtype))
     keep = next((i for i, n in enumerate(shape[:-2]) if n != 1), len(shape) - 2)
     return np.asarray(lazy[(0,) * keep])
+
+
+def stack_axes(path: str | os.PathLike, lead: int) -> str | None:
+    """Letters naming the last ``lead`` leading axes of the image at ``path``, or None.
+
+    ``'TZC'`` and its parts (time, z, channel), from an ImageJ hyperstack's or an
+    OME-TIFF's metadata or an OME-Zarr's NGFF axes; None when the file does not say
+    (a plain multi-page TIFF, an NPY) or names other axes. The last ``lead``: the
+    image as read whole (:func:`read_image_or_ome_zarr` drops leading axes of size 1)
+    or lazily (:func:`open_lazy`, every axis) keeps its trailing axes. Refusals of a
+    stack name them (:func:`~napari_kaizen.engines.to_plane`, :func:`squeeze_to_2d`).
+    """
+    from .images import named_axes, tiff_stack_axes
+
+    src = Path(path)
+    if lead < 1:
+        return None
+    if src.suffix.lower() in (".tif", ".tiff"):
+        letters = tiff_stack_axes(src)
+        return letters if letters is not None and len(letters) == lead else None
+    if not (src.is_dir() and is_zarr_path(src)):
+        return None
+    try:
+        axes = ome_attrs(src)[0]["multiscales"][0]["axes"]
+        names = [str(a.get("name", "")) if isinstance(a, dict) else str(a) for a in axes][:-2]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return named_axes("".join(n[:1] for n in names[-lead:])) if lead <= len(names) else None
 
 
 def write_labels_or_ome_zarr(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:

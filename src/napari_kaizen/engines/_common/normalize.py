@@ -233,6 +233,7 @@ def to_plane(
     *,
     channel: int | None = None,
     plane: int | tuple[int, ...] | None = None,
+    axes: str | None = None,
 ) -> np.ndarray:
     """Reduce ``image`` to one 2-D plane, or explain in one line why it cannot.
 
@@ -252,6 +253,10 @@ def to_plane(
         Index into the leading axes of a stack. Stacks without a plane are refused;
         run every plane with :func:`iter_planes` instead. A plane given for a single
         2-D or colour image is refused too (:func:`plane_of_one_plane`).
+    axes : str, optional
+        Letters naming a stack's leading axes (``'TZC'``: time, z, channel), as the
+        file stored them (:func:`napari_kaizen.io.stack_axes`): the refusals name
+        them. Ignored when they do not match the stack.
 
     Returns
     -------
@@ -275,7 +280,7 @@ def to_plane(
     if colour_stack_layout(arr.shape):
         # A stack of colour images (a colour time-lapse, (T, H, W, 3)): the plane picks a
         # colour image, which is then read as one (its channel, or its grey plane).
-        arr, plane = _stack_plane(arr, arr.shape[:-3], plane, "colour images"), None
+        arr, plane = _stack_plane(arr, arr.shape[:-3], plane, "colour images", axes), None
     if plane is not None and (isinstance(plane, (int, np.integer)) or len(plane)) and (arr.ndim == 2 or looks_rgb(arr)):
         raise InputError(plane_of_one_plane(plane, f"the image ({describe(arr)})", colour=looks_rgb(arr) and channel is None))
     if channel is not None and (said := channel_error(channel, arr.shape, f"the image ({describe(arr)})")):
@@ -289,7 +294,7 @@ def to_plane(
                 raise InputError(colour_without_grey_plane(f"colour RGB(A) image ({describe(arr)})", arr))
             arr = grey
     if arr.ndim > 2:
-        arr = _stack_plane(arr, arr.shape[:-2], plane, "planes")
+        arr = _stack_plane(arr, arr.shape[:-2], plane, "planes", axes)
     if min(arr.shape) < MIN_SIDE:
         raise InputError(
             f"image is too small ({describe(arr)}): at least {MIN_SIDE}x{MIN_SIDE} pixels are needed"
@@ -308,19 +313,37 @@ def colour_stack_layout(shape: tuple[int, ...]) -> bool:
     return len(shape) >= 4 and rgb_layout(tuple(shape[-3:]))
 
 
-def _stack_plane(arr: np.ndarray, lead: tuple[int, ...], plane: int | tuple[int, ...] | None, what: str) -> np.ndarray:
-    """The item of ``arr`` at ``plane`` over its leading axes ``lead``, or the line why not."""
+def _stack_plane(arr: np.ndarray, lead: tuple[int, ...], plane: int | tuple[int, ...] | None, what: str,
+                 axes: str | None = None) -> np.ndarray:
+    """The item of ``arr`` at ``plane`` over its leading axes ``lead``, or the line why not.
+
+    ``axes`` names the leading axes (``'TZC'``, one letter each, as an ImageJ hyperstack
+    or an OME image stores them) when the file said so; the line then names them, so a
+    person need not know the order the indices go in.
+
+    Examples
+    --------
+    >>> stack = np.zeros((2, 5, 3, 32, 32), np.uint16)
+    >>> try:
+    ...     _stack_plane(stack, stack.shape[:-2], None, "planes", "TZC")
+    ... except InputError as exc:
+    ...     print(str(exc).split("pick a plane ")[1].split(" or run")[0])
+    (plane=(t, z, c), CLI --plane t,z,c, one index for each of its 3 leading axes: T 0..1, Z 0..4, C 0..2)
+    """
+    named = axes is not None and len(axes) == len(lead)
     if plane is None:
         # One index per leading axis: a (z, c) hyperstack needs two.
-        names = [chr(ord("i") + k) for k in range(len(lead))]
-        pick = ("plane=i, CLI --plane i" if len(lead) == 1 else
+        names = list(axes.lower()) if named else [chr(ord("i") + k) for k in range(len(lead))]
+        ranges = f": {', '.join(f'{a} 0..{n - 1}' for a, n in zip(axes, lead))}" if named else ""
+        pick = (f"plane={names[0]}, CLI --plane {names[0]}{ranges}" if len(lead) == 1 else
                 f"plane=({', '.join(names)}), CLI --plane {','.join(names)}, one index for each of its "
-                f"{len(lead)} leading axes")
+                f"{len(lead)} leading axes{ranges}")
         raise InputError(f"image is a stack of {int(np.prod(lead))} {what} ({describe(arr)}): pick a plane "
                          f"({pick}) or run every plane (CLI --all-planes)")
     index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
     if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
-        raise InputError(f"plane {plane} is outside this stack: leading axes have sizes {tuple(lead)}")
+        which = f" {', '.join(axes)}" if named else ""
+        raise InputError(f"plane {plane} is outside this stack: leading axes{which} have sizes {tuple(lead)}")
     return arr[index]
 
 
