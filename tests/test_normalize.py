@@ -221,6 +221,21 @@ def test_stacks_need_a_plane(rng):
         prepare_image(rng.random((2, 3, 20, 20)))
 
 
+def test_three_8bit_planes_are_told_they_may_be_a_colour_slide_plain_as_tiled(rng):
+    # tifffile writes any (3, H, W) array as three planes, so a colour slide stored
+    # channels first reads as a stack; the tiled run's refusal said so, the plain one
+    # did not (one hint, io.images.colour_slide_hint, for both).
+    from napari_kaizen.io.zarr import squeeze_to_2d
+
+    slide = (rng.random((3, 20, 20)) * 255).astype(np.uint8)
+    for refuse in (lambda a: to_plane(a), lambda a: squeeze_to_2d(a, name="image")):
+        with pytest.raises(InputError, match=r"three 8-bit channels: a colour slide\? --plane 1 takes its green one"):
+            refuse(slide)
+        with pytest.raises(InputError) as exc:
+            refuse(slide.astype(np.uint16))  # 16-bit planes are fluorescence channels
+        assert "colour slide" not in str(exc.value)
+
+
 @pytest.mark.parametrize("bad, match", [
     (np.zeros(10), "1 dimension"),
     (np.zeros((4, 4)), "too small"),

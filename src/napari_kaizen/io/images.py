@@ -105,6 +105,26 @@ def named_axes(letters: str | None) -> str | None:
     return up if up and all(a in NAMED_AXES for a in up) and len(set(up)) == len(up) else None
 
 
+def colour_slide_hint(lead: tuple[int, ...], dtype: np.dtype) -> str:
+    """A hint for a stack of three 8-bit planes with nothing saying they are colours, else ``''``.
+
+    A plain zarr array or a TIFF of three 8-bit planes (tifffile writes any ``(3, H, W)``
+    array so, marked RGB or not) may be a colour slide stored channels first; whether it
+    is, only the person knows. An OME-Zarr whose NGFF channel axis holds them opens as
+    a colour image instead (:func:`~napari_kaizen.io.zarr.open_lazy`).
+
+    >>> colour_slide_hint((3,), np.dtype("uint8"))[:40]
+    ' (three 8-bit channels: a colour slide? '
+    >>> colour_slide_hint((3,), np.dtype("uint16")), colour_slide_hint((1, 3, 1), np.dtype("uint8"))[:7]
+    ('', ' (three')
+    """
+    big = [n for n in lead if n != 1]
+    if big != [3] or np.dtype(dtype) != np.uint8:
+        return ""
+    return " (three 8-bit channels: a colour slide? --plane 1 takes its green one, where a stained section's nuclei " \
+           "are darkest)"
+
+
 def tiff_stack_axes(path: str | os.PathLike) -> str | None:
     """The letters of a TIFF stack's leading axes as :func:`read_image` returns it (``'TZC'``), or None.
 

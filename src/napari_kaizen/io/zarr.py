@@ -303,12 +303,9 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
     lead = shape[:-2]
     if plane is None:
         if any(n != 1 for n in lead):
-            big = [n for n in lead if n != 1]
-            # Three 8-bit planes with nothing saying they are colours (a plain zarr array, a
-            # planar TIFF): perhaps a colour slide. An OME-Zarr whose NGFF channel axis holds
-            # them opens as a colour image instead (_colour_axis) and does not come here.
-            colour = (" (three 8-bit channels: a colour slide? --plane 1 takes its green one, where a stained "
-                      "section's nuclei are darkest)") if big == [3] and np.dtype(image.dtype) == np.uint8 else ""
+            from .images import colour_slide_hint
+
+            colour = colour_slide_hint(lead, image.dtype)
             named = [(a, n) for a, n in zip(axes, lead) if n != 1] if axes and len(axes) == len(lead) else []
             pick = (f"--plane {','.join(a.lower() for a, _ in named)}: "
                     f"{', '.join(f'{a} 0..{n - 1}' for a, n in named)}" if named else

@@ -255,7 +255,7 @@ def to_plane(
         2-D or colour image is refused too (:func:`plane_of_one_plane`).
     axes : str, optional
         Letters naming a stack's leading axes (``'TZC'``: time, z, channel), as the
-        file stored them (:func:`napari_kaizen.io.stack_axes`): the refusals name
+        file stored them (:func:`napari_kaizen.io.zarr.stack_axes`): the refusals name
         them. Ignored when they do not match the stack.
 
     Returns
@@ -338,8 +338,11 @@ def _stack_plane(arr: np.ndarray, lead: tuple[int, ...], plane: int | tuple[int,
         pick = (f"plane={names[0]}, CLI --plane {names[0]}{ranges}" if len(lead) == 1 else
                 f"plane=({', '.join(names)}), CLI --plane {','.join(names)}, one index for each of its "
                 f"{len(lead)} leading axes{ranges}")
+        from ...io.images import colour_slide_hint
+
+        colour = colour_slide_hint(lead, arr.dtype) if what == "planes" else ""
         raise InputError(f"image is a stack of {int(np.prod(lead))} {what} ({describe(arr)}): pick a plane "
-                         f"({pick}) or run every plane (CLI --all-planes)")
+                         f"({pick}){colour} or run every plane (CLI --all-planes)")
     index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
     if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
         which = f" {', '.join(axes)}" if named else ""
