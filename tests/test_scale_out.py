@@ -104,6 +104,51 @@ def test_tiled_run_is_deterministic_and_reads_dask_lazily(field):
     assert np.array_equal(np.asarray(a[:]), np.asarray(b[:]))
 
 
+def test_an_ome_zarr_plane_under_leading_axes_is_read_tile_by_tile(tmp_path, field, untiled, capsys):
+    # A 5-D OME-Zarr (t, c, z, y, x) = (1, 1, 1, Y, X), as bioformats2raw writes every
+    # image: indexing its zarr array with the leading zeros read the whole plane before
+    # the first tile (an 8192² uint16 plane: peak memory 766 -> 654 MB once lazy; a
+    # slide of 50k² would not fit). Every read of the run now names its rows and columns
+    # (a window, a sample: slices the zarr array reads chunk by chunk).
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    from napari_kaizen.io import zarr as kz_zarr
+
+    fmt = FormatV05()
+    group = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=fmt.zarr_format)
+    write_image(field.nuclei[None, None, None], group, fmt=fmt, axes="tczyx",
+                storage_options=dict(chunks=(1, 1, 1, 256, 256)))
+    reads: list[tuple] = []
+    opened = kz_zarr.open_lazy
+
+    class Counting:
+        def __init__(self, arr):
+            self.arr, self.shape, self.dtype = arr, arr.shape, arr.dtype
+
+        def __getitem__(self, key):
+            reads.append(key if isinstance(key, tuple) else (key,))
+            return self.arr[key]
+
+    def counting_open(path):
+        return Counting(opened(path))
+
+    import napari_kaizen.jobs  # noqa: F401  (the job opens the image through io.zarr.open_lazy)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(kz_zarr, "open_lazy", counting_open)
+    try:
+        assert main(["segment", str(tmp_path / "img.zarr"), "--engine", "classical", "--tile", "256", "-q",
+                     "-o", str(tmp_path / "labels.tif")]) == 0
+    finally:
+        patch.undo()
+    assert reads and all(len(key) == 5 and isinstance(key[-2], slice) and isinstance(key[-1], slice)
+                         for key in reads), reads
+    labels = tifffile.imread(tmp_path / "labels.tif")
+    assert metrics.average_precision(untiled, labels, [0.5])[0.5] >= 0.98
+
+
 def test_pyramid_levels_follow_level_zero():
     levels = create_label_levels(__import__("zarr").storage.MemoryStore(), (1500, 1100))
     assert [tuple(lv.shape) for lv in levels] == [(1500, 1100), (750, 550), (375, 275)]

@@ -65,6 +65,7 @@ from .engines import (
     whole_image_stats,
 )
 from .errors import InputError, KaizenError
+from .io.zarr import picked
 
 #: Fields with more pixels than this are segmented tile by tile, by every front end (an
 #: 8000^2 field took 8.4 GB untiled with the classical engine).
@@ -239,9 +240,10 @@ def as_2d_source(image: Any, *, name: str = "image") -> Any:
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     shape = tuple(int(s) for s in image.shape)
-    while len(shape) > 2 and shape[0] == 1:
-        image = image[0]
-        shape = shape[1:]
+    ones = next((k for k, n in enumerate(shape[:-2]) if n != 1), max(0, len(shape) - 2))
+    # Leading axes of size 1 dropped without reading the plane (a zarr array indexed with
+    # integers reads it whole).
+    image, shape = picked(image, (0,) * ones), shape[ones:]
     if rgb_layout(shape) and np.dtype(image.dtype).kind in "biuf":
         step = _sample_step(shape)
         sample = _strided(image, step)

@@ -262,6 +262,46 @@ class ColoursLast:
         return out if dtype is None else out.astype(dtype)
 
 
+class PickedPlane:
+    """A lazy view of ``image[index]``: ``index`` picks its leading axes, slices read only what they touch.
+
+    Indexing a zarr array with integers reads the whole plane at once (a numpy array
+    comes back): an OME-Zarr image stored ``(t, c, z, y, x)`` = ``(1, 1, 1, Y, X)`` was
+    read whole before its first tile, however large. This view defers every read to
+    the slices a tile asks for, as the zarr array under it does.
+
+    Examples
+    --------
+    >>> stored = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    >>> view = PickedPlane(stored, (1, 2))
+    >>> view.shape, view[1:3, 2].tolist(), bool((np.asarray(view) == stored[1, 2]).all())
+    ((4, 5), [107, 112], True)
+    """
+
+    def __init__(self, image: Any, index: tuple[int, ...]):
+        self.image, self.index = image, tuple(int(i) for i in index)
+        self.shape = tuple(int(n) for n in image.shape)[len(self.index):]
+        self.dtype = np.dtype(image.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self.image[self.index + key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+def picked(image: Any, index: tuple[int, ...]) -> Any:
+    """``image[index]`` without reading it: numpy and dask index lazily themselves, others get a :class:`PickedPlane`."""
+    if not index:
+        return image
+    if isinstance(image, np.ndarray) or hasattr(image, "dask"):
+        return image[index]
+    return PickedPlane(image, index)
+
+
 def open_pyramid(path: str | os.PathLike) -> list[Any]:
     """Every level of an OME-Zarr image as lazy dask arrays (level 0 first), through ome-zarr-py.
 
@@ -328,7 +368,7 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
         if any(not 0 <= i < n for i, n in zip(index, lead)):
             which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
             raise InputError(f"plane {plane} is outside {name}: leading axes{which} have sizes {lead}")
-    return image[index] if index else image
+    return picked(image, index)
 
 
 def pyramid_shapes(shape: Sequence[int], *, min_side: int = PYRAMID_MIN_SIDE) -> list[tuple[int, int]]:
