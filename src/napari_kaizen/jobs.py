@@ -744,7 +744,16 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     from ._files import temp_prefix
     from .engines import channel_error, colour_stack_layout, plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
-    from .io.zarr import create_label_levels, is_ome_zarr_labels_path, label_levels_at, open_lazy, squeeze_to_2d, stack_axes, write_bigtiff
+    from .io.zarr import (
+        create_label_levels,
+        is_ome_zarr_labels_path,
+        label_levels_at,
+        open_lazy,
+        picked,
+        squeeze_to_2d,
+        stack_axes,
+        write_bigtiff,
+    )
     from .tiled import as_2d_source, segment_tiled
 
     start = time.perf_counter()
@@ -759,7 +768,7 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
         said = channel_error(job.channel, shape, f"the image (shape {shape})")
         if said:
             raise InputError(said)
-        image = image[..., job.channel]
+        image = picked(image, channel=job.channel)  # read tile by tile, not now
     if job.plane is not None and (rgb or len(image.shape) == 2):
         raise InputError(plane_of_one_plane(job.plane, f"the image (shape {shape})",
                                             colour=rgb and job.channel is None))

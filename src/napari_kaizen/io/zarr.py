@@ -263,12 +263,13 @@ class ColoursLast:
 
 
 class PickedPlane:
-    """A lazy view of ``image[index]``: ``index`` picks its leading axes, slices read only what they touch.
+    """A lazy view of ``image[index]`` (and of its colour ``channel``): slices read only what they touch.
 
-    Indexing a zarr array with integers reads the whole plane at once (a numpy array
+    Indexing a zarr array with integers reads all it selects at once (a numpy array
     comes back): an OME-Zarr image stored ``(t, c, z, y, x)`` = ``(1, 1, 1, Y, X)`` was
-    read whole before its first tile, however large. This view defers every read to
-    the slices a tile asks for, as the zarr array under it does.
+    read whole before its first tile, however large, and so was one colour of a huge
+    RGB TIFF taken with ``--channel``. This view defers every read to the slices a tile
+    asks for, as the array under it does.
 
     Examples
     --------
@@ -276,30 +277,41 @@ class PickedPlane:
     >>> view = PickedPlane(stored, (1, 2))
     >>> view.shape, view[1:3, 2].tolist(), bool((np.asarray(view) == stored[1, 2]).all())
     ((4, 5), [107, 112], True)
+    >>> green = PickedPlane(np.arange(4 * 5 * 3).reshape(4, 5, 3), channel=1)
+    >>> green.shape, green[0, :2].tolist(), green[..., 1].tolist()
+    ((4, 5), [1, 4], [4, 19, 34, 49])
     """
 
-    def __init__(self, image: Any, index: tuple[int, ...]):
+    def __init__(self, image: Any, index: tuple[int, ...] = (), channel: int | None = None):
         self.image, self.index = image, tuple(int(i) for i in index)
-        self.shape = tuple(int(n) for n in image.shape)[len(self.index):]
+        self.channel = None if channel is None else int(channel)
+        shape = tuple(int(n) for n in image.shape)[len(self.index):]
+        self.shape = shape if self.channel is None else shape[:-1]
         self.dtype = np.dtype(image.dtype)
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
-        return np.asarray(self.image[self.index + key])
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        last = () if self.channel is None else (self.channel,)
+        return np.asarray(self.image[self.index + key + last])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[...]
         return out if dtype is None else out.astype(dtype)
 
 
-def picked(image: Any, index: tuple[int, ...]) -> Any:
-    """``image[index]`` without reading it: numpy and dask index lazily themselves, others get a :class:`PickedPlane`."""
-    if not index:
+def picked(image: Any, index: tuple[int, ...] = (), channel: int | None = None) -> Any:
+    """``image[index]`` (``[..., channel]`` too) without reading it: numpy and dask index lazily
+    themselves, others get a :class:`PickedPlane`."""
+    if not index and channel is None:
         return image
     if isinstance(image, np.ndarray) or hasattr(image, "dask"):
-        return image[index]
-    return PickedPlane(image, index)
+        return image[index] if channel is None else image[index][..., channel]
+    return PickedPlane(image, index, channel)
 
 
 def open_pyramid(path: str | os.PathLike) -> list[Any]:
