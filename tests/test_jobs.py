@@ -256,3 +256,27 @@ def test_a_stack_without_axis_names_is_told_by_index(tmp_path, field, capsys):
     err = capsys.readouterr().err.strip()
     assert "(plane=(i, j), CLI --plane i,j, one index for each of its 2 leading axes)" in err
 
+
+
+def test_a_hyperstacks_labels_keep_its_axes_for_fiji(tmp_path, field):
+    # Segmented plane by plane, an ImageJ hyperstack's labels were a plain stack of 12
+    # planes (axes QQQYX): Fiji showed one slider. They are a hyperstack with the
+    # image's T, Z and C now; a stack whose file names no axes stays a plain one.
+    plane = np.round(field.nuclei / field.nuclei.max() * 4000).astype(np.uint16)
+    stack = np.zeros((2, 3, 2, *plane.shape), np.uint16)
+    stack[1, 2, 0] = plane
+    tifffile.imwrite(tmp_path / "hyper.tif", stack, imagej=True, metadata={"axes": "TZCYX"})
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    tifffile.imwrite(tmp_path / "plane.tif", plane)
+    for name in ("hyper", "plain", "plane"):
+        assert main(["segment", str(tmp_path / f"{name}.tif"), "--engine", "classical", "-q",
+                     *(["--all-planes"] if name != "plane" else []), "-o", str(tmp_path / f"{name}_labels.tif")]) == 0
+    with tifffile.TiffFile(tmp_path / "hyper_labels.tif") as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TZCYX" and tif.series[0].shape == stack.shape
+        labels = tif.asarray()
+    with tifffile.TiffFile(tmp_path / "plain_labels.tif") as tif:
+        assert not tif.is_imagej and tif.series[0].shape == stack.shape
+    alone = tifffile.imread(tmp_path / "plane_labels.tif")
+    assert alone.max() > 10
+    np.testing.assert_array_equal(labels[1, 2, 0], alone)
+    assert labels.max(axis=(-2, -1)).sum() == alone.max()  # the other planes are empty

@@ -667,7 +667,9 @@ def _run_plain(engine: Any, job: SegmentJob, *, progress: bool) -> JobResult:
         labels = last.labels
         if labels is None:
             raise KaizenError("the engine finished without labels")
-        if not _write_output(job, dest, lambda ow: write_labels(dest, labels, overwrite=ow)):
+        # A stack's labels keep its named axes (an ImageJ hyperstack's T, Z, C) for Fiji.
+        axes = stack_axes(job.src, labels.ndim - 2) if labels.ndim > 2 else None
+        if not _write_output(job, dest, lambda ow: write_labels(dest, labels, overwrite=ow, axes=axes)):
             labels = read_labels(dest)  # another run wrote them meanwhile: the rest describes those
             kept.append(dest.name)
     _, *others = job.outputs

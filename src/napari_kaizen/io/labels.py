@@ -53,7 +53,25 @@ def _format(path: Path) -> str:
     return suffix
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
+def imagej_axes(axes: str | None, data: np.ndarray) -> str | None:
+    """The ImageJ hyperstack axes (``'TZCYX'`` and its parts) labels of these leading ``axes`` keep, or None.
+
+    A stack segmented from an ImageJ hyperstack or an OME image keeps its time, z and
+    channel axes, so Fiji opens its labels with the same sliders as the image. ImageJ
+    takes them only in T, Z, C order and as 8- or 16-bit pixels; other labels are a
+    plain stack.
+
+    >>> imagej_axes("TZC", np.zeros((2, 3, 2, 8, 8), np.uint16)), imagej_axes("CZ", np.zeros((2, 3, 8, 8), np.uint8))
+    ('TZCYX', None)
+    """
+    if not axes or len(axes) != np.ndim(data) - 2 or np.dtype(data.dtype) not in (np.uint8, np.uint16):
+        return None
+    order = [("TZC".find(a)) for a in axes]
+    return axes + "YX" if all(k >= 0 for k in order) and order == sorted(set(order)) else None
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False,
+                 axes: str | None = None) -> Path:
     """Write a label image; the format follows the suffix (.tif/.tiff, .png, .npy).
 
     Parameters
@@ -63,6 +81,10 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
         2-D, or a stack for TIFF / NPY.
     overwrite : bool
         Replace an existing file. Without it, an existing file raises ``OverwriteError``.
+    axes : str, optional
+        Letters of a stack's leading axes (``'TZC'``, as the image's file named them,
+        :func:`~napari_kaizen.io.zarr.stack_axes`): a TIFF is then written as an ImageJ
+        hyperstack with them where ImageJ can hold it (:func:`imagej_axes`).
 
     Returns
     -------
@@ -95,11 +117,16 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool
             with open(tmp, "wb") as fh:
                 np.save(fh, data, allow_pickle=False)
     else:
+        hyperstack = imagej_axes(axes, data)
+
         def write(tmp: Path) -> None:
             import tifffile
 
-            # minisblack: a 3-plane stack must not be read back as an RGB image.
-            tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
+            if hyperstack:
+                tifffile.imwrite(tmp, data, compression="zlib", imagej=True, metadata={"axes": hyperstack})
+            else:
+                # minisblack: a 3-plane stack must not be read back as an RGB image.
+                tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack")
 
     return atomic_write(dest, write, overwrite=overwrite)
 

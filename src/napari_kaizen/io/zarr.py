@@ -696,13 +696,14 @@ def stack_axes(path: str | os.PathLike, lead: int) -> str | None:
     return named_axes("".join(n[:1] for n in names[-lead:])) if lead <= len(names) else None
 
 
-def write_labels_or_ome_zarr(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False) -> Path:
-    """Write labels as :func:`~napari_kaizen.io.labels.write_labels` does, or as OME-Zarr when
-    :func:`is_ome_zarr_labels_path` says so (an image's ``labels/NAME`` group)."""
+def write_labels_or_ome_zarr(path: str | os.PathLike, labels: np.ndarray, *, overwrite: bool = False,
+                             axes: str | None = None) -> Path:
+    """Write labels as :func:`~napari_kaizen.io.labels.write_labels` does (``axes`` too), or as
+    OME-Zarr when :func:`is_ome_zarr_labels_path` says so (an image's ``labels/NAME`` group)."""
     from .labels import label_dtype, write_labels
 
     if not is_ome_zarr_labels_path(path):
-        return write_labels(path, labels, overwrite=overwrite)
+        return write_labels(path, labels, overwrite=overwrite, axes=axes)
     arr = np.asarray(labels)
     label_dtype(arr)  # the same checks as every labels writer: integers, not negative
     if arr.max(initial=0) > np.iinfo(np.int32).max:
