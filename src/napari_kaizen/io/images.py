@@ -105,6 +105,20 @@ def named_axes(letters: str | None) -> str | None:
     return up if up and all(a in NAMED_AXES for a in up) and len(set(up)) == len(up) else None
 
 
+def plane_outside(plane: int | tuple[int, ...], what: str, lead: tuple[int, ...], axes: str | None = None) -> str:
+    """The one line refusing a plane index that does not fit a stack's leading axes ``lead``.
+
+    ``axes`` (``'TZC'``) names them when the file did.
+
+    >>> plane_outside((1, 9), "img.tif", (2, 3), "TZ")
+    'plane 1,9 is outside img.tif: its leading axes T, Z have sizes (2, 3)'
+    """
+    index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
+    which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
+    return (f"plane {','.join(str(int(i)) for i in index)} is outside {what}: its leading axes{which} have sizes "
+            f"{tuple(int(n) for n in lead)}")
+
+
 def colour_slide_hint(lead: tuple[int, ...], dtype: np.dtype) -> str:
     """A hint for a stack of three 8-bit planes with nothing saying they are colours, else ``''``.
 
@@ -167,10 +181,7 @@ def read_plane(path: str | os.PathLike, plane: tuple[int, ...]) -> np.ndarray | 
         if len(lead) != len(plane) or not lead or shape[-1] in (3, 4):
             return None
         if any(not 0 <= i < n for i, n in zip(plane, lead)):
-            axes = tiff_stack_axes(src) if suffix != ".npy" else None
-            which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
-            raise InputError(f"plane {','.join(map(str, plane))} is outside {src.name}: its leading axes{which} have "
-                             f"sizes {tuple(lead)}")
+            raise InputError(plane_outside(plane, src.name, lead, tiff_stack_axes(src) if suffix != ".npy" else None))
         if suffix == ".npy":
             return np.array(np.load(src, mmap_mode="r", allow_pickle=False)[tuple(plane)])
         import tifffile

@@ -378,8 +378,9 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
         else:
             raise InputError(f"plane {plane} does not fit {name}'s leading axes {lead}")
         if any(not 0 <= i < n for i, n in zip(index, lead)):
-            which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
-            raise InputError(f"plane {plane} is outside {name}: leading axes{which} have sizes {lead}")
+            from .images import plane_outside
+
+            raise InputError(plane_outside(plane, name, lead, axes))
     return picked(image, index)
 
 

@@ -330,6 +330,8 @@ def _stack_plane(arr: np.ndarray, lead: tuple[int, ...], plane: int | tuple[int,
     ...     print(str(exc).split("pick a plane ")[1].split(" or run")[0])
     (plane=(t, z, c), CLI --plane t,z,c, one index for each of its 3 leading axes: T 0..1, Z 0..4, C 0..2)
     """
+    from ...io.images import colour_slide_hint, plane_outside
+
     named = axes is not None and len(axes) == len(lead)
     if plane is None:
         # One index per leading axis: a (z, c) hyperstack needs two.
@@ -338,15 +340,12 @@ def _stack_plane(arr: np.ndarray, lead: tuple[int, ...], plane: int | tuple[int,
         pick = (f"plane={names[0]}, CLI --plane {names[0]}{ranges}" if len(lead) == 1 else
                 f"plane=({', '.join(names)}), CLI --plane {','.join(names)}, one index for each of its "
                 f"{len(lead)} leading axes{ranges}")
-        from ...io.images import colour_slide_hint
-
         colour = colour_slide_hint(lead, arr.dtype) if what == "planes" else ""
         raise InputError(f"image is a stack of {int(np.prod(lead))} {what} ({describe(arr)}): pick a plane "
                          f"({pick}){colour} or run every plane (CLI --all-planes)")
     index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
     if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
-        which = f" {', '.join(axes)}" if named else ""
-        raise InputError(f"plane {plane} is outside this stack: leading axes{which} have sizes {tuple(lead)}")
+        raise InputError(plane_outside(index, "this stack", lead, axes))
     return arr[index]
 
 
