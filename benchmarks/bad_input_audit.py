@@ -181,6 +181,11 @@ def cases(engines: list[str], folder: Path) -> list[tuple[str, list[str], tuple[
                     None))
         out.append(("classical / --all-planes --channel 5 of a colour stack",
                     ["--engine", "classical", str(folder / "series.tif"), "--all-planes", "--channel", "5"], None))
+        # Tiled, a colour stack was refused whatever was given before 2026-12-07.
+        for extra, expect in (([], None), (["--plane", "1"], section.shape[:2]), (["--plane", "2"], None),
+                              (["--plane", "1", "--channel", "1"], section.shape[:2])):
+            out.append((f"classical / tiled colour stack {' '.join(extra) or 'without a plane'}",
+                        ["--engine", "classical", str(folder / "series.tif"), "--tile", "128", *extra], expect))
     if "classical" in engines:
         # An ImageJ hyperstack (TZCYX): its refusals name T, Z and C (by index before 2026-12-07).
         hyper = np.zeros((2, 3, 2, *f.nuclei.shape), np.float32)

@@ -212,9 +212,21 @@ def test_colour_pictures_run_plane_by_plane_and_a_stack_of_them(tmp_path, capsys
     assert main(["segment", str(tmp_path / "series.tif"), "--plane", "1", *common, "--overwrite"]) == 0
     np.testing.assert_array_equal(tifffile.imread(out / "series.tif") > 0, both[1] > 0)
     capsys.readouterr()
+    # Tiled (a huge colour series), --plane picks a picture without reading the others.
+    plain = tifffile.imread(out / "series.tif")
+    for extra in ([], ["--channel", "1"]):
+        assert main(["segment", str(tmp_path / "series.tif"), "--plane", "1", "--tile", "128", *extra,
+                     "--engine", "classical", "-o", str(tmp_path / "tiled.tif"), "--overwrite"]) == 0
+        tiled = tifffile.imread(tmp_path / "tiled.tif")
+        assert tiled.shape == truth.shape
+        if not extra:
+            assert metrics.average_precision(plain, tiled, (0.5,))[0.5] >= 0.9
+        assert metrics.average_precision(truth[::-1], tiled, (0.5,))[0.5] >= 0.25
+    capsys.readouterr()
     for extra, said in ((["--all-planes", "--channel", "5"], "channel 5 does not exist: each image of this stack"),
                         ([], "image is a stack of 2 colour images"),
-                        (["--plane", "1", "--tile", "128"], "is a stack of colour images: tiled runs segment one")):
+                        (["--tile", "128"], "is a stack of 2 colour images: a tiled run segments one of them (--plane i)"),
+                        (["--plane", "2", "--tile", "128"], "plane 2 is outside series.tif: its leading axes have sizes (2,)")):
         assert main(["segment", str(tmp_path / "series.tif"), *extra, *common, "--overwrite"]) == 1
         err = capsys.readouterr().err.strip()
         assert said in err and "\n" not in err, err

@@ -746,6 +746,7 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     from ._files import temp_prefix
     from .engines import channel_error, colour_stack_layout, plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
+    from .io.images import plane_outside
     from .io.zarr import (
         create_label_levels,
         is_ome_zarr_labels_path,
@@ -762,21 +763,31 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     src, dest = job.src, job.dest
     image = open_lazy(src)
     shape = tuple(int(n) for n in image.shape)
+    plane = job.plane
     if colour_stack_layout(shape):
-        raise InputError(f"the image (shape {shape}) is a stack of colour images: tiled runs segment one 2-D plane; "
-                         "leave out --tile (every image: --all-planes; one: --plane i)")
+        # A stack of huge colour pictures (a slide scanned at several times): --plane picks
+        # one, without reading it, and it is then read as any colour picture is.
+        lead = shape[:-3]
+        if plane is None:
+            raise InputError(f"the image (shape {shape}) is a stack of {int(np.prod(lead))} colour images: a tiled "
+                             f"run segments one of them (--plane {','.join('ijk'[:len(lead)])}); every one: "
+                             "leave out --tile and give --all-planes")
+        index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
+        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
+            raise InputError(plane_outside(index, src.name, lead, stack_axes(src, len(lead))))
+        image, shape, plane = picked(image, index), shape[len(lead):], None
     rgb = rgb_layout(shape)
     if job.channel is not None:
         said = channel_error(job.channel, shape, f"the image (shape {shape})")
         if said:
             raise InputError(said)
         image = picked(image, channel=job.channel)  # read tile by tile, not now
-    if job.plane is not None and (rgb or len(image.shape) == 2):
-        raise InputError(plane_of_one_plane(job.plane, f"the image (shape {shape})",
+    if plane is not None and (rgb or len(image.shape) == 2):
+        raise InputError(plane_of_one_plane(plane, f"the image (shape {shape})",
                                             colour=rgb and job.channel is None))
     if job.channel is not None or not rgb:
         lead = len(image.shape) - 2
-        image = squeeze_to_2d(image, plane=job.plane, name=src.name, axes=stack_axes(src, lead) if lead else None)
+        image = squeeze_to_2d(image, plane=plane, name=src.name, axes=stack_axes(src, lead) if lead else None)
     else:
         # A colour image: its grey plane, read tile by tile, if it has one (tiled.ColourPlane).
         image = as_2d_source(image, name="the image")
