@@ -179,6 +179,35 @@ def test_one_colour_of_a_huge_rgb_field_is_read_tile_by_tile(tmp_path, monkeypat
     assert metrics.average_precision(plain, tiled, [0.5])[0.5] >= 0.9
 
 
+def test_a_tiled_run_measures_its_objects_tile_by_tile(tmp_path, field, capsys):
+    # --measurements was refused for every tiled (huge or OME-Zarr) image. Each object is
+    # now measured once, whole, in the window whose core holds its bounding box's
+    # top-left corner: the table is the one the whole field's labels give.
+    from napari_kaizen.io.measurements import measurements_table, read_measurements_csv
+
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, field.nuclei, tile=(128, 128))
+    common = ["segment", str(src), "--engine", "classical", "--tile", "256", "--measurements", "-o", str(tmp_path / "out")]
+    assert main(common) == 0
+    assert "(+ big_measurements.csv)" in capsys.readouterr().out
+    labels = tifffile.imread(tmp_path / "out" / "big.tif")
+    table = read_measurements_csv(tmp_path / "out" / "big_measurements.csv")
+    whole = measurements_table(labels, field.nuclei)
+    assert len(table["label"]) == labels.max() > 100 and list(table) == list(whole)
+    for name in whole:
+        np.testing.assert_allclose(table[name], whole[name], rtol=1e-9, equal_nan=True, err_msg=name)
+    # A resume makes the missing table from the labels on disk, without segmenting again.
+    (tmp_path / "out" / "big_measurements.csv").unlink()
+    stamp = (tmp_path / "out" / "big.tif").stat().st_mtime_ns
+    assert main([*common, "--skip-existing"]) == 0
+    assert "kept big.tif (+ big_measurements.csv)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "big.tif").stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(read_measurements_csv(tmp_path / "out" / "big_measurements.csv")["area"], whole["area"])
+    assert main([*common[:-3], "--rois", "-o", str(tmp_path / "rois")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--rois, --geojson and --all-planes are not available for tiled" in err and "\n" not in err
+
+
 def test_pyramid_levels_follow_level_zero():
     levels = create_label_levels(__import__("zarr").storage.MemoryStore(), (1500, 1100))
     assert [tuple(lv.shape) for lv in levels] == [(1500, 1100), (750, 550), (375, 275)]

@@ -537,9 +537,9 @@ def build_jobs(
         shapes = [image_shape_or_none(p) for p in inputs]
         tiled = [is_zarr_path(p) or tile is not None or is_huge(s) for p, s in zip(inputs, shapes)]
         outputs = output_paths(inputs, Path(output), tiled, shapes)
-        if any(tiled) and (measurements or rois or geojson or all_planes):
-            raise KaizenError("--measurements, --rois, --geojson and --all-planes are not available for tiled (huge or OME-Zarr) "
-                              "images: segment one plane, then measure the labels")
+        if any(tiled) and (rois or geojson or all_planes):
+            raise KaizenError("--rois, --geojson and --all-planes are not available for tiled (huge or OME-Zarr) images: "
+                              "segment one plane (--measurements is)")
     else:
         tiled = [False] * len(inputs)
         outputs = output_paths(inputs, Path(output))
@@ -744,20 +744,22 @@ def _from_a_codec(exc: BaseException) -> bool:
 def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> str:
     """Segment one huge field (or an OME-Zarr) tile by tile into ``job.dest``."""
     from ._files import temp_prefix
-    from .engines import channel_error, colour_stack_layout, plane_of_one_plane, rgb_layout
+    from .engines import DEFAULT_TILE, channel_error, colour_stack_layout, plane_of_one_plane, rgb_layout
     from .errors import OverwriteError
     from .io.images import plane_outside
+    from .io.measurements import write_table_csv
     from .io.zarr import (
         create_label_levels,
         is_ome_zarr_labels_path,
         label_levels_at,
         open_lazy,
         picked,
+        read_label_levels,
         squeeze_to_2d,
         stack_axes,
         write_bigtiff,
     )
-    from .tiled import as_2d_source, segment_tiled
+    from .tiled import as_2d_source, measure_tiled, segment_tiled
 
     start = time.perf_counter()
     src, dest = job.src, job.dest
@@ -794,10 +796,14 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
     # With a cluster, workers load (and keep) the model themselves from its spec.
     model = job.model if client is not None else job_model(engine, job.model, job.device)
     kwargs = dict(model=model, device=job.device, tile=job.tile, halo=job.halo, client=client)
-    # An incomplete output of an older version is replaced on a resume.
-    overwrite = job.overwrite or (job.skip_existing and dest.exists() and not output_complete(dest))
+    # An incomplete output of an older version is replaced on a resume; complete labels
+    # are kept, and only the measurements missing beside them are made.
+    reuse = job.skip_existing and output_complete(dest)
+    overwrite = job.overwrite or (job.skip_existing and dest.exists() and not reuse)
     try:
-        if is_ome_zarr_labels_path(dest):
+        if reuse:
+            last = None
+        elif is_ome_zarr_labels_path(dest):
             # a store of its own, or the labels/ group of an OME-Zarr input (then named by dest)
             name = src.stem if dest.suffix.lower() == ".zarr" else None
             with label_levels_at(dest, image.shape[-2:], name=name, overwrite=overwrite) as levels:
@@ -822,6 +828,16 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
             raise
         raise InputError(f"cannot read '{src.name}': a damaged chunk or tile ({exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); restore or rewrite the file") from None
+    extra = ""
+    if job.measurements:
+        csv_path = side_outputs(dest, measurements=True)[0]
+        stored = read_label_levels(dest)[0] if is_ome_zarr_labels_path(dest) else open_lazy(dest)
+        tile = job.tile or DEFAULT_TILE
+        if _write_output(job, csv_path, lambda ow: write_table_csv(csv_path, measure_tiled(stored, image, tile=tile),
+                                                                  overwrite=ow)):
+            extra = f" (+ {csv_path.name})"
     took = time.perf_counter() - start
+    if last is None:
+        return f"{src.name}: kept {dest.name}{extra}"
     return (f"{src.name}: {last.n_objects} objects with the {engine.name} engine in {took:.1f} s "
-            f"({last.n_tiles} tiles) -> {dest}")
+            f"({last.n_tiles} tiles) -> {dest}{extra}")

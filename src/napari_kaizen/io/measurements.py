@@ -94,7 +94,11 @@ def write_measurements_csv(
     overwrite: bool = False,
 ) -> Path:
     """Write :func:`measurements_table` as CSV (atomic, no clobber unless asked)."""
-    table = measurements_table(labels, intensity, extra=extra)
+    return write_table_csv(path, measurements_table(labels, intensity, extra=extra), overwrite=overwrite)
+
+
+def write_table_csv(path: str | os.PathLike, table: Mapping[str, np.ndarray], *, overwrite: bool = False) -> Path:
+    """Write a measurements table (columns of one row per object) as CSV (atomic, no clobber unless asked)."""
     columns = list(table)
     buf = _io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
