@@ -200,7 +200,8 @@ def test_a_tiled_run_measures_its_objects_tile_by_tile(tmp_path, field, capsys):
     (tmp_path / "out" / "big_measurements.csv").unlink()
     stamp = (tmp_path / "out" / "big.tif").stat().st_mtime_ns
     assert main([*common, "--skip-existing"]) == 0
-    assert "kept big.tif (+ big_measurements.csv)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "objects from its existing labels" in said and "(+ big_measurements.csv) (kept existing big.tif)" in said
     assert (tmp_path / "out" / "big.tif").stat().st_mtime_ns == stamp
     np.testing.assert_allclose(read_measurements_csv(tmp_path / "out" / "big_measurements.csv")["area"], whole["area"])
     assert main([*common[:-3], "--rois", "-o", str(tmp_path / "rois")]) == 1

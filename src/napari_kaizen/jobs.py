@@ -828,16 +828,16 @@ def _run_tiled(engine: Any, job: SegmentJob, *, progress: bool, client: Any) -> 
             raise
         raise InputError(f"cannot read '{src.name}': a damaged chunk or tile ({exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); restore or rewrite the file") from None
-    extra = ""
+    extra, n = "", None if last is None else last.n_objects
     if job.measurements:
         csv_path = side_outputs(dest, measurements=True)[0]
         stored = read_label_levels(dest)[0] if is_ome_zarr_labels_path(dest) else open_lazy(dest)
-        tile = job.tile or DEFAULT_TILE
-        if _write_output(job, csv_path, lambda ow: write_table_csv(csv_path, measure_tiled(stored, image, tile=tile),
-                                                                  overwrite=ow)):
+        table = measure_tiled(stored, image, tile=job.tile or DEFAULT_TILE)
+        n = len(table["label"])
+        if _write_output(job, csv_path, lambda ow: write_table_csv(csv_path, table, overwrite=ow)):
             extra = f" (+ {csv_path.name})"
     took = time.perf_counter() - start
     if last is None:
-        return f"{src.name}: kept {dest.name}{extra}"
+        return f"{src.name}: {n} objects from its existing labels in {took:.1f} s -> {dest}{extra} (kept existing {dest.name})"
     return (f"{src.name}: {last.n_objects} objects with the {engine.name} engine in {took:.1f} s "
             f"({last.n_tiles} tiles) -> {dest}{extra}")
