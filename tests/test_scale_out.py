@@ -104,6 +104,25 @@ def test_tiled_run_is_deterministic_and_reads_dask_lazily(field):
     assert np.array_equal(np.asarray(a[:]), np.asarray(b[:]))
 
 
+def _record_reads(monkeypatch) -> list[tuple]:
+    """Every key a job's lazily opened image (``io.zarr.open_lazy``) is read with, from now on."""
+    from napari_kaizen.io import zarr as kz_zarr
+
+    reads: list[tuple] = []
+    opened = kz_zarr.open_lazy
+
+    class Recording:
+        def __init__(self, arr):
+            self.arr, self.shape, self.dtype = arr, arr.shape, arr.dtype
+
+        def __getitem__(self, key):
+            reads.append(key if isinstance(key, tuple) else (key,))
+            return self.arr[key]
+
+    monkeypatch.setattr(kz_zarr, "open_lazy", lambda path: Recording(opened(path)))
+    return reads
+
+
 def test_an_ome_zarr_plane_under_leading_axes_is_read_tile_by_tile(tmp_path, field, untiled, capsys):
     # A 5-D OME-Zarr (t, c, z, y, x) = (1, 1, 1, Y, X), as bioformats2raw writes every
     # image: indexing its zarr array with the leading zeros read the whole plane before
@@ -114,35 +133,15 @@ def test_an_ome_zarr_plane_under_leading_axes_is_read_tile_by_tile(tmp_path, fie
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_image
 
-    from napari_kaizen.io import zarr as kz_zarr
 
     fmt = FormatV05()
     group = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=fmt.zarr_format)
     write_image(field.nuclei[None, None, None], group, fmt=fmt, axes="tczyx",
                 storage_options=dict(chunks=(1, 1, 1, 256, 256)))
-    reads: list[tuple] = []
-    opened = kz_zarr.open_lazy
-
-    class Counting:
-        def __init__(self, arr):
-            self.arr, self.shape, self.dtype = arr, arr.shape, arr.dtype
-
-        def __getitem__(self, key):
-            reads.append(key if isinstance(key, tuple) else (key,))
-            return self.arr[key]
-
-    def counting_open(path):
-        return Counting(opened(path))
-
-    import napari_kaizen.jobs  # noqa: F401  (the job opens the image through io.zarr.open_lazy)
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(kz_zarr, "open_lazy", counting_open)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        reads = _record_reads(patch)
         assert main(["segment", str(tmp_path / "img.zarr"), "--engine", "classical", "--tile", "256", "-q",
                      "-o", str(tmp_path / "labels.tif")]) == 0
-    finally:
-        patch.undo()
     assert reads and all(len(key) == 5 and isinstance(key[-2], slice) and isinstance(key[-1], slice)
                          for key in reads), reads
     labels = tifffile.imread(tmp_path / "labels.tif")
@@ -152,22 +151,10 @@ def test_an_ome_zarr_plane_under_leading_axes_is_read_tile_by_tile(tmp_path, fie
 def test_one_colour_of_a_huge_rgb_field_is_read_tile_by_tile(tmp_path, monkeypatch):
     # --channel on a tiled colour field took image[..., channel] of the lazy TIFF: the
     # whole colour plane at once (8192² RGB: peak 722 -> 673 MB once lazy, +6-8 % time).
-    from napari_kaizen.io import zarr as kz_zarr
 
     section = tifffile.imread(Path(__file__).parent / "data" / "dsb2018" / "stained_section_image.tif")
     tifffile.imwrite(tmp_path / "rgb.tif", section, photometric="rgb", tile=(64, 64))
-    reads: list[tuple] = []
-    opened = kz_zarr.open_lazy
-
-    class Counting:
-        def __init__(self, arr):
-            self.arr, self.shape, self.dtype = arr, arr.shape, arr.dtype
-
-        def __getitem__(self, key):
-            reads.append(key if isinstance(key, tuple) else (key,))
-            return self.arr[key]
-
-    monkeypatch.setattr(kz_zarr, "open_lazy", lambda path: Counting(opened(path)))
+    reads = _record_reads(monkeypatch)
     common = ["segment", str(tmp_path / "rgb.tif"), "--engine", "classical", "--channel", "1", "-q"]
     assert main([*common, "--tile", "128", "-o", str(tmp_path / "tiled.tif")]) == 0
     assert reads and all(isinstance(key[0], slice) and isinstance(key[1], slice) and key[2] == 1
