@@ -251,6 +251,10 @@ def test_a_hyperstacks_refusals_name_its_axes_and_the_named_plane_is_segmented(t
     assert main([*common, "--plane", "1,3,0"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.endswith("leading axes T, Z, C have sizes (2, 3, 2)")
+    assert main([*common, "--plane", "1"]) == 1  # too few indices: told how many
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("plane 1 does not fit " + ("hyper.tif" if tiled else "this stack")
+                        + ": give one index for each of its 3 leading axes T, Z, C (sizes (2, 3, 2))"), err
     assert not (tmp_path / "out.tif").exists()
     assert main([*common, "--plane", "1,2,0"]) == 0
     tifffile.imwrite(tmp_path / "plane.tif", plane)

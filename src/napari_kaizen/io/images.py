@@ -108,15 +108,21 @@ def named_axes(letters: str | None) -> str | None:
 def plane_outside(plane: int | tuple[int, ...], what: str, lead: tuple[int, ...], axes: str | None = None) -> str:
     """The one line refusing a plane index that does not fit a stack's leading axes ``lead``.
 
-    ``axes`` (``'TZC'``) names them when the file did.
+    ``axes`` (``'TZC'``) names them when the file did. An index of the wrong length is
+    told how many it needs.
 
     >>> plane_outside((1, 9), "img.tif", (2, 3), "TZ")
     'plane 1,9 is outside img.tif: its leading axes T, Z have sizes (2, 3)'
+    >>> plane_outside(1, "img.tif", (2, 3), "TZ")
+    'plane 1 does not fit img.tif: give one index for each of its 2 leading axes T, Z (sizes (2, 3))'
     """
     index = (plane,) if isinstance(plane, (int, np.integer)) else tuple(plane)
     which = f" {', '.join(axes)}" if axes and len(axes) == len(lead) else ""
-    return (f"plane {','.join(str(int(i)) for i in index)} is outside {what}: its leading axes{which} have sizes "
-            f"{tuple(int(n) for n in lead)}")
+    given, sizes = ",".join(str(int(i)) for i in index), tuple(int(n) for n in lead)
+    if len(index) != len(lead):
+        return f"plane {given} does not fit {what}: give one index for each of its {len(lead)} leading axes{which} " \
+               f"(sizes {sizes})"
+    return f"plane {given} is outside {what}: its leading axes{which} have sizes {sizes}"
 
 
 def colour_slide_hint(lead: tuple[int, ...], dtype: np.dtype) -> str:

@@ -376,11 +376,11 @@ def squeeze_to_2d(image: Any, *, plane: Sequence[int] | int | None = None, name:
                 full[axis] = int(i)
             index = tuple(full)
         else:
-            raise InputError(f"plane {plane} does not fit {name}'s leading axes {lead}")
-        if any(not 0 <= i < n for i, n in zip(index, lead)):
+            index = given  # the wrong number of indices: said below
+        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead)):
             from .images import plane_outside
 
-            raise InputError(plane_outside(plane, name, lead, axes))
+            raise InputError(plane_outside(index, name, lead, axes))
     return picked(image, index)
 
 
