@@ -526,10 +526,9 @@ def plan_scale(engine: Any, src: Any, params: Any, *, stats: WholeImageStats, pi
                 fallback = dataclasses.replace(scale, probe=None)  # a crop's maps are no tile's
     if measured:
         return sorted(measured, key=lambda sc: sc.diameter)[(len(measured) - 1) // 2]
-    if fallback is None:
-        where = f" (on every one of the {len(failures)} crops read to measure the size)" if len(failures) > 1 else ""
-        raise InputError(failures[-1] + where)
     where = f" (on every one of the {len(failures)} crops read to measure the size)" if len(failures) > 1 else ""
+    if fallback is None:
+        raise InputError(failures[-1] + where)
     warnings.warn(f"{fallback.failure}{where}; running at {fallback.running_at}", InputWarning, stacklevel=3)
     return fallback
 

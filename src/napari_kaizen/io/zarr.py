@@ -224,6 +224,19 @@ def _colour_axis(axes: Any, shape: tuple[int, ...], dtype: np.dtype) -> int | No
     return channel[0]
 
 
+def _full_key(key: Any, ndim: int) -> tuple:
+    """``key`` of a lazy view as one entry per axis (an Ellipsis expanded, missing axes whole).
+
+    >>> _full_key((Ellipsis, 1), 3), _full_key(slice(2, 4), 2)
+    ((slice(None, None, None), slice(None, None, None), 1), (slice(2, 4, None), slice(None, None, None)))
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (ndim - len(key) + 1) + key[at + 1:]
+    return key + (slice(None),) * (ndim - len(key))
+
+
 class ColoursLast:
     """A lazy ``(Y, X, C)`` view of an OME-Zarr colour image stored ``(..., C, ..., Y, X)``.
 
@@ -246,11 +259,7 @@ class ColoursLast:
         self.ndim = 3
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            at = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:at] + (slice(None),) * (3 - len(key) + 1) + key[at + 1:]
-        y, x, c = key + (slice(None),) * (3 - len(key))
+        y, x, c = _full_key(key, 3)
         lead: list[Any] = [0] * (len(self.image.shape) - 2)
         lead[self.axis] = c
         block = np.asarray(self.image[(*lead, y, x)])
@@ -291,13 +300,8 @@ class PickedPlane:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            at = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
-        key = key + (slice(None),) * (self.ndim - len(key))
         last = () if self.channel is None else (self.channel,)
-        return np.asarray(self.image[self.index + key + last])
+        return np.asarray(self.image[self.index + _full_key(key, self.ndim) + last])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[...]
